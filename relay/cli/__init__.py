@@ -9,6 +9,8 @@ import click
 # name -> "module:attribute" of a click command; imported only when the command runs.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("relay.broker.cli:broker", "Run the local Pub/Sub-compatible broker."),
+    "provision": ("relay.provision.cli:provision", "Create or update the topology in Pub/Sub."),
+    "up": ("relay.up.cli:up", "Run the whole topology locally: broker, functions, live events."),
 }
 
 

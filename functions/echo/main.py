@@ -1,0 +1,32 @@
+"""echo: returns its input (request type dev.relay.example.echo).
+
+{"fail": "msg"} raises a non-retryable error (a failed result, retryable=false);
+{"crash": n} raises a retryable error on delivery attempts 1..n (Pub/Sub redelivers; the attempt
+is counted only on subscriptions with a dead-letter policy).
+
+Run locally:  functions-framework --source functions/echo/main.py --target echo --port 8080
+Deploy:       see docs/functions.md (gcloud functions deploy --gen2 --entry-point echo ...)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.functions import NonRetryableError, Request, relay_function
+
+
+class Crash(RuntimeError):
+    """The retryable error {"crash": n} asks for."""
+
+
+@relay_function
+def echo(request: Request) -> Any:
+    """Echo the request data; fail or crash on demand."""
+    data = request.data
+    if isinstance(data, dict):
+        if "fail" in data:
+            raise NonRetryableError(str(data["fail"]), error_type="EchoFailure")
+        crash = data.get("crash")
+        if isinstance(crash, int) and request.delivery_attempt <= crash:
+            raise Crash(f"crash on delivery attempt {request.delivery_attempt} of {crash}")
+    return data

@@ -1,0 +1,168 @@
+"""The direct HTTPS path: a binary-mode HTTP CloudEvent POSTed with an OIDC ID token, retried with
+backoff. One attempt loop, run synchronously on a worker or asynchronously in the triggerer; the ID
+token is minted right before each attempt, in the process that sends the request."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from relay.airflow.hooks import RelayHook
+from relay.protocol import Event, to_binary
+
+_BODY_LIMIT = 65_536
+# The function could not even read the request: resending the same bytes cannot help.
+DEFAULT_FAIL_FAST_STATUSES = (400, 413)
+
+
+def http_parts(event: Event) -> tuple[dict[str, str], bytes]:
+    """Headers and body of the binary-mode HTTP CloudEvent (the same ce-* attributes as Pub/Sub)."""
+    message = to_binary(event)
+    headers = {
+        ("Content-Type" if k == "content-type" else k): v for k, v in message.attributes.items()
+    }
+    return headers, message.data
+
+
+def default_audience(url: str) -> str:
+    """Cloud Run / Cloud Functions expect the service URL (scheme + host) as the audience."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """Retry policy of the direct path."""
+
+    max_attempts: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    request_timeout: float = 60.0
+    fail_fast_statuses: Collection[int] = DEFAULT_FAIL_FAST_STATUSES
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter after failed attempt `attempt` (1-based)."""
+        return float(random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1))))
+
+
+def _auth_headers(hook: RelayHook, audience: str) -> dict[str, str]:
+    token = hook.fetch_id_token(audience)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _ok(attempts: int, status: int, body: bytes) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "code": status,
+        "attempts": attempts,
+        "body": body[:_BODY_LIMIT].decode("utf-8", errors="replace"),
+    }
+
+
+def _error(attempts: int, status: int | None, detail: str) -> dict[str, Any]:
+    return {"status": "error", "code": status, "attempts": attempts, "detail": detail[:2000]}
+
+
+def _failure(status: int, body: bytes) -> str:
+    return f"HTTP {status}: {body[:300].decode('utf-8', errors='replace')}"
+
+
+def post_sync(
+    hook: RelayHook,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    audience: str,
+    policy: HttpPolicy,
+    deadline: float,
+) -> dict[str, Any]:
+    """POST until a 2xx, a fail-fast status, the attempt limit or the deadline; returns a payload."""
+    import httpx
+
+    detail, status = "no attempt made", None
+    with httpx.Client(timeout=policy.request_timeout) as client:
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                response = client.post(
+                    url, content=body, headers={**headers, **_auth_headers(hook, audience)}
+                )
+                status = response.status_code
+                if 200 <= status < 300:
+                    return _ok(attempt, status, response.content)
+                detail = _failure(status, response.content)
+                if status in policy.fail_fast_statuses:
+                    return _error(attempt, status, detail)
+            except httpx.HTTPError as exc:
+                status, detail = None, f"{type(exc).__name__}: {exc}"
+            hook.log.warning(
+                "POST %s attempt %d/%d failed: %s", url, attempt, policy.max_attempts, detail
+            )
+            pause = policy.delay(attempt)
+            if attempt == policy.max_attempts or time.time() + pause > deadline:
+                return _error(attempt, status, detail)
+            time.sleep(pause)
+    return _error(policy.max_attempts, status, detail)
+
+
+async def post_async(
+    hook: RelayHook,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    audience: str,
+    policy: HttpPolicy,
+    deadline: float,
+) -> dict[str, Any]:
+    """The asyncio twin of post_sync (token minting runs in a thread: google-auth is blocking)."""
+    import httpx
+
+    detail, status = "no attempt made", None
+    async with httpx.AsyncClient(timeout=policy.request_timeout) as client:
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                auth = await asyncio.to_thread(_auth_headers, hook, audience)
+                response = await client.post(url, content=body, headers={**headers, **auth})
+                status = response.status_code
+                if 200 <= status < 300:
+                    return _ok(attempt, status, response.content)
+                detail = _failure(status, response.content)
+                if status in policy.fail_fast_statuses:
+                    return _error(attempt, status, detail)
+            except httpx.HTTPError as exc:
+                status, detail = None, f"{type(exc).__name__}: {exc}"
+            hook.log.warning(
+                "POST %s attempt %d/%d failed: %s", url, attempt, policy.max_attempts, detail
+            )
+            pause = policy.delay(attempt)
+            if attempt == policy.max_attempts or time.time() + pause > deadline:
+                return _error(attempt, status, detail)
+            await asyncio.sleep(pause)
+    return _error(policy.max_attempts, status, detail)
+
+
+def encode_body(body: bytes) -> str:
+    """Bytes as text for trigger kwargs."""
+    return base64.b64encode(body).decode("ascii")
+
+
+def decode_body(text: str) -> bytes:
+    """Inverse of encode_body."""
+    return base64.b64decode(text.encode("ascii"))
+
+
+def response_json(payload: Mapping[str, Any]) -> Any:
+    """The 2xx response body as JSON when it is JSON, else as text."""
+    body = str(payload.get("body", ""))
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body

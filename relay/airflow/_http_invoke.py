@@ -1,0 +1,301 @@
+"""RelayHttpInvokeOperator and RelayHttpInvokeTrigger: the direct path to a function's HTTPS URL.
+
+The request is the same CloudEvent as on Pub/Sub (binary HTTP mode, ce-replyto included): the
+function publishes its result to the completion topic and answers 2xx. With `wait_for_result`
+(default) the operator then waits for that result exactly like RelayCallOperator (the completion
+subscription is created before the POST); otherwise it returns the function's HTTP answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Collection, Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.configuration import conf
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from relay.airflow._http import (
+    DEFAULT_FAIL_FAST_STATUSES,
+    HttpPolicy,
+    decode_body,
+    default_audience,
+    encode_body,
+    http_parts,
+    post_async,
+    post_sync,
+    response_json,
+)
+from relay.airflow._publish import build_requests, default_source
+from relay.airflow._result_trigger import COLLECT_ALL, RelayResultTrigger
+from relay.airflow._results import finish
+from relay.airflow._trigger_hooks import trigger_hook
+from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
+from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
+
+_DEFER_GRACE = timedelta(minutes=5)
+
+
+class RelayHttpInvokeTrigger(BaseTrigger):
+    """POST a CloudEvent with retries from the triggerer; the ID token is minted here, per attempt.
+
+    Kwargs hold the URL, the CloudEvent headers and body, the audience and the connection id: never
+    a token or an Authorization header. Re-running it (triggerer failover) re-sends the same ce-id,
+    which relay functions answer as a duplicate.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        headers: dict[str, str],
+        body: str,
+        audience: str,
+        deadline: float,
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        request_timeout: float = 60.0,
+        fail_fast_statuses: Collection[int] = DEFAULT_FAIL_FAST_STATUSES,
+        gcp_conn_id: str = "google_cloud_default",
+        impersonation_chain: ImpersonationChain = None,
+    ) -> None:
+        super().__init__()
+        if any(k.lower() == "authorization" for k in headers):
+            raise RelayConfigError("trigger headers must not carry credentials")
+        self.url = url
+        self.headers = dict(headers)
+        self.body = body
+        self.audience = audience
+        self.deadline = float(deadline)
+        self.policy = HttpPolicy(
+            max_attempts, backoff, max_backoff, request_timeout, tuple(fail_fast_statuses)
+        )
+        self.gcp_conn_id = gcp_conn_id
+        self.impersonation_chain = (
+            impersonation_chain
+            if impersonation_chain is None or isinstance(impersonation_chain, str)
+            else list(impersonation_chain)
+        )
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and kwargs (no credentials)."""
+        return (
+            "relay.airflow.triggers.RelayHttpInvokeTrigger",
+            {
+                "url": self.url,
+                "headers": dict(self.headers),
+                "body": self.body,
+                "audience": self.audience,
+                "deadline": self.deadline,
+                "max_attempts": self.policy.max_attempts,
+                "backoff": self.policy.backoff,
+                "max_backoff": self.policy.max_backoff,
+                "request_timeout": self.policy.request_timeout,
+                "fail_fast_statuses": list(self.policy.fail_fast_statuses),
+                "gcp_conn_id": self.gcp_conn_id,
+                "impersonation_chain": self.impersonation_chain,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """POST until success or give-up; yields {"status": "ok"|"error", "code", "attempts", ...}."""
+        hook = await trigger_hook(self.gcp_conn_id, self.impersonation_chain)
+        payload = await post_async(
+            hook,
+            self.url,
+            self.headers,
+            decode_body(self.body),
+            audience=self.audience,
+            policy=self.policy,
+            deadline=self.deadline,
+        )
+        yield TriggerEvent(payload)
+
+
+class RelayHttpInvokeOperator(BaseOperator):
+    """POST a relay request as a CloudEvent to a function's HTTPS URL with an OIDC ID token.
+
+    The token is minted from the connection's identity (impersonation chain, metadata server, or
+    the connection's service account) where the request is sent; an anonymous connection sends
+    none (local functions). Non-2xx answers are retried with exponential backoff and jitter, except
+    `fail_fast_statuses` (default 400, 413: the function cannot read the request).
+
+    Returns the result data (`wait_for_result=True`, default: waits on the completion topic like
+    RelayCallOperator) or the function's JSON answer. XCom keys "event_ids"/"correlation_ids" as the
+    Pub/Sub operators.
+
+    :param url: the function's HTTPS URL (templated).
+    :param reply_topic: completion topic for the result (the function publishes there).
+    :param audience: ID token audience; default: the URL's scheme and host.
+    """
+
+    template_fields: Sequence[str] = (
+        "url",
+        "reply_topic",
+        "event_type",
+        "data",
+        "audience",
+        "correlation_id",
+        "project_id",
+        "impersonation_chain",
+    )
+    template_fields_renderers = {"data": "json"}
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        event_type: str,
+        reply_topic: str,
+        data: Any = None,
+        audience: str | None = None,
+        correlation_id: str | None = None,
+        source: str | None = None,
+        wait_for_result: bool = True,
+        timeout: timedelta | float = timedelta(hours=1),
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        request_timeout: float = 60.0,
+        fail_fast_statuses: Collection[int] = DEFAULT_FAIL_FAST_STATUSES,
+        validate: bool = True,
+        recheck_interval: float = 300.0,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        project_id: str | None = None,
+        gcp_conn_id: str = "google_cloud_default",
+        impersonation_chain: ImpersonationChain = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.url = url
+        self.event_type = event_type
+        self.reply_topic = reply_topic
+        self.data = data
+        self.audience = audience
+        self.correlation_id = correlation_id
+        self.source = source
+        self.wait_for_result = wait_for_result
+        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        if self.timeout <= 0:
+            raise RelayConfigError("timeout must be positive")
+        self.policy = HttpPolicy(
+            max_attempts, backoff, max_backoff, request_timeout, tuple(fail_fast_statuses)
+        )
+        self.validate = validate
+        self.recheck_interval = recheck_interval
+        self.deferrable = deferrable
+        self.project_id = project_id
+        self.gcp_conn_id = gcp_conn_id
+        self.impersonation_chain = impersonation_chain
+
+    def _hook(self) -> RelayHook:
+        return RelayHook(
+            gcp_conn_id=self.gcp_conn_id,
+            impersonation_chain=self.impersonation_chain,
+            project_id=self.project_id,
+        )
+
+    def execute(self, context: Any) -> Any:
+        """Build, (subscribe), POST; then wait for the result or return the answer."""
+        hook = self._hook()
+        deadline = time.time() + self.timeout
+        (event,) = build_requests(
+            self.event_type,
+            [self.data],
+            source=self.source or default_source(self.dag_id, self.task_id),
+            reply_to=hook.topic_path(self.reply_topic),
+            correlation_ids=[self.correlation_id] if self.correlation_id else None,
+            validate=self.validate,
+        )
+        cid = str(event.correlationid)
+        ti = context["ti"]
+        ti.xcom_push(key="event_ids", value=[event.id])
+        ti.xcom_push(key="correlation_ids", value=[cid])
+        waits: dict[str, str] = {}
+        if self.wait_for_result:
+            waits[cid] = hook.create_wait_subscription(
+                self.reply_topic, cid, ttl=DEFAULT_SUBSCRIPTION_TTL
+            )
+        headers, body = http_parts(event)
+        audience = self.audience or default_audience(self.url)
+        if self.deferrable:
+            self.defer(
+                trigger=RelayHttpInvokeTrigger(
+                    url=self.url,
+                    headers=headers,
+                    body=encode_body(body),
+                    audience=audience,
+                    deadline=deadline,
+                    max_attempts=self.policy.max_attempts,
+                    backoff=self.policy.backoff,
+                    max_backoff=self.policy.max_backoff,
+                    request_timeout=self.policy.request_timeout,
+                    fail_fast_statuses=self.policy.fail_fast_statuses,
+                    gcp_conn_id=self.gcp_conn_id,
+                    impersonation_chain=self.impersonation_chain,
+                ),
+                method_name="execute_posted",
+                kwargs={"waits": waits, "deadline": deadline},
+                timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
+            )
+        payload = post_sync(
+            hook, self.url, headers, body, audience=audience, policy=self.policy, deadline=deadline
+        )
+        return self.execute_posted(context, payload, waits, deadline)
+
+    def execute_posted(
+        self, context: Any, event: dict[str, Any], waits: dict[str, str], deadline: float
+    ) -> Any:
+        """After the POST: fail with the HTTP error, or wait for / return the result."""
+        hook = self._hook()
+        if event.get("status") != "ok":
+            hook.delete_subscriptions(list(waits.values()))
+            raise RelayHttpError(
+                self.url,
+                int(event.get("attempts") or 0),
+                event.get("code"),
+                str(event.get("detail")),
+            )
+        answer = response_json(event)
+        if not waits:
+            if isinstance(answer, dict) and answer.get("outcome") in ("failed", "expired"):
+                raise RelayResultError(
+                    str(answer.get("correlationid", "")),
+                    str(answer.get("outcome")),
+                    "the function answered with a failed result (wait_for_result=True gives details)",
+                )
+            return answer
+        trigger = RelayResultTrigger(
+            completion_topic=hook.topic_path(self.reply_topic),
+            waits=waits,
+            deadline=deadline,
+            policy=COLLECT_ALL,
+            gcp_conn_id=self.gcp_conn_id,
+            impersonation_chain=self.impersonation_chain,
+            recheck_interval=self.recheck_interval,
+        )
+        if self.deferrable:
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                kwargs={"waits": waits},
+                timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
+            )
+        trigger.linger = 0.0
+        return self.execute_complete(context, asyncio.run(trigger.wait()), waits)
+
+    def execute_complete(self, context: Any, event: dict[str, Any], waits: dict[str, str]) -> Any:
+        """Resume after the result wait."""
+        return finish(
+            context,
+            self._hook(),
+            waits,
+            event,
+            policy=COLLECT_ALL,
+            timeout=self.timeout,
+            single=True,
+        )

@@ -1,0 +1,281 @@
+"""The shared wake-up subscriber: one StreamingPull per (event loop, completion topic, identity).
+
+Waits register the correlation ids they wait for. The hub owns one unfiltered "wake" subscription on
+the completion topic (created lazily inside the event loop, deleted when the last wait has left and
+a linger period passed, expiring by itself if the process dies) and a single gRPC stream on it. For
+every message it reads the `ce-correlationid` attribute, wakes the waits registered for that id and
+acks the message at once: a wake-up is only a hint. The durable copy of each result lives in the
+wait's own filtered subscription, which the wait reads with a unary Pull when woken. So a lost
+wake-up costs latency (the wait's periodic re-check finds the result), never a result, and nothing
+here needs to survive a triggerer restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from relay.airflow._names import WAKE_SUBSCRIPTION_PREFIX
+
+log = logging.getLogger(__name__)
+
+_HEARTBEAT_SECONDS = 30.0
+_HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], WakeHub]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class Waiter:
+    """One wait's view of the hub: the correlation ids it still needs and the ones woken since."""
+
+    def __init__(self, correlation_ids: Iterable[str]) -> None:
+        self.ids: frozenset[str] = frozenset(correlation_ids)
+        self.pending: set[str] = set(self.ids)
+        self.woken: set[str] = set()
+        self.event = asyncio.Event()
+
+    def wake(self, correlation_id: str) -> None:
+        """Note that a message for `correlation_id` arrived."""
+        if correlation_id in self.pending:
+            self.woken.add(correlation_id)
+            self.event.set()
+
+    def wake_all(self) -> None:
+        """Ask the wait to re-check every pending id (wake-ups may have been missed)."""
+        self.woken |= self.pending
+        self.event.set()
+
+    def take(self) -> set[str]:
+        """The ids woken since the last call, clearing them."""
+        woken, self.woken = self.woken & self.pending, set()
+        self.event.clear()
+        return woken
+
+
+class WakeHub:
+    """Wakes registered waits by correlation id from one stream on a wake subscription."""
+
+    def __init__(
+        self,
+        *,
+        key: tuple[Any, ...],
+        client: Any,
+        topic: str,
+        project_id: str,
+        linger: float,
+    ) -> None:
+        self.key = key
+        self.topic = topic
+        self.subscription = (
+            f"projects/{project_id}/subscriptions/{WAKE_SUBSCRIPTION_PREFIX}{uuid.uuid4().hex[:24]}"
+        )
+        self.closing = False
+        self.received = 0
+        self.streams_opened = 0
+        self._client = client
+        self._linger = linger
+        self._waits: dict[str, set[Waiter]] = {}
+        self._count = 0
+        self._ready = asyncio.Event()
+        self._created = False
+        self._task: asyncio.Task[None] | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None
+
+    # -- registration -----------------------------------------------------------------------------
+
+    def add(self, waiter: Waiter) -> None:
+        """Register a wait; starts the stream on first use."""
+        for cid in waiter.ids:
+            self._waits.setdefault(cid, set()).add(waiter)
+        self._count += 1
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"relay-wake-hub {self.topic}"
+            )
+
+    def remove(self, waiter: Waiter) -> None:
+        """Deregister a wait; the last one out schedules the hub's shutdown after the linger period."""
+        for cid in waiter.ids:
+            waiters = self._waits.get(cid)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waits[cid]
+        self._count -= 1
+        if self._count <= 0 and not self.closing:
+            loop = asyncio.get_running_loop()
+            if self._linger <= 0:
+                self.close()
+            else:
+                self._linger_handle = loop.call_later(self._linger, self._close_if_idle)
+
+    def forget(self, waiter: Waiter, correlation_id: str) -> None:
+        """Stop waking `waiter` for one id (its result is in)."""
+        waiters = self._waits.get(correlation_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waits[correlation_id]
+
+    async def ready(self) -> None:
+        """Return once the wake subscription exists: results published from then on wake us."""
+        await self._ready.wait()
+
+    @property
+    def waiting(self) -> int:
+        """How many waits are registered."""
+        return self._count
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _close_if_idle(self) -> None:
+        self._linger_handle = None
+        if self._count <= 0:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the stream and delete the wake subscription (in the background)."""
+        self.closing = True
+        hubs = _HUBS.get(asyncio.get_running_loop())
+        if hubs is not None and hubs.get(self.key) is self:
+            del hubs[self.key]
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Close and wait until the wake subscription is deleted."""
+        task = self._task
+        self.close()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        from google.api_core.exceptions import NotFound
+
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    if not self._created:
+                        await self._create()
+                        if self._ready.is_set():  # re-created after loss: wake-ups may be missing
+                            self._wake_all()
+                        self._ready.set()
+                    await self._stream()
+                    backoff = 0.1
+                except asyncio.CancelledError:
+                    raise
+                except NotFound:
+                    log.warning("wake subscription %s is gone; re-creating it", self.subscription)
+                    self._created = False
+                except Exception as exc:  # every stream error: reconnect with backoff
+                    log.warning(
+                        "wake stream on %s failed: %r; reconnecting", self.subscription, exc
+                    )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        finally:
+            if self._created:
+                await self._delete()
+
+    async def _create(self) -> None:
+        from google.api_core.exceptions import AlreadyExists
+
+        try:
+            await self._client.create_subscription(
+                request={
+                    "name": self.subscription,
+                    "topic": self.topic,
+                    "ack_deadline_seconds": 10,
+                    "expiration_policy": {"ttl": timedelta(days=1)},
+                    "message_retention_duration": timedelta(minutes=10),
+                    "labels": {"relay": "wake"},
+                },
+                timeout=30,
+            )
+        except AlreadyExists:
+            pass
+        self._created = True
+
+    async def _delete(self) -> None:
+        try:
+            await asyncio.wait_for(
+                self._client.delete_subscription(
+                    request={"subscription": self.subscription}, timeout=5
+                ),
+                timeout=5,
+            )
+        except BaseException as exc:  # best effort: the expiration policy removes it otherwise
+            log.info("could not delete wake subscription %s: %r", self.subscription, exc)
+        self._created = False
+
+    async def _stream(self) -> None:
+        from google.pubsub_v1.types import StreamingPullRequest
+
+        outbox: asyncio.Queue[StreamingPullRequest] = asyncio.Queue()
+        client_id = uuid.uuid4().hex
+
+        async def requests() -> Any:
+            yield StreamingPullRequest(
+                subscription=self.subscription,
+                stream_ack_deadline_seconds=60,
+                client_id=client_id,
+                max_outstanding_messages=10_000,
+            )
+            while True:
+                try:
+                    yield await asyncio.wait_for(outbox.get(), _HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield StreamingPullRequest()
+
+        stream = await self._client.streaming_pull(requests=requests(), timeout=None)
+        self.streams_opened += 1
+        async for response in stream:
+            ack_ids = []
+            for received in response.received_messages:
+                ack_ids.append(received.ack_id)
+                self.received += 1
+                cid = received.message.attributes.get("ce-correlationid")
+                if cid is not None:
+                    for waiter in list(self._waits.get(cid, ())):
+                        waiter.wake(cid)
+            if ack_ids:
+                outbox.put_nowait(StreamingPullRequest(ack_ids=ack_ids))
+
+    def _wake_all(self) -> None:
+        for waiters in list(self._waits.values()):
+            for waiter in list(waiters):
+                waiter.wake_all()
+
+
+def acquire(
+    *, key: tuple[Any, ...], client: Any, topic: str, project_id: str, linger: float
+) -> WakeHub:
+    """The running loop's hub for (topic, identity), created on first use."""
+    loop = asyncio.get_running_loop()
+    hubs = _HUBS.setdefault(loop, {})
+    full_key = (topic, project_id, *key)
+    hub = hubs.get(full_key)
+    if hub is None or hub.closing:
+        hub = hubs[full_key] = WakeHub(
+            key=full_key, client=client, topic=topic, project_id=project_id, linger=linger
+        )
+    return hub
+
+
+def hubs() -> list[WakeHub]:
+    """The hubs of the running loop (for tests and benchmarks)."""
+    return list(_HUBS.get(asyncio.get_running_loop(), {}).values())
+
+
+async def close_all() -> None:
+    """Close every hub of the running loop and wait for their wake subscriptions to be deleted."""
+    await asyncio.gather(*(hub.aclose() for hub in hubs()))

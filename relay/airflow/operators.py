@@ -1,0 +1,310 @@
+"""Operators that send relay requests over Pub/Sub and (optionally) wait for their results.
+
+- RelayPublishOperator: publish request(s); XCom event ids and correlation ids.
+- RelayCallOperator: publish one request and wait for its result in the same task (the common case).
+- RelayFanOutOperator: publish N requests and wait for all N in one deferral (fail fast or collect all).
+- RelayHttpInvokeOperator (re-exported): POST a CloudEvent straight to a function's HTTPS URL.
+
+All follow the Google provider's conventions: gcp_conn_id, impersonation_chain, project_id,
+templated fields and `deferrable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.configuration import conf
+
+from relay.airflow._http_invoke import RelayHttpInvokeOperator
+from relay.airflow._publish import Published, build_requests, default_source, publish_requests
+from relay.airflow._result_trigger import COLLECT_ALL, FAIL_FAST, POLICIES, RelayResultTrigger
+from relay.airflow._results import finish
+from relay.airflow.exceptions import RelayConfigError
+from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
+
+__all__ = [
+    "RelayCallOperator",
+    "RelayFanOutOperator",
+    "RelayHttpInvokeOperator",
+    "RelayPublishOperator",
+]
+
+# Extra time Airflow gives a deferral beyond the trigger's own deadline, so the trigger's clear
+# timeout error wins over Airflow's generic TaskDeferralTimeout.
+_DEFER_GRACE = timedelta(minutes=5)
+
+
+def _seconds(value: timedelta | float) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class _RelayRequestOperator(BaseOperator):
+    """Shared arguments and the publish step of the Pub/Sub operators."""
+
+    template_fields: Sequence[str] = (
+        "topic",
+        "reply_topic",
+        "event_type",
+        "source",
+        "project_id",
+        "impersonation_chain",
+    )
+    template_fields_renderers = {"data": "json", "items": "json"}
+    ui_color = "#d8e9f6"
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        reply_topic: str,
+        event_type: str,
+        source: str | None = None,
+        expiry: datetime | timedelta | None = None,
+        validate: bool = True,
+        subscription_ttl: timedelta = DEFAULT_SUBSCRIPTION_TTL,
+        publish_attempts: int = 5,
+        publish_timeout: float = 30.0,
+        project_id: str | None = None,
+        gcp_conn_id: str = "google_cloud_default",
+        impersonation_chain: ImpersonationChain = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.topic = topic
+        self.reply_topic = reply_topic
+        self.event_type = event_type
+        self.source = source
+        self.expiry = expiry
+        self.validate = validate
+        self.subscription_ttl = subscription_ttl
+        self.publish_attempts = publish_attempts
+        self.publish_timeout = publish_timeout
+        self.project_id = project_id
+        self.gcp_conn_id = gcp_conn_id
+        self.impersonation_chain = impersonation_chain
+
+    @cached_property
+    def hook(self) -> RelayHook:
+        """The hook of this task's identity (clients are shared per process anyway)."""
+        return RelayHook(
+            gcp_conn_id=self.gcp_conn_id,
+            impersonation_chain=self.impersonation_chain,
+            project_id=self.project_id,
+        )
+
+    def _publish(
+        self, items: Sequence[Any], correlation_ids: Sequence[str] | None, *, subscribe: bool
+    ) -> list[Published]:
+        hook = self.hook
+        events = build_requests(
+            self.event_type,
+            items,
+            source=self.source or default_source(self.dag_id, self.task_id),
+            reply_to=hook.topic_path(self.reply_topic),
+            correlation_ids=correlation_ids,
+            expiry=self.expiry,
+            validate=self.validate,
+        )
+        published = publish_requests(
+            hook,
+            topic=self.topic,
+            reply_topic=self.reply_topic,
+            events=events,
+            create_subscriptions=subscribe,
+            subscription_ttl=self.subscription_ttl,
+            attempts=self.publish_attempts,
+            timeout=self.publish_timeout,
+        )
+        self.log.info(
+            "published %d %s request(s) to %s", len(published), self.event_type, self.topic
+        )
+        return published
+
+    @staticmethod
+    def _push_ids(context: Any, published: Sequence[Published]) -> None:
+        ti = context["ti"]
+        ti.xcom_push(key="event_ids", value=[p.event_id for p in published])
+        ti.xcom_push(key="correlation_ids", value=[p.correlation_id for p in published])
+
+
+class RelayPublishOperator(_RelayRequestOperator):
+    """Publish one request (`data`) or several (`items`) and return their correlation ids.
+
+    XCom: return value and key "correlation_ids" = list of correlation ids; key "event_ids" = list of
+    ce-ids; key "requests" = [{event_id, correlation_id, subscription, message_id}]. With
+    `create_subscriptions` (default) each request's completion subscription exists before it is
+    published, so a later RelayResultSensor cannot miss an early result.
+
+    :param topic: request topic (short name or projects/P/topics/T).
+    :param reply_topic: completion topic the function publishes results to (becomes ce-replyto).
+    :param event_type: CloudEvents type of the requests; data is validated against its schema.
+    :param data: the data of a single request (templated). Mutually exclusive with `items`.
+    :param items: the data of several requests (templated).
+    :param correlation_ids: optional explicit correlation ids (one per request; default the ce-id).
+    """
+
+    template_fields: Sequence[str] = (
+        *_RelayRequestOperator.template_fields,
+        "data",
+        "items",
+        "correlation_ids",
+    )
+
+    def __init__(
+        self,
+        *,
+        data: Any = None,
+        items: Sequence[Any] | None = None,
+        correlation_ids: Sequence[str] | str | None = None,
+        create_subscriptions: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data = data
+        self.items = items
+        self.correlation_ids = correlation_ids
+        self.create_subscriptions = create_subscriptions
+
+    def execute(self, context: Any) -> list[str]:
+        """Validate, subscribe, publish; returns the correlation ids."""
+        if self.items is not None and self.data is not None:
+            raise RelayConfigError("give either data (one request) or items (several), not both")
+        items = list(self.items) if self.items is not None else [self.data]
+        cids = (
+            [self.correlation_ids]
+            if isinstance(self.correlation_ids, str)
+            else self.correlation_ids
+        )
+        published = self._publish(items, cids, subscribe=self.create_subscriptions)
+        self._push_ids(context, published)
+        context["ti"].xcom_push(key="requests", value=[p.to_dict() for p in published])
+        return [p.correlation_id for p in published]
+
+
+class _RelayWaitingOperator(_RelayRequestOperator):
+    """Publish then wait: deferring to RelayResultTrigger, or waiting in the worker."""
+
+    def __init__(
+        self,
+        *,
+        timeout: timedelta | float = timedelta(hours=1),
+        recheck_interval: float = 300.0,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.timeout = _seconds(timeout)
+        if self.timeout <= 0:
+            raise RelayConfigError("timeout must be positive: every wait needs a deadline")
+        self.recheck_interval = recheck_interval
+        self.deferrable = deferrable
+        self._wait_policy = COLLECT_ALL
+
+    _single = False
+
+    def _wait(self, context: Any, items: Sequence[Any], cids: Sequence[str] | None) -> Any:
+        deadline = time.time() + self.timeout
+        published = self._publish(items, cids, subscribe=True)
+        self._push_ids(context, published)
+        waits = {p.correlation_id: str(p.subscription) for p in published}
+        trigger = RelayResultTrigger(
+            completion_topic=self.hook.topic_path(self.reply_topic),
+            waits=waits,
+            deadline=deadline,
+            policy=self._wait_policy,
+            gcp_conn_id=self.gcp_conn_id,
+            impersonation_chain=self.impersonation_chain,
+            recheck_interval=self.recheck_interval,
+        )
+        if self.deferrable:
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                kwargs={"waits": waits},
+                timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
+            )
+        trigger.linger = 0.0
+        payload = asyncio.run(trigger.wait())
+        return self.execute_complete(context, payload, waits)
+
+    def execute_complete(self, context: Any, event: dict[str, Any], waits: dict[str, str]) -> Any:
+        """Resume on the worker: fetch and ack the results, delete the subscriptions, return data."""
+        return finish(
+            context,
+            self.hook,
+            waits,
+            event,
+            policy=self._wait_policy,
+            timeout=self.timeout,
+            single=self._single,
+        )
+
+
+class RelayCallOperator(_RelayWaitingOperator):
+    """Publish one request and wait for its result in the same task; returns the result data.
+
+    Raises RelayResultError (the function's error type and message) on dev.relay.result.failed and
+    RelayTimeoutError when no result arrives within `timeout`. Map it with
+    `RelayCallOperator.partial(...).expand(data=[...])`: one request per mapped task.
+
+    :param data: the request data (templated).
+    :param correlation_id: optional explicit correlation id (templated; default: the ce-id).
+    :param timeout: how long to wait for the result (seconds or timedelta).
+    :param deferrable: wait in the triggerer (recommended) instead of holding a worker slot.
+    """
+
+    template_fields: Sequence[str] = (
+        *_RelayRequestOperator.template_fields,
+        "data",
+        "correlation_id",
+    )
+    _single = True
+
+    def __init__(
+        self, *, data: Any = None, correlation_id: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data = data
+        self.correlation_id = correlation_id
+
+    def execute(self, context: Any) -> Any:
+        """Publish, then wait for the result."""
+        cids = [self.correlation_id] if self.correlation_id else None
+        return self._wait(context, [self.data], cids)
+
+
+class RelayFanOutOperator(_RelayWaitingOperator):
+    """Publish one request per item and wait for all of them in a single deferral.
+
+    Returns the result data in item order. `policy="fail_fast"` raises RelayResultError at the first
+    failed result; `policy="collect_all"` waits for every result (or the timeout) and raises
+    RelayPartialFailureError naming each request that failed or timed out. Either way XCom key
+    "outcomes" holds [{correlation_id, status, data, error, result_id}] in item order. Works under
+    `.expand(items=[[...], [...]])` (one fan-out per mapped task).
+
+    :param items: the data of the requests (templated).
+    :param policy: "fail_fast" or "collect_all".
+    """
+
+    template_fields: Sequence[str] = (*_RelayRequestOperator.template_fields, "items")
+
+    def __init__(self, *, items: Sequence[Any], policy: str = FAIL_FAST, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if policy not in POLICIES:
+            raise RelayConfigError(f"policy must be one of {POLICIES}, got {policy!r}")
+        self.items = items
+        self.policy = policy
+        self._wait_policy = policy
+
+    def execute(self, context: Any) -> Any:
+        """Publish all items, then wait for all results."""
+        items = list(self.items)
+        if not items:
+            return []
+        return self._wait(context, items, None)

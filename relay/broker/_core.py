@@ -1,0 +1,666 @@
+"""The broker's logic: topics, subscriptions, publish, pull, acks, seek, dead letters, expiry.
+
+State lives in memory (authoritative while running) and every change is written to the store;
+responses are sent only after the change is committed. The gRPC layer (`_grpc`) translates
+requests to calls on `Broker` and `BrokerError`s to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.pubsub_v1 import types
+
+from relay.broker._config import subscription_config, topic_retention
+from relay.broker._errors import BrokerError, already_exists, invalid, not_found
+from relay.broker._limits import check_publish
+from relay.broker._names import (
+    DELETED_TOPIC,
+    check_project,
+    check_subscription,
+    check_topic,
+    project_of,
+)
+from relay.broker._state import (
+    DEAD_LETTERING,
+    Consumer,
+    Entry,
+    StoredMessage,
+    SubState,
+)
+from relay.broker._store import Statement, Store
+from relay.broker._timers import Scheduler
+
+__all__ = ["Broker", "TopicState"]
+
+_LOG = logging.getLogger("relay.broker")
+
+PubsubMessage: Any = types.PubsubMessage.pb()
+Topic: Any = types.Topic.pb()
+Subscription: Any = types.Subscription.pb()
+
+_SQL_INSERT_MESSAGE = "INSERT INTO messages (seq, topic, publish_ns, body) VALUES (?, ?, ?, ?)"
+_SQL_INSERT_PENDING = "INSERT INTO pending (sub_id, seq) VALUES (?, ?)"
+_SQL_LAST_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)"
+_SQL_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
+_GC_INTERVAL = 600.0
+_PULL_WAIT = 90.0
+
+
+@dataclass(slots=True)
+class TopicState:
+    """A topic and the subscriptions attached to it."""
+
+    topic_id: int
+    name: str
+    pb: Any
+    retention_s: float | None
+    subs: dict[str, SubState]
+
+
+def _merge(statements: list[Statement], sql: str, row: tuple[Any, ...]) -> None:
+    """Append `row` to the statement for `sql` in `statements` (one executemany per SQL)."""
+    for existing_sql, rows in statements:
+        if existing_sql == sql and isinstance(rows, list):
+            rows.append(row)
+            return
+    statements.append((sql, [row]))
+
+
+class Broker:
+    """All topics and subscriptions of one broker, with their durable store."""
+
+    def __init__(self, data_dir: Path, *, push_concurrency: int = 32, fsync: bool = False) -> None:
+        self.data_dir = data_dir
+        self.store = Store(data_dir, fsync=fsync)
+        self.push_concurrency = push_concurrency
+        self.topics: dict[str, TopicState] = {}
+        self.subs: dict[str, SubState] = {}
+        self.messages: dict[int, StoredMessage] = {}
+        self.last_seq = 0
+        self._next_topic_id = 1
+        self._next_sub_id = 1
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.scheduler = Scheduler(self.loop)
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by the server once the push machinery exists: called when a sub's push config changes.
+        self.on_push_change: Callable[[SubState], None] = lambda sub: None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the store into memory (before serving) and start the writer thread."""
+        state = self.store.load()
+        self.last_seq = state.last_seq
+        for topic_id, name, body in state.topics:
+            pb = Topic.FromString(body)
+            self.topics[name] = TopicState(topic_id, name, pb, _safe_retention(pb), {})
+            self._next_topic_id = max(self._next_topic_id, topic_id + 1)
+        by_id: dict[int, SubState] = {}
+        for sub_id, name, topic, start_seq, body in state.subscriptions:
+            pb = Subscription.FromString(body)
+            try:
+                config = subscription_config(pb)
+            except BrokerError:
+                _LOG.exception("stored subscription %s is invalid; skipped", name)
+                continue
+            sub = SubState(self, sub_id, name, topic, start_seq, pb, config)
+            self.subs[name] = sub
+            by_id[sub_id] = sub
+            self._next_sub_id = max(self._next_sub_id, sub_id + 1)
+            owner = self.topics.get(topic)
+            if owner is not None:
+                owner.subs[name] = sub
+        messages = self.messages
+        for sub_id, seq, attempts, acked, topic, publish_ns, body in self.store.pending_rows():
+            owning_sub = by_id.get(sub_id)
+            if owning_sub is None:
+                continue
+            msg = messages.get(seq)
+            if msg is None:
+                pb = PubsubMessage.FromString(body)
+                msg = StoredMessage(seq, topic, pb, pb.ByteSize(), publish_ns)
+                messages[seq] = msg
+            if acked:
+                owning_sub.add_acked(msg)
+            else:
+                owning_sub.add(msg, attempts)
+        keep = {
+            t.name: time.time_ns() - int(t.retention_s * 1e9)
+            for t in self.topics.values()
+            if t.retention_s
+        }
+        self.store.start()
+        self._spawn(self._collect_garbage(keep))
+        for sub in self.subs.values():
+            self._arm_expiry(sub)
+            self._arm_retention(sub)
+
+    async def close(self) -> None:
+        """Stop timers and background tasks, commit what is queued and close the store."""
+        self.closing = True
+        self.scheduler.close()
+        for sub in self.subs.values():
+            for consumer in list(sub.consumers) + list(sub.waiters):
+                consumer.closed = True
+                consumer.wake()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- Host protocol (used by SubState) --------------------------------------------------------
+
+    def post(self, statements: list[Statement]) -> None:
+        """Write without waiting for the commit."""
+        self.store.post(statements)
+
+    def release_message(self, msg: StoredMessage, statements: list[Statement]) -> None:
+        """No subscription needs `msg` any more: forget it, drop it unless its topic retains it."""
+        self.messages.pop(msg.seq, None)
+        topic = self.topics.get(msg.topic)
+        if topic is None or not topic.retention_s:
+            _merge(statements, _SQL_DELETE_MESSAGE, (msg.seq,))
+
+    def dead_letter(self, sub: SubState, entry: Entry) -> None:
+        """Forward a message that reached max_delivery_attempts, then ack it on `sub`."""
+        self._spawn(self._dead_letter(sub, entry))
+
+    async def _dead_letter(self, sub: SubState, entry: Entry) -> None:
+        target = sub.config.dead_letter_topic
+        topic = self.topics.get(target or "")
+        if topic is None:
+            _LOG.warning(
+                "dead-letter topic %s of %s does not exist; redelivering", target, sub.name
+            )
+            sub.redeliver(entry, max(sub.backoff(entry.attempts), 1.0))
+            return
+        source = entry.msg.pb
+        forwarded = PubsubMessage(data=source.data, ordering_key=source.ordering_key)
+        forwarded.attributes.update(source.attributes)
+        forwarded.attributes.update(
+            {
+                "CloudPubSubDeadLetterSourceDeliveryCount": str(entry.attempts),
+                "CloudPubSubDeadLetterSourceSubscription": sub.name.rsplit("/", 1)[-1],
+                "CloudPubSubDeadLetterSourceSubscriptionProject": project_of(sub.name),
+                "CloudPubSubDeadLetterSourceTopicPublishTime": _rfc3339(entry.msg.publish_ns),
+            }
+        )
+        try:
+            await self._publish(topic, [forwarded], [forwarded.ByteSize()])
+        except Exception:
+            _LOG.exception("dead-lettering to %s failed; redelivering", target)
+            if entry.state == DEAD_LETTERING:
+                sub.redeliver(entry, max(sub.backoff(entry.attempts), 1.0))
+            return
+        if sub.deleted or entry.state != DEAD_LETTERING:
+            return
+        statements: list[Statement] = []
+        sub.ack_entry(entry, statements)
+        await self.store.submit(statements)
+
+    # -- topics ----------------------------------------------------------------------------------
+
+    def topic(self, name: str) -> TopicState:
+        """The topic called `name`, or NOT_FOUND."""
+        topic = self.topics.get(check_topic(name))
+        if topic is None:
+            raise not_found("topic", name)
+        return topic
+
+    async def create_topic(self, pb: Any) -> Any:
+        """CreateTopic."""
+        name = check_topic(pb.name)
+        if name in self.topics:
+            raise already_exists("topic", name)
+        retention = topic_retention(pb)
+        topic_id = self._next_topic_id
+        self._next_topic_id += 1
+        self.topics[name] = TopicState(topic_id, name, pb, retention, {})
+        await self.store.submit(
+            [
+                (
+                    "INSERT INTO topics (id, name, body) VALUES (?, ?, ?)",
+                    [(topic_id, name, pb.SerializeToString())],
+                )
+            ]
+        )
+        return pb
+
+    async def update_topic(self, pb: Any, paths: list[str]) -> Any:
+        """UpdateTopic: copy the fields named in the update mask."""
+        topic = self.topic(pb.name)
+        if not paths:
+            raise invalid("The update_mask must name at least one field to update.")
+        updated = Topic()
+        updated.CopyFrom(topic.pb)
+        for path in paths:
+            field = path.split(".")[0]
+            if field == "name" or field not in Topic.DESCRIPTOR.fields_by_name:
+                raise invalid(f"Invalid update_mask path: {path!r}.")
+            _copy_field(updated, pb, field)
+        topic.retention_s = topic_retention(updated)
+        topic.pb = updated
+        await self.store.submit(
+            [
+                (
+                    "UPDATE topics SET body = ? WHERE id = ?",
+                    [(updated.SerializeToString(), topic.topic_id)],
+                )
+            ]
+        )
+        return updated
+
+    def list_topics(self, project: str, page_size: int, page_token: str) -> tuple[list[Any], str]:
+        """ListTopics, sorted by name, paged by the last name returned."""
+        project_id = check_project(project)
+        prefix = f"projects/{project_id}/topics/"
+        names = sorted(n for n in self.topics if n.startswith(prefix))
+        page, token = _page(names, page_size, page_token)
+        return [self.topics[n].pb for n in page], token
+
+    def list_topic_subscriptions(
+        self, topic_name: str, page_size: int, page_token: str
+    ) -> tuple[list[str], str]:
+        """ListTopicSubscriptions."""
+        topic = self.topic(topic_name)
+        return _page(sorted(topic.subs), page_size, page_token)
+
+    async def delete_topic(self, name: str) -> None:
+        """DeleteTopic: its subscriptions stay, attached to `_deleted-topic_`."""
+        topic = self.topic(name)
+        del self.topics[topic.name]
+        statements: list[Statement] = [("DELETE FROM topics WHERE id = ?", [(topic.topic_id,)])]
+        for sub in topic.subs.values():
+            sub.pb.topic = DELETED_TOPIC
+            sub.topic = DELETED_TOPIC
+            statements.append(
+                (
+                    "UPDATE subscriptions SET topic = ?, body = ? WHERE id = ?",
+                    [(DELETED_TOPIC, sub.pb.SerializeToString(), sub.sub_id)],
+                )
+            )
+        await self.store.submit(statements)
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def sub(self, name: str) -> SubState:
+        """The subscription called `name`, or NOT_FOUND."""
+        sub = self.subs.get(check_subscription(name))
+        if sub is None:
+            raise not_found("subscription", name)
+        return sub
+
+    async def create_subscription(self, pb: Any) -> Any:
+        """CreateSubscription."""
+        name = check_subscription(pb.name)
+        check_topic(pb.topic)
+        if name in self.subs:
+            raise already_exists("subscription", name)
+        topic = self.topic(pb.topic)
+        config = subscription_config(pb)
+        if config.dead_letter_topic and config.dead_letter_topic not in self.topics:
+            raise not_found("topic", config.dead_letter_topic)
+        sub_id = self._next_sub_id
+        self._next_sub_id += 1
+        sub = SubState(self, sub_id, name, topic.name, self.last_seq, pb, config)
+        self.subs[name] = sub
+        topic.subs[name] = sub
+        await self.store.submit(
+            [
+                (
+                    "INSERT INTO subscriptions (id, name, topic, start_seq, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(sub_id, name, topic.name, sub.start_seq, pb.SerializeToString())],
+                )
+            ]
+        )
+        self._arm_expiry(sub)
+        self._arm_retention(sub)
+        if config.push_endpoint:
+            self.on_push_change(sub)
+        return pb
+
+    async def update_subscription(self, pb: Any, paths: list[str]) -> Any:
+        """UpdateSubscription: change the fields named in the mask (filter/ordering are fixed)."""
+        sub = self.sub(pb.name)
+        if not paths:
+            raise invalid("The update_mask must name at least one field to update.")
+        updated = Subscription()
+        updated.CopyFrom(sub.pb)
+        for path in paths:
+            field = path.split(".")[0]
+            if field in ("name", "topic", "filter", "enable_message_ordering"):
+                raise invalid(f"The field {field!r} of a subscription cannot be updated.")
+            if field not in Subscription.DESCRIPTOR.fields_by_name:
+                raise invalid(f"Invalid update_mask path: {path!r}.")
+            _copy_field(updated, pb, field)
+        await self._replace_config(sub, updated)
+        return updated
+
+    async def modify_push_config(self, name: str, push_config: Any) -> None:
+        """ModifyPushConfig."""
+        sub = self.sub(name)
+        updated = Subscription()
+        updated.CopyFrom(sub.pb)
+        updated.push_config.CopyFrom(push_config)
+        await self._replace_config(sub, updated)
+
+    async def _replace_config(self, sub: SubState, updated: Any) -> None:
+        config = subscription_config(updated)
+        if config.dead_letter_topic and config.dead_letter_topic not in self.topics:
+            raise not_found("topic", config.dead_letter_topic)
+        push_changed = updated.push_config != sub.pb.push_config
+        sub.pb = updated
+        sub.config = config
+        await self.store.submit(
+            [
+                (
+                    "UPDATE subscriptions SET body = ? WHERE id = ?",
+                    [(updated.SerializeToString(), sub.sub_id)],
+                )
+            ]
+        )
+        self._arm_expiry(sub)
+        self._arm_retention(sub)
+        if push_changed or config.push_endpoint:
+            self.on_push_change(sub)
+        sub.notify()
+
+    def list_subscriptions(
+        self, project: str, page_size: int, page_token: str
+    ) -> tuple[list[Any], str]:
+        """ListSubscriptions."""
+        project_id = check_project(project)
+        prefix = f"projects/{project_id}/subscriptions/"
+        names = sorted(n for n in self.subs if n.startswith(prefix))
+        page, token = _page(names, page_size, page_token)
+        return [self.subs[n].pb for n in page], token
+
+    async def delete_subscription(self, name: str) -> None:
+        """DeleteSubscription: its unacked messages go with it."""
+        sub = self.sub(name)
+        await self.store.submit(self._drop_subscription(sub))
+
+    def _drop_subscription(self, sub: SubState) -> list[Statement]:
+        del self.subs[sub.name]
+        topic = self.topics.get(sub.topic)
+        if topic is not None:
+            topic.subs.pop(sub.name, None)
+        sub.close()
+        statements: list[Statement] = [
+            ("DELETE FROM pending WHERE sub_id = ?", [(sub.sub_id,)]),
+            ("DELETE FROM subscriptions WHERE id = ?", [(sub.sub_id,)]),
+        ]
+        for msg in [e.msg for e in sub.entries.values()] + list(sub.acked.values()):
+            msg.refs -= 1
+            if msg.refs <= 0:
+                self.release_message(msg, statements)
+        sub.entries.clear()
+        sub.acked.clear()
+        sub.ready.clear()
+        sub.keys.clear()
+        if sub.config.push_endpoint:
+            self.on_push_change(sub)
+        return statements
+
+    # -- publish ---------------------------------------------------------------------------------
+
+    async def publish(self, topic_name: str, messages: Any) -> list[str]:
+        """Publish: returns the message ids once the messages are committed."""
+        topic = self.topic(topic_name)
+        sizes = check_publish(messages)
+        return await self._publish(topic, messages, sizes)
+
+    async def _publish(self, topic: TopicState, messages: Any, sizes: list[int]) -> list[str]:
+        publish_ns = time.time_ns()
+        first = self.last_seq + 1
+        self.last_seq += len(messages)
+        subs = list(topic.subs.values())
+        ids = [str(seq) for seq in range(first, self.last_seq + 1)]
+        keep = bool(subs) or bool(topic.retention_s)
+        statements: list[Statement] = [(_SQL_LAST_SEQ, [(self.last_seq,)])]
+        stored: list[StoredMessage] = []
+        if keep:
+            secs, nanos = divmod(publish_ns, 1_000_000_000)
+            rows = []
+            name = topic.name
+            for seq, message, size, message_id in zip(
+                range(first, self.last_seq + 1), messages, sizes, ids, strict=True
+            ):
+                message.message_id = message_id
+                stamp = message.publish_time
+                stamp.seconds = secs
+                stamp.nanos = nanos
+                rows.append((seq, name, publish_ns, message.SerializeToString()))
+                stored.append(StoredMessage(seq, name, message, size, publish_ns))
+            statements.append((_SQL_INSERT_MESSAGE, rows))
+            matched: list[tuple[SubState, list[StoredMessage]]] = []
+            pending_rows: list[tuple[int, int]] = []
+            for sub in subs:
+                predicate = sub.config.predicate
+                if predicate is None:
+                    chosen = stored
+                else:
+                    chosen = [m for m in stored if predicate(dict(m.pb.attributes))]
+                matched.append((sub, chosen))
+                sub_id = sub.sub_id
+                pending_rows.extend((sub_id, m.seq) for m in chosen)
+            statements.append((_SQL_INSERT_PENDING, pending_rows))
+        await self.store.submit(statements)
+        if keep:
+            self._deliver(stored, matched)
+        return ids
+
+    def _deliver(
+        self, stored: list[StoredMessage], matched: list[tuple[SubState, list[StoredMessage]]]
+    ) -> None:
+        messages = self.messages
+        for msg in stored:
+            messages[msg.seq] = msg
+        for sub, chosen in matched:
+            if sub.deleted:
+                continue
+            for msg in chosen:
+                sub.add(msg)
+            sub.notify()
+        cleanup: list[Statement] = []
+        for msg in stored:
+            if msg.refs == 0:
+                self.release_message(msg, cleanup)
+        if cleanup:
+            self.store.post(cleanup)
+
+    # -- pull and acks ---------------------------------------------------------------------------
+
+    async def pull(
+        self, name: str, max_messages: int, return_immediately: bool, wait: float | None
+    ) -> list[Entry]:
+        """Pull: lease up to `max_messages`; waits (push-woken) for the first unless told not to."""
+        sub = self.sub(name)
+        if max_messages <= 0:
+            raise invalid("max_messages must be a positive integer.")
+        sub.touch()
+        consumer = Consumer(sub.config.ack_deadline, max_messages)
+        try:
+            entries = sub.take(consumer, max_messages)
+            if entries or return_immediately:
+                return entries
+            deadline = self.loop.time() + min(wait if wait is not None else _PULL_WAIT, _PULL_WAIT)
+            while not entries and not sub.deleted and not self.closing:
+                remaining = deadline - self.loop.time()
+                if remaining <= 0:
+                    break
+                consumer.event.clear()
+                sub.waiters.add(consumer)
+                try:
+                    await asyncio.wait_for(consumer.event.wait(), remaining)
+                except TimeoutError:
+                    break
+                finally:
+                    sub.waiters.discard(consumer)
+                entries = sub.take(consumer, max_messages)
+            if sub.deleted:
+                raise not_found("subscription", name)
+            return entries
+        finally:
+            consumer.closed = True
+
+    async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
+        """Acknowledge (unary): returns once the acks are committed."""
+        sub = self.sub(name)
+        if not ack_ids:
+            raise invalid("No ack ids were given.")
+        sub.touch()
+        statements: list[Statement] = []
+        sub.ack(list(ack_ids), statements)
+        if statements:
+            await self.store.submit(statements)
+
+    def modify_ack_deadline(self, name: str, ack_ids: list[str], deadline: int) -> None:
+        """ModifyAckDeadline (unary): extend leases or nack (0)."""
+        sub = self.sub(name)
+        if not ack_ids:
+            raise invalid("No ack ids were given.")
+        sub.touch()
+        sub.modify(list(ack_ids), deadline)
+
+    async def seek(self, name: str, request: Any) -> None:
+        """Seek to a time: older messages count as acked, retained newer ones come back."""
+        sub = self.sub(name)
+        if request.snapshot:
+            raise BrokerError(grpc.StatusCode.UNIMPLEMENTED, "Snapshots are not supported.")
+        if not request.HasField("time"):
+            raise invalid("Seek needs a time (or a snapshot).")
+        cutoff = request.time.seconds * 1_000_000_000 + request.time.nanos
+        statements: list[Statement] = []
+        sub.ack_older_than(cutoff, statements)
+        back = [m for m in sub.acked.values() if m.publish_ns >= cutoff]
+        topic = self.topics.get(sub.topic)
+        if topic is not None and topic.retention_s:
+            for seq, publish_ns, body in await self.store.retained_rows(
+                topic.name, cutoff, sub.start_seq
+            ):
+                if seq in sub.entries or seq in sub.acked:
+                    continue
+                msg = self.messages.get(seq)
+                if msg is None:
+                    pb = PubsubMessage.FromString(body)
+                    msg = StoredMessage(seq, topic.name, pb, pb.ByteSize(), publish_ns)
+                    self.messages[seq] = msg
+                back.append(msg)
+        sub.unack(back, statements)
+        sub.touch()
+        if statements:
+            await self.store.submit(statements)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _arm_expiry(self, sub: SubState) -> None:
+        ttl = sub.config.expiration_ttl
+        if ttl is not None:
+            self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, ttl)
+
+    def _check_expiry(self, sub: SubState, ttl: float) -> None:
+        if sub.deleted or sub.config.expiration_ttl != ttl:
+            return
+        now = self.loop.time()
+        if sub.consumers and any(not c.closed for c in sub.consumers):
+            sub.touch()  # open streams and push workers count as activity
+        if now - sub.last_activity >= ttl - 0.001:
+            _LOG.info("subscription %s expired after %gs without activity", sub.name, ttl)
+            self.store.post(self._drop_subscription(sub))
+            return
+        self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, ttl)
+
+    def _arm_retention(self, sub: SubState) -> None:
+        retention = sub.config.retention_s
+        oldest = min(
+            (e.msg.publish_ns for e in sub.entries.values()),
+            default=None,
+        )
+        oldest_acked = min((m.publish_ns for m in sub.acked.values()), default=None)
+        candidates = [x for x in (oldest, oldest_acked) if x is not None]
+        wall = time.time()
+        due = min(candidates) / 1e9 + retention if candidates else wall + retention
+        when = self.loop.time() + max(due - wall, 1.0 if candidates else 0.0)
+        if when < sub.retention_armed_at - 0.5 or sub.retention_armed_at <= self.loop.time():
+            sub.retention_armed_at = when
+            self.scheduler.at(when, self._check_retention, sub)
+
+    def _check_retention(self, sub: SubState) -> None:
+        if sub.deleted:
+            return
+        if self.loop.time() + 0.01 < sub.retention_armed_at:
+            return  # superseded by an earlier-armed check
+        sub.retention_armed_at = float("inf")
+        cutoff = time.time_ns() - int(sub.config.retention_s * 1e9)
+        statements: list[Statement] = []
+        sub.drop_older_than(cutoff, statements)
+        if statements:
+            self.store.post(statements)
+        self._arm_retention(sub)
+
+    async def _collect_garbage(self, keep: dict[str, int]) -> None:
+        while True:
+            await self.store.collect_garbage(keep)
+            await asyncio.sleep(_GC_INTERVAL)
+            keep = {
+                t.name: time.time_ns() - int(t.retention_s * 1e9)
+                for t in self.topics.values()
+                if t.retention_s
+            }
+
+
+def _page(names: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    if page_size < 0:
+        raise invalid("page_size must not be negative.")
+    size = page_size or 100
+    start = 0
+    if page_token:
+        start = next((i for i, n in enumerate(names) if n > page_token), len(names))
+    page = names[start : start + size]
+    token = page[-1] if start + size < len(names) and page else ""
+    return page, token
+
+
+def _copy_field(target: Any, source: Any, field: str) -> None:
+    """Set `field` of `target` to its value in `source` (an update-mask step)."""
+    descriptor = target.DESCRIPTOR.fields_by_name[field]
+    target.ClearField(field)
+    if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+        getattr(target, field).update(getattr(source, field))
+    elif descriptor.is_repeated:
+        getattr(target, field).extend(getattr(source, field))
+    elif descriptor.message_type is not None:
+        if source.HasField(field):
+            getattr(target, field).CopyFrom(getattr(source, field))
+    else:
+        setattr(target, field, getattr(source, field))
+
+
+def _safe_retention(pb: Any) -> float | None:
+    try:
+        return topic_retention(pb)
+    except BrokerError:
+        return None
+
+
+def _rfc3339(publish_ns: int) -> str:
+    secs, nanos = divmod(publish_ns, 1_000_000_000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return f"{base}.{nanos // 1000:06d}Z"

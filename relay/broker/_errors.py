@@ -1,0 +1,45 @@
+"""Errors the broker returns to clients: a gRPC status code and a Google-like message."""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = ["BrokerError", "already_exists", "failed_precondition", "invalid", "not_found"]
+
+
+class BrokerError(Exception):
+    """A refused request; the gRPC layer turns it into a status with `code` and `message`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def not_found(kind: str, name: str) -> BrokerError:
+    """NOT_FOUND for a topic or subscription, worded like Google's."""
+    return BrokerError(
+        grpc.StatusCode.NOT_FOUND, f"Resource not found (resource={_short(name)}): {kind} {name}"
+    )
+
+
+def already_exists(kind: str, name: str) -> BrokerError:
+    """ALREADY_EXISTS for a topic or subscription, worded like Google's."""
+    return BrokerError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        f"Resource already exists in the project (resource={_short(name)}): {kind} {name}",
+    )
+
+
+def invalid(message: str) -> BrokerError:
+    """INVALID_ARGUMENT with `message`."""
+    return BrokerError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def failed_precondition(message: str) -> BrokerError:
+    """FAILED_PRECONDITION with `message`."""
+    return BrokerError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def _short(name: str) -> str:
+    return name.rsplit("/", 1)[-1]

@@ -1,0 +1,175 @@
+"""The google.pubsub.v1 Publisher and Subscriber services as generic gRPC handlers over `Broker`.
+
+Requests and responses are the raw protobuf classes behind google-cloud-pubsub's proto-plus types
+(`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+from google.pubsub_v1 import types
+
+from relay.broker._core import Broker
+from relay.broker._errors import BrokerError
+from relay.broker._streaming import fill_received, streaming_pull
+
+__all__ = ["handlers"]
+
+_LOG = logging.getLogger("relay.broker")
+
+_Unary = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _pb(name: str) -> Any:
+    return getattr(types, name).pb()
+
+
+def _unary(fn: _Unary, request: str, response: str) -> Any:
+    async def handle(req: Any, context: Any) -> Any:
+        try:
+            return await fn(req, context)
+        except BrokerError as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            _LOG.exception("%s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error in the relay broker.")
+
+    response_cls = empty_pb2.Empty if response == "Empty" else _pb(response)
+    return grpc.unary_unary_rpc_method_handler(
+        handle,
+        request_deserializer=_pb(request).FromString,
+        response_serializer=response_cls.SerializeToString,
+    )
+
+
+def handlers(broker: Broker) -> list[Any]:
+    """The generic handlers of both services, bound to `broker`."""
+    Empty = empty_pb2.Empty
+    ListTopicsResponse = _pb("ListTopicsResponse")
+    ListTopicSubscriptionsResponse = _pb("ListTopicSubscriptionsResponse")
+    ListSubscriptionsResponse = _pb("ListSubscriptionsResponse")
+    PublishResponse = _pb("PublishResponse")
+    PullResponse = _pb("PullResponse")
+
+    async def create_topic(req: Any, context: Any) -> Any:
+        return await broker.create_topic(req)
+
+    async def get_topic(req: Any, context: Any) -> Any:
+        return broker.topic(req.topic).pb
+
+    async def update_topic(req: Any, context: Any) -> Any:
+        return await broker.update_topic(req.topic, list(req.update_mask.paths))
+
+    async def list_topics(req: Any, context: Any) -> Any:
+        topics, token = broker.list_topics(req.project, req.page_size, req.page_token)
+        return ListTopicsResponse(topics=topics, next_page_token=token)
+
+    async def list_topic_subscriptions(req: Any, context: Any) -> Any:
+        names, token = broker.list_topic_subscriptions(req.topic, req.page_size, req.page_token)
+        return ListTopicSubscriptionsResponse(subscriptions=names, next_page_token=token)
+
+    async def delete_topic(req: Any, context: Any) -> Any:
+        await broker.delete_topic(req.topic)
+        return Empty()
+
+    async def publish(req: Any, context: Any) -> Any:
+        ids = await broker.publish(req.topic, req.messages)
+        return PublishResponse(message_ids=ids)
+
+    async def create_subscription(req: Any, context: Any) -> Any:
+        return await broker.create_subscription(req)
+
+    async def get_subscription(req: Any, context: Any) -> Any:
+        return broker.sub(req.subscription).pb
+
+    async def update_subscription(req: Any, context: Any) -> Any:
+        return await broker.update_subscription(req.subscription, list(req.update_mask.paths))
+
+    async def list_subscriptions(req: Any, context: Any) -> Any:
+        subs, token = broker.list_subscriptions(req.project, req.page_size, req.page_token)
+        return ListSubscriptionsResponse(subscriptions=subs, next_page_token=token)
+
+    async def delete_subscription(req: Any, context: Any) -> Any:
+        await broker.delete_subscription(req.subscription)
+        return Empty()
+
+    async def modify_push_config(req: Any, context: Any) -> Any:
+        await broker.modify_push_config(req.subscription, req.push_config)
+        return Empty()
+
+    async def pull(req: Any, context: Any) -> Any:
+        remaining = context.time_remaining()
+        wait = None if remaining is None else max(remaining - 0.5, 0.0)
+        entries = await broker.pull(
+            req.subscription, req.max_messages, req.return_immediately, wait
+        )
+        response = PullResponse()
+        if entries:
+            fill_received(response.received_messages, broker.sub(req.subscription), entries)
+        return response
+
+    async def acknowledge(req: Any, context: Any) -> Any:
+        await broker.acknowledge(req.subscription, list(req.ack_ids))
+        return Empty()
+
+    async def modify_ack_deadline(req: Any, context: Any) -> Any:
+        broker.modify_ack_deadline(req.subscription, list(req.ack_ids), req.ack_deadline_seconds)
+        return Empty()
+
+    async def seek(req: Any, context: Any) -> Any:
+        await broker.seek(req.subscription, req)
+        return _pb("SeekResponse")()
+
+    async def streaming(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in streaming_pull(broker, requests):
+                yield response
+        except BrokerError as exc:
+            await context.abort(exc.code, exc.message)
+
+    publisher = grpc.method_handlers_generic_handler(
+        "google.pubsub.v1.Publisher",
+        {
+            "CreateTopic": _unary(create_topic, "Topic", "Topic"),
+            "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
+            "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
+            "ListTopics": _unary(list_topics, "ListTopicsRequest", "ListTopicsResponse"),
+            "ListTopicSubscriptions": _unary(
+                list_topic_subscriptions,
+                "ListTopicSubscriptionsRequest",
+                "ListTopicSubscriptionsResponse",
+            ),
+            "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
+            "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
+        },
+    )
+    subscriber = grpc.method_handlers_generic_handler(
+        "google.pubsub.v1.Subscriber",
+        {
+            "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
+            "GetSubscription": _unary(get_subscription, "GetSubscriptionRequest", "Subscription"),
+            "UpdateSubscription": _unary(
+                update_subscription, "UpdateSubscriptionRequest", "Subscription"
+            ),
+            "ListSubscriptions": _unary(
+                list_subscriptions, "ListSubscriptionsRequest", "ListSubscriptionsResponse"
+            ),
+            "DeleteSubscription": _unary(delete_subscription, "DeleteSubscriptionRequest", "Empty"),
+            "ModifyPushConfig": _unary(modify_push_config, "ModifyPushConfigRequest", "Empty"),
+            "Pull": _unary(pull, "PullRequest", "PullResponse"),
+            "Acknowledge": _unary(acknowledge, "AcknowledgeRequest", "Empty"),
+            "ModifyAckDeadline": _unary(modify_ack_deadline, "ModifyAckDeadlineRequest", "Empty"),
+            "Seek": _unary(seek, "SeekRequest", "SeekResponse"),
+            "StreamingPull": grpc.stream_stream_rpc_method_handler(
+                streaming,
+                request_deserializer=_pb("StreamingPullRequest").FromString,
+                response_serializer=_pb("StreamingPullResponse").SerializeToString,
+            ),
+        },
+    )
+    return [publisher, subscriber]

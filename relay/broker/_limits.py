@@ -1,0 +1,94 @@
+"""Google's Pub/Sub publish limits: INVALID_ARGUMENT with a message naming the limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.broker._errors import invalid
+
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_KEY_BYTES",
+    "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_MESSAGES_PER_PUBLISH",
+    "MAX_MESSAGE_BYTES",
+    "MAX_ORDERING_KEY_BYTES",
+    "MAX_PUBLISH_BYTES",
+    "check_publish",
+]
+
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+MAX_PUBLISH_BYTES = 10 * 1024 * 1024
+MAX_MESSAGES_PER_PUBLISH = 1_000
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_KEY_BYTES = 256
+MAX_ATTRIBUTE_VALUE_BYTES = 1024
+MAX_ORDERING_KEY_BYTES = 1024
+
+
+def check_publish(messages: Any) -> list[int]:
+    """Check the messages of one Publish request; return each message's size in bytes."""
+    count = len(messages)
+    if count == 0:
+        raise invalid("The publish request must contain at least one message.")
+    if count > MAX_MESSAGES_PER_PUBLISH:
+        raise invalid(
+            f"The value for message_count is too large. You passed {count} in the request, "
+            f"but the maximum value is {MAX_MESSAGES_PER_PUBLISH}."
+        )
+    sizes = []
+    total = 0
+    for index, message in enumerate(messages):
+        size = message.ByteSize()
+        attributes = message.attributes
+        if size > MAX_MESSAGE_BYTES:
+            raise invalid(
+                f"Message {index} is {size} bytes; the maximum message size is "
+                f"{MAX_MESSAGE_BYTES} bytes."
+            )
+        if attributes:
+            _check_attributes(index, attributes)
+        elif not message.data:
+            raise invalid(
+                "Some messages in the publish request are empty. Each message must contain "
+                "either non-empty data, or at least one attribute."
+            )
+        if message.ordering_key and len(message.ordering_key.encode()) > MAX_ORDERING_KEY_BYTES:
+            raise invalid(
+                f"Message {index}: the ordering_key is longer than {MAX_ORDERING_KEY_BYTES} bytes."
+            )
+        total += size
+        sizes.append(size)
+    if total > MAX_PUBLISH_BYTES:
+        raise invalid(
+            f"Request payload size exceeds the limit: {MAX_PUBLISH_BYTES} bytes "
+            f"(this request has {total} bytes of messages)."
+        )
+    return sizes
+
+
+def _check_attributes(index: int, attributes: Any) -> None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise invalid(
+            f"Message {index} has {len(attributes)} attributes; the maximum is {MAX_ATTRIBUTES}."
+        )
+    for key, value in attributes.items():
+        key_bytes = len(key.encode())
+        if key_bytes > MAX_ATTRIBUTE_KEY_BYTES:
+            raise invalid(
+                f"Message {index}: attribute key {key[:40]!r}... is {key_bytes} bytes; the "
+                f"maximum is {MAX_ATTRIBUTE_KEY_BYTES} bytes."
+            )
+        if not key:
+            raise invalid(f"Message {index}: attribute keys must not be empty.")
+        if key.lower().startswith("goog"):
+            raise invalid(
+                f"Message {index}: attribute key {key!r} is reserved (keys must not start with "
+                "'goog')."
+            )
+        value_bytes = len(value.encode())
+        if value_bytes > MAX_ATTRIBUTE_VALUE_BYTES:
+            raise invalid(
+                f"Message {index}: the value of attribute {key!r} is {value_bytes} bytes; the "
+                f"maximum is {MAX_ATTRIBUTE_VALUE_BYTES} bytes."
+            )

@@ -1,0 +1,153 @@
+"""Push delivery: one worker per push subscription POSTs leased messages through `_push.push`.
+
+A worker is a `Consumer` whose flow-control limit is the subscription's push concurrency, so at
+most that many requests are in flight; 2xx-ack statuses ack, anything else nacks (redelivered
+with the retry-policy or Google's push backoff, dead-lettered after max attempts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from relay.broker._config import PUSH_CONCURRENCY_ATTRIBUTE
+from relay.broker._core import Broker
+from relay.broker._oidc import TokenSigner
+from relay.broker._push import PushRequest, push
+from relay.broker._state import Consumer, Entry, SubState, ack_id_of
+from relay.broker._store import Statement
+
+__all__ = ["PushManager"]
+
+_LOG = logging.getLogger("relay.broker.push")
+_TOKEN_REUSE = 3000.0  # seconds a minted token (valid 3600 s) is reused
+
+
+class _Worker:
+    def __init__(self, manager: PushManager, sub: SubState) -> None:
+        self.manager = manager
+        self.sub = sub
+        attributes = sub.pb.push_config.attributes
+        concurrency = int(
+            attributes.get(PUSH_CONCURRENCY_ATTRIBUTE) or manager.broker.push_concurrency
+        )
+        self.consumer = Consumer(sub.config.ack_deadline, concurrency)
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def close(self) -> None:
+        self.consumer.closed = True
+        self.consumer.wake()
+
+    async def _run(self) -> None:
+        sub = self.sub
+        consumer = self.consumer
+        sub.consumers.add(consumer)
+        try:
+            while not consumer.closed and not sub.deleted:
+                consumer.event.clear()
+                entries = sub.take(consumer, consumer.max_messages)
+                if entries:
+                    for entry in entries:
+                        task = asyncio.get_running_loop().create_task(
+                            self._deliver(entry, ack_id_of(entry))
+                        )
+                        self.inflight.add(task)
+                        task.add_done_callback(self.inflight.discard)
+                    continue
+                sub.waiters.add(consumer)
+                await consumer.event.wait()
+        finally:
+            sub.consumers.discard(consumer)
+            sub.waiters.discard(consumer)
+
+    async def _deliver(self, entry: Entry, ack_id: str) -> None:
+        sub = self.sub
+        config = sub.config
+        pb = entry.msg.pb
+        push_config = sub.pb.push_config
+        request = PushRequest(
+            endpoint=config.push_endpoint,
+            subscription=sub.name,
+            topic=entry.msg.topic,
+            data=pb.data,
+            message_id=pb.message_id,
+            publish_time=dt.datetime.fromtimestamp(entry.msg.publish_ns / 1e9, tz=dt.UTC),
+            attributes=dict(pb.attributes),
+            ordering_key=pb.ordering_key,
+            delivery_attempt=entry.attempts if config.dead_letter_topic else None,
+            no_wrapper=push_config.HasField("no_wrapper"),
+            write_metadata=push_config.no_wrapper.write_metadata,
+            push_attributes=dict(push_config.attributes),
+            token=self.manager.token(push_config),
+        )
+        try:
+            ok = await push(self.manager.session, request, config.ack_deadline)
+        except Exception:
+            _LOG.exception("push to %s failed", config.push_endpoint)
+            ok = False
+        if sub.deleted:
+            return
+        if ok:
+            statements: list[Statement] = []
+            sub.ack([ack_id], statements)
+            sub.touch()
+            if statements:
+                self.manager.broker.post(statements)
+        else:
+            sub.modify([ack_id], 0)
+
+
+class PushManager:
+    """Starts, restarts and stops push workers as subscriptions come and go."""
+
+    def __init__(self, broker: Broker, session: aiohttp.ClientSession, signer: TokenSigner) -> None:
+        self.broker = broker
+        self.session = session
+        self.signer = signer
+        self.workers: dict[str, _Worker] = {}
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        broker.on_push_change = self.refresh
+        for sub in broker.subs.values():
+            self.refresh(sub)
+
+    def refresh(self, sub: SubState) -> None:
+        """(Re)start or stop the worker of `sub` to match its current push config."""
+        old = self.workers.pop(sub.name, None)
+        if old is not None:
+            old.close()
+        if not sub.deleted and sub.config.push_endpoint:
+            self.workers[sub.name] = _Worker(self, sub)
+
+    def token(self, push_config: Any) -> str | None:
+        """An OIDC token for the push config (cached for most of its lifetime), or None."""
+        if not push_config.HasField("oidc_token"):
+            return None
+        oidc = push_config.oidc_token
+        audience = oidc.audience or push_config.push_endpoint
+        key = (audience, oidc.service_account_email)
+        cached = self._tokens.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        token = self.signer.mint(audience, oidc.service_account_email)
+        self._tokens[key] = (token, now + _TOKEN_REUSE)
+        return token
+
+    async def close(self) -> None:
+        """Stop every worker; in-flight pushes are cancelled (their leases simply expire)."""
+        tasks: list[asyncio.Task[Any]] = []
+        for worker in self.workers.values():
+            worker.close()
+            tasks.append(worker.task)
+            tasks.extend(worker.inflight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.workers.clear()

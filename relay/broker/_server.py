@@ -1,0 +1,127 @@
+"""Run the broker: gRPC (google.pubsub.v1) + the HTTP side, until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from relay.broker._core import Broker
+from relay.broker._grpc import handlers
+from relay.broker._http import start_http
+from relay.broker._oidc import TokenSigner
+from relay.broker._pusher import PushManager
+
+__all__ = ["BrokerServer", "ServerOptions", "run"]
+
+_LOG = logging.getLogger("relay.broker")
+_MAX_GRPC_MESSAGE = 64 * 1024 * 1024
+_SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Where the broker listens and keeps its data."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8085
+    http_port: int | None = None  # None: port + 1 (or a free port when port is 0)
+    push_concurrency: int = 32
+    fsync: bool = False
+
+
+class BrokerServer:
+    """A started broker; `stop()` shuts it down cleanly (in-flight publishes finish first)."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.broker: Broker | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._server: Any = None
+        self._runner: Any = None
+        self._session: aiohttp.ClientSession | None = None
+        self._pushers: PushManager | None = None
+
+    @property
+    def ready_line(self) -> str:
+        """The line logged once the broker serves."""
+        host = self.options.host
+        return (
+            f"relay broker ready grpc={host}:{self.grpc_port} "
+            f"http=http://{host}:{self.http_port} data={self.options.data_dir}"
+        )
+
+    async def start(self) -> None:
+        """Load the store, bind both ports and start serving."""
+        options = self.options
+        options.data_dir.mkdir(parents=True, exist_ok=True)
+        broker = Broker(
+            options.data_dir, push_concurrency=options.push_concurrency, fsync=options.fsync
+        )
+        self.broker = broker
+        broker.load()
+        signer = TokenSigner.load_or_create(options.data_dir)
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _MAX_GRPC_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_GRPC_MESSAGE),
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", 100_000),
+            ]
+        )
+        self._server.add_generic_rpc_handlers(handlers(broker))
+        self.grpc_port = self._server.add_insecure_port(f"{options.host}:{options.port}")
+        if not self.grpc_port:
+            raise OSError(f"cannot listen on {options.host}:{options.port}")
+        await self._server.start()
+        http_port = options.http_port
+        if http_port is None:
+            http_port = options.port + 1 if options.port else 0
+        self._runner, self.http_port = await start_http(options.host, http_port, signer)
+        self._session = aiohttp.ClientSession()
+        self._pushers = PushManager(broker, self._session, signer)
+
+    async def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish, end streams, close the store."""
+        broker = self.broker
+        if broker is not None:
+            broker.closing = True
+            for sub in broker.subs.values():
+                for consumer in list(sub.consumers) + list(sub.waiters):
+                    consumer.wake()
+        if self._server is not None:
+            await self._server.stop(_SHUTDOWN_GRACE)
+        if self._pushers is not None:
+            await self._pushers.close()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if broker is not None:
+            await broker.close()
+
+
+async def run(options: ServerOptions) -> None:
+    """Serve until SIGINT/SIGTERM, logging the ready line once both ports are bound."""
+    server = BrokerServer(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        _LOG.info("%s", server.ready_line)
+        await stop.wait()
+        _LOG.info("relay broker stopping")
+    finally:
+        await server.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,434 @@
+"""In-memory delivery state of one subscription: ready queue, leases, ordering keys, backoff.
+
+Everything here runs on the event loop and never blocks: durable changes are returned as SQL
+statements (or posted to the store) and delivery wakes waiting consumers through asyncio events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from relay.broker._errors import invalid
+from relay.broker._store import Statement
+from relay.broker._timers import Scheduler
+
+__all__ = [
+    "Consumer",
+    "Entry",
+    "Host",
+    "StoredMessage",
+    "SubConfig",
+    "SubState",
+    "ack_id_of",
+    "parse_ack_id",
+]
+
+READY, DELAYED, LEASED, BLOCKED, DONE, DEAD_LETTERING = range(6)
+
+# Caps of one Pull/StreamingPull response. The client's emulator channel keeps gRPC's default
+# 4 MiB receive limit, so responses stay below it (a single bigger message still goes alone).
+RESPONSE_MAX_MESSAGES = 1_000
+RESPONSE_MAX_BYTES = 4 * 1024 * 1024 - 256 * 1024
+
+_SQL_ATTEMPTS = "UPDATE pending SET attempts = ? WHERE sub_id = ? AND seq = ?"
+_SQL_DELETE = "DELETE FROM pending WHERE sub_id = ? AND seq = ?"
+_SQL_ACKED = "UPDATE pending SET acked = 1 WHERE sub_id = ? AND seq = ?"
+_SQL_UNACKED = "INSERT OR REPLACE INTO pending (sub_id, seq, attempts, acked) VALUES (?, ?, ?, 0)"
+
+
+class StoredMessage:
+    """A published message held in memory while any subscription still needs it."""
+
+    __slots__ = ("ordering_key", "pb", "publish_ns", "refs", "seq", "size", "topic")
+
+    def __init__(self, seq: int, topic: str, pb: Any, size: int, publish_ns: int) -> None:
+        self.seq = seq
+        self.topic = topic
+        self.pb = pb  # google.pubsub.v1.PubsubMessage with message_id and publish_time set
+        self.size = size
+        self.publish_ns = publish_ns
+        self.ordering_key: str = pb.ordering_key
+        self.refs = 0
+
+
+class Entry:
+    """One message in one subscription: its state, delivery count and current lease."""
+
+    __slots__ = ("attempts", "deadline", "gen", "msg", "owner", "state")
+
+    def __init__(self, msg: StoredMessage, attempts: int = 0) -> None:
+        self.msg = msg
+        self.attempts = attempts
+        self.gen = 0
+        self.state = READY
+        self.deadline = 0.0
+        self.owner: Consumer | None = None
+
+
+class Consumer:
+    """Something messages are leased to: a StreamingPull stream, a Pull call or a push worker."""
+
+    __slots__ = (
+        "closed",
+        "deadline_s",
+        "event",
+        "max_bytes",
+        "max_messages",
+        "outstanding",
+        "outstanding_bytes",
+    )
+
+    def __init__(self, deadline_s: float, max_messages: int = 0, max_bytes: int = 0) -> None:
+        self.event = asyncio.Event()
+        self.deadline_s = deadline_s
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.outstanding = 0
+        self.outstanding_bytes = 0
+        self.closed = False
+
+    def has_room(self, size: int) -> bool:
+        """Whether one more message of `size` bytes fits in the flow-control limits."""
+        if self.max_messages and self.outstanding >= self.max_messages:
+            return False
+        return not (
+            self.max_bytes and self.outstanding and self.outstanding_bytes + size > self.max_bytes
+        )
+
+    def wake(self) -> None:
+        """Wake the task waiting on this consumer."""
+        self.event.set()
+
+
+class Host(Protocol):
+    """What a subscription needs from the broker."""
+
+    scheduler: Scheduler
+    loop: asyncio.AbstractEventLoop
+
+    def post(self, statements: list[Statement]) -> None: ...
+
+    def release_message(self, msg: StoredMessage, statements: list[Statement]) -> None: ...
+
+    def dead_letter(self, sub: SubState, entry: Entry) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubConfig:
+    """The delivery settings of a subscription, derived from its protobuf."""
+
+    ack_deadline: float
+    predicate: Callable[[Mapping[str, str]], bool] | None
+    ordered: bool
+    retain_acked: bool
+    retention_s: float
+    dead_letter_topic: str | None
+    max_attempts: int
+    min_backoff: float | None  # None: no retry policy
+    max_backoff: float
+    push_endpoint: str
+    expiration_ttl: float | None  # None: never expires
+
+
+def ack_id_of(entry: Entry) -> str:
+    """The ack id of the entry's current delivery: `<seq>-<lease generation>`."""
+    return f"{entry.msg.seq}-{entry.gen}"
+
+
+def parse_ack_id(ack_id: str) -> tuple[int, int]:
+    """(seq, generation) of an ack id; INVALID_ARGUMENT for anything else."""
+    seq, sep, gen = ack_id.partition("-")
+    if not sep or not seq.isdigit() or not gen.isdigit():
+        raise invalid(f"You have passed an invalid ack ID to the service (ack_id={ack_id}).")
+    return int(seq), int(gen)
+
+
+class SubState:
+    """Runtime state of one subscription."""
+
+    def __init__(
+        self,
+        host: Host,
+        sub_id: int,
+        name: str,
+        topic: str,
+        start_seq: int,
+        pb: Any,
+        config: SubConfig,
+    ) -> None:
+        self.host = host
+        self.sub_id = sub_id
+        self.name = name
+        self.topic = topic
+        self.start_seq = start_seq
+        self.pb = pb
+        self.config = config
+        self.entries: dict[int, Entry] = {}
+        self.acked: dict[int, StoredMessage] = {}  # retained acked messages (for Seek)
+        self.ready: deque[Entry] = deque()
+        self.keys: dict[str, deque[Entry]] = {}
+        self.waiters: set[Consumer] = set()
+        self.consumers: set[Consumer] = set()  # open streams and push workers
+        self.last_activity = host.loop.time()
+        self.deleted = False
+        self.retention_armed_at = float("inf")
+
+    # -- adding ----------------------------------------------------------------------------------
+
+    def add(self, msg: StoredMessage, attempts: int = 0) -> None:
+        """Take a newly published (or reloaded) message; call `notify()` after a batch."""
+        entry = Entry(msg, attempts)
+        self.entries[msg.seq] = entry
+        msg.refs += 1
+        if self.config.ordered and msg.ordering_key:
+            queue = self.keys.get(msg.ordering_key)
+            if queue is None:
+                self.keys[msg.ordering_key] = queue = deque()
+            queue.append(entry)
+            if len(queue) > 1:
+                entry.state = BLOCKED
+                return
+        self.ready.append(entry)
+
+    def add_acked(self, msg: StoredMessage) -> None:
+        """Remember an acked message for Seek (retain_acked_messages)."""
+        self.acked[msg.seq] = msg
+        msg.refs += 1
+
+    def notify(self) -> None:
+        """Wake every consumer waiting for messages."""
+        if self.ready and self.waiters:
+            waiters = self.waiters
+            self.waiters = set()
+            for consumer in waiters:
+                consumer.wake()
+
+    def touch(self) -> None:
+        """Record subscriber activity (for the expiration policy)."""
+        self.last_activity = self.host.loop.time()
+
+    # -- leasing ---------------------------------------------------------------------------------
+
+    def take(self, consumer: Consumer, limit: int = RESPONSE_MAX_MESSAGES) -> list[Entry]:
+        """Lease up to `limit` ready messages to `consumer` within its flow-control limits."""
+        ready = self.ready
+        if not ready:
+            return []
+        out: list[Entry] = []
+        size_sum = 0
+        while ready and len(out) < limit:
+            entry = ready[0]
+            if entry.state != READY:
+                ready.popleft()
+                continue
+            size = entry.msg.size
+            if not consumer.has_room(size) or (out and size_sum + size > RESPONSE_MAX_BYTES):
+                break
+            ready.popleft()
+            size_sum += size
+            entry.state = LEASED
+            entry.attempts += 1
+            entry.gen += 1
+            entry.owner = consumer
+            consumer.outstanding += 1
+            consumer.outstanding_bytes += size
+            out.append(entry)
+        if out:
+            deadline = self.host.loop.time() + consumer.deadline_s
+            for entry in out:
+                entry.deadline = deadline
+            self.host.scheduler.at(deadline, self._check_leases, out)
+            sub_id = self.sub_id
+            self.host.post([(_SQL_ATTEMPTS, [(e.attempts, sub_id, e.msg.seq) for e in out])])
+        return out
+
+    def _release(self, entry: Entry) -> None:
+        owner = entry.owner
+        if owner is None:
+            return
+        entry.owner = None
+        owner.outstanding -= 1
+        owner.outstanding_bytes -= entry.msg.size
+        if not owner.closed and self.ready:
+            owner.wake()
+
+    def _check_leases(self, entries: list[Entry]) -> None:
+        now = self.host.loop.time() + 0.001
+        for entry in entries:
+            if entry.state == LEASED and entry.deadline <= now:
+                self.retry(entry)
+
+    # -- acks and nacks --------------------------------------------------------------------------
+
+    def ack(self, ack_ids: list[str], statements: list[Statement]) -> None:
+        """Acknowledge deliveries; append the durable changes to `statements`."""
+        parsed = [parse_ack_id(a) for a in ack_ids]
+        deleted: list[tuple[int, int]] = []
+        sub_id = self.sub_id
+        for seq, _gen in parsed:
+            entry = self.entries.get(seq)
+            if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
+                continue
+            self._remove(entry)
+            deleted.append((sub_id, seq))
+            if self.config.retain_acked:
+                self.acked[seq] = entry.msg
+            else:
+                self._drop_ref(entry.msg, statements)
+        if deleted:
+            statements.append((_SQL_ACKED if self.config.retain_acked else _SQL_DELETE, deleted))
+        self.notify()
+
+    def ack_entry(self, entry: Entry, statements: list[Statement]) -> None:
+        """Acknowledge one entry (dead-lettered or dropped), never retaining it."""
+        if entry.state == DONE:
+            return
+        self._remove(entry)
+        statements.append((_SQL_DELETE, [(self.sub_id, entry.msg.seq)]))
+        self._drop_ref(entry.msg, statements)
+        self.notify()
+
+    def modify(self, ack_ids: list[str], seconds: int) -> None:
+        """ModifyAckDeadline: extend the leases, or nack them when `seconds` is 0."""
+        if not 0 <= seconds <= 600:
+            raise invalid(
+                f"Invalid ack deadline given: {seconds} seconds; it must be between 0 and 600."
+            )
+        parsed = [parse_ack_id(a) for a in ack_ids]
+        entries = self.entries
+        if seconds == 0:
+            for seq, gen in parsed:
+                entry = entries.get(seq)
+                if entry is not None and entry.state == LEASED and entry.gen == gen:
+                    self.retry(entry)
+            return
+        deadline = self.host.loop.time() + seconds
+        extended = []
+        for seq, gen in parsed:
+            entry = entries.get(seq)
+            if entry is not None and entry.state == LEASED and entry.gen == gen:
+                entry.deadline = deadline
+                extended.append(entry)
+        if extended:
+            self.host.scheduler.at(deadline, self._check_leases, extended)
+
+    def retry(self, entry: Entry) -> None:
+        """A delivery failed (nack, expired lease, failed push): redeliver or dead-letter."""
+        self._release(entry)
+        config = self.config
+        if config.dead_letter_topic and entry.attempts >= config.max_attempts:
+            entry.state = DEAD_LETTERING
+            self.host.dead_letter(self, entry)
+            return
+        self.redeliver(entry, self.backoff(entry.attempts))
+
+    def redeliver(self, entry: Entry, delay: float) -> None:
+        """Make the entry deliverable again after `delay` seconds."""
+        if delay <= 0:
+            entry.state = READY
+            self.ready.append(entry)
+            self.notify()
+            return
+        entry.state = DELAYED
+        entry.deadline = self.host.loop.time() + delay
+        self.host.scheduler.at(entry.deadline, self._undelay, entry)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait before redelivering after `attempts` failed deliveries."""
+        config = self.config
+        if config.min_backoff is None:
+            if config.push_endpoint:  # Google's push backoff: 100 ms doubling up to 60 s
+                return float(min(0.1 * 2 ** max(attempts - 1, 0), 60.0))
+            return 0.0
+        delay = config.min_backoff * 2 ** max(attempts - 1, 0)
+        return float(min(delay, config.max_backoff))
+
+    def _undelay(self, entry: Entry) -> None:
+        if entry.state == DELAYED and entry.deadline <= self.host.loop.time() + 0.001:
+            entry.state = READY
+            self.ready.append(entry)
+            self.notify()
+
+    def _remove(self, entry: Entry) -> None:
+        """Take the entry out of every in-memory structure (acked, dropped or dead-lettered)."""
+        self._release(entry)
+        entry.state = DONE
+        seq = entry.msg.seq
+        del self.entries[seq]
+        key = entry.msg.ordering_key
+        if key and self.config.ordered:
+            queue = self.keys.get(key)
+            if queue:
+                if queue[0] is entry:
+                    queue.popleft()
+                    if queue:
+                        head = queue[0]
+                        if head.state == BLOCKED:
+                            head.state = READY
+                            self.ready.append(head)
+                else:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(entry)
+                if not queue:
+                    del self.keys[key]
+
+    def _drop_ref(self, msg: StoredMessage, statements: list[Statement]) -> None:
+        msg.refs -= 1
+        if msg.refs <= 0:
+            self.host.release_message(msg, statements)
+
+    # -- whole-subscription operations -----------------------------------------------------------
+
+    def drop_older_than(self, cutoff_ns: int, statements: list[Statement]) -> None:
+        """Drop unacked and retained messages published before `cutoff_ns` (retention, Seek)."""
+        for entry in [e for e in self.entries.values() if e.msg.publish_ns < cutoff_ns]:
+            if entry.state == DEAD_LETTERING:
+                continue
+            self._remove(entry)
+            statements.append((_SQL_DELETE, [(self.sub_id, entry.msg.seq)]))
+            self._drop_ref(entry.msg, statements)
+        for seq, msg in [(s, m) for s, m in self.acked.items() if m.publish_ns < cutoff_ns]:
+            del self.acked[seq]
+            statements.append((_SQL_DELETE, [(self.sub_id, seq)]))
+            self._drop_ref(msg, statements)
+
+    def ack_older_than(self, cutoff_ns: int, statements: list[Statement]) -> None:
+        """Seek: everything published before `cutoff_ns` counts as acknowledged."""
+        if not self.config.retain_acked:
+            self.drop_older_than(cutoff_ns, statements)
+            return
+        marked = []
+        for entry in [e for e in self.entries.values() if e.msg.publish_ns < cutoff_ns]:
+            if entry.state == DEAD_LETTERING:
+                continue
+            self._remove(entry)
+            self.acked[entry.msg.seq] = entry.msg
+            marked.append((self.sub_id, entry.msg.seq))
+        if marked:
+            statements.append((_SQL_ACKED, marked))
+
+    def unack(self, msgs: list[StoredMessage], statements: list[Statement]) -> None:
+        """Seek: make these messages (retained acked ones, or ones read back) unacked again."""
+        rows = []
+        for msg in sorted(msgs, key=lambda m: m.seq):
+            if msg.seq in self.entries:
+                continue
+            if self.acked.pop(msg.seq, None) is not None:
+                msg.refs -= 1
+            self.add(msg)
+            rows.append((self.sub_id, msg.seq, 0))
+        if rows:
+            statements.append((_SQL_UNACKED, rows))
+        self.notify()
+
+    def close(self) -> None:
+        """The subscription was deleted: wake everyone so streams end with NOT_FOUND."""
+        self.deleted = True
+        for consumer in list(self.consumers) + list(self.waiters):
+            consumer.wake()
+        self.waiters.clear()

@@ -1,0 +1,240 @@
+"""Durable state of the broker in SQLite (WAL), written by one thread with group commit.
+
+All writes go through `Store.submit` (awaitable: resolves once committed) or `Store.post`
+(fire-and-forget, committed with the next batch). The writer thread drains every queued operation
+into one transaction, so concurrent publishes share one commit. Reads happen once, at start
+(`Store.load`); at run time the broker serves from memory and never queries SQLite.
+
+Tables: topics, subscriptions (the protobuf as a blob), messages (global `seq`, the published
+PubsubMessage as a blob) and pending (one row per subscription and unacked message with its
+delivery count; `acked=1` rows are acked messages kept for Seek when retain_acked_messages is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LoadedState", "Statement", "Store"]
+
+_LOG = logging.getLogger("relay.broker.store")
+
+Statement = tuple[str, Sequence[Sequence[Any]]]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS topics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS subscriptions (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL, start_seq INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL,
+    publish_ns INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (sub_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sub_id, seq)) WITHOUT ROWID;
+"""
+
+
+@dataclass
+class LoadedState:
+    """Everything read from the database at start."""
+
+    topics: list[tuple[int, str, bytes]] = field(default_factory=list)
+    subscriptions: list[tuple[int, str, str, int, bytes]] = field(default_factory=list)
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class _Op:
+    statements: list[Statement]
+    future: asyncio.Future[None] | None
+    loop: asyncio.AbstractEventLoop | None
+    call: Callable[[sqlite3.Connection], None] | None = None
+
+
+class Store:
+    """The SQLite file plus its single writer thread."""
+
+    def __init__(self, data_dir: Path, *, fsync: bool = False) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "broker.sqlite3"
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a broker crash (kill -9); FULL also survives an OS crash.
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._conn.execute("PRAGMA cache_size=-65536")
+        self._conn.execute("PRAGMA wal_autocheckpoint=4096")
+        self._conn.executescript(_SCHEMA)
+        self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        self._reader_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    # -- start -----------------------------------------------------------------------------------
+
+    def load(self) -> LoadedState:
+        """Read topics, subscriptions and the message sequence; drop rows no subscription owns."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM pending WHERE sub_id NOT IN (SELECT id FROM subscriptions)")
+        conn.execute("COMMIT")
+        state = LoadedState()
+        state.topics = list(conn.execute("SELECT id, name, body FROM topics ORDER BY id"))
+        state.subscriptions = list(
+            conn.execute("SELECT id, name, topic, start_seq, body FROM subscriptions ORDER BY id")
+        )
+        row = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        top = conn.execute("SELECT MAX(seq) FROM messages").fetchone()
+        state.last_seq = max(row[0] if row else 0, top[0] or 0)
+        return state
+
+    def pending_rows(self) -> Iterator[tuple[int, int, int, int, str, int, bytes]]:
+        """(sub_id, seq, attempts, acked, topic, publish_ns, body) of every pending row, by seq."""
+        yield from self._conn.execute(
+            "SELECT p.sub_id, p.seq, p.attempts, p.acked, m.topic, m.publish_ns, m.body "
+            "FROM pending p JOIN messages m ON m.seq = p.seq ORDER BY p.seq"
+        )
+
+    async def retained_rows(
+        self, topic: str, since_ns: int, after_seq: int
+    ) -> list[tuple[int, int, bytes]]:
+        """(seq, publish_ns, body) of stored messages of `topic` published at/after `since_ns`."""
+
+        def read() -> list[tuple[int, int, bytes]]:
+            with self._reader_lock:
+                return list(
+                    self._reader.execute(
+                        "SELECT seq, publish_ns, body FROM messages WHERE topic = ? "
+                        "AND publish_ns >= ? AND seq > ? ORDER BY seq",
+                        (topic, since_ns, after_seq),
+                    )
+                )
+
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    def collect_garbage(self, keep_topics: dict[str, int]) -> asyncio.Future[None]:
+        """Delete messages no subscription holds, except those inside a topic's retention.
+
+        `keep_topics` maps topic name -> oldest publish_ns still retained for it. Runs in the
+        writer thread, inside its transaction.
+        """
+        keep = list(keep_topics.items())
+
+        def collect(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (topic TEXT PRIMARY KEY, since INT)")
+            conn.execute("DELETE FROM keep")
+            conn.executemany("INSERT INTO keep VALUES (?, ?)", keep)
+            conn.execute(
+                "DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM pending) AND publish_ns < "
+                "COALESCE((SELECT since FROM keep WHERE keep.topic = messages.topic), 1 << 62)"
+            )
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Op([], future, loop, collect))
+        return future
+
+    def start(self) -> None:
+        """Start the writer thread; from now on only it touches the connection."""
+        self._thread = threading.Thread(target=self._run, name="relay-broker-writer", daemon=True)
+        self._thread.start()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def submit(self, statements: list[Statement]) -> asyncio.Future[None]:
+        """Queue statements for the next transaction; the future resolves once it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._failed is not None:
+            future.set_exception(RuntimeError(f"the broker store failed: {self._failed}"))
+            return future
+        self._queue.put(_Op(statements, future, loop))
+        return future
+
+    def post(self, statements: list[Statement]) -> None:
+        """Queue statements without waiting for their commit."""
+        self._queue.put(_Op(statements, None, None))
+
+    async def close(self) -> None:
+        """Commit everything queued, stop the writer thread and close the database."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+        self._conn.close()
+        self._reader.close()
+
+    def close_sync(self) -> None:
+        """Close without a running writer (start failed before `start`)."""
+        self._conn.close()
+        self._reader.close()
+
+    def _run(self) -> None:
+        conn = self._conn
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            batch: list[_Op] = []
+            if first is None:
+                stop = True
+            else:
+                batch.append(first)
+            while len(batch) < 20_000:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    continue
+                batch.append(nxt)
+            if not batch:
+                continue
+            error: BaseException | None = None
+            try:
+                conn.execute("BEGIN")
+                for op in batch:
+                    if op.call is not None:
+                        op.call(conn)
+                    for sql, rows in op.statements:
+                        if len(rows) == 1:
+                            conn.execute(sql, rows[0])
+                        elif rows:
+                            conn.executemany(sql, rows)
+                conn.execute("COMMIT")
+            except BaseException as exc:  # report to every waiter; keep the thread alive
+                error = exc
+                _LOG.exception("broker store transaction failed")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._failed = exc
+            self._resolve(batch, error)
+
+    @staticmethod
+    def _resolve(batch: list[_Op], error: BaseException | None) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for op in batch:
+            if op.future is not None and op.loop is not None:
+                by_loop.setdefault(op.loop, []).append(op.future)
+        for loop, futures in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                loop.call_soon_threadsafe(_settle, futures, error)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(RuntimeError(f"the broker store failed: {error}"))

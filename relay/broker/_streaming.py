@@ -1,0 +1,126 @@
+"""StreamingPull as the google-cloud-pubsub client uses it, plus the response builder for Pull.
+
+One stream = one `Consumer` with the client's flow-control limits. The stream's task sleeps on the
+consumer's event until a publish, a nack, an expired lease or freed flow-control room wakes it;
+a second task reads the client's requests (acks, modacks, deadline changes, heartbeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.pubsub_v1 import types
+
+from relay.broker._core import Broker
+from relay.broker._errors import BrokerError, invalid, not_found
+from relay.broker._state import Consumer, Entry, SubState, ack_id_of
+from relay.broker._store import Statement
+
+__all__ = ["fill_received", "streaming_pull"]
+
+StreamingPullResponse: Any = types.StreamingPullResponse.pb()
+
+
+def fill_received(received: Any, sub: SubState, entries: list[Entry]) -> None:
+    """Append ReceivedMessages for leased `entries` to the repeated field `received`."""
+    with_attempts = sub.config.dead_letter_topic is not None
+    for entry in entries:
+        item = received.add()
+        item.ack_id = ack_id_of(entry)
+        item.message.CopyFrom(entry.msg.pb)
+        if with_attempts:
+            item.delivery_attempt = entry.attempts
+
+
+def _check_deadline(value: int) -> int:
+    if not 10 <= value <= 600:
+        raise invalid(
+            f"Invalid stream_ack_deadline_seconds: {value}; it must be between 10 and 600."
+        )
+    return value
+
+
+def apply_request(broker: Broker, sub: SubState, consumer: Consumer, request: Any) -> None:
+    """Acks, modacks and a changed stream deadline carried by one StreamingPullRequest."""
+    if request.ack_ids:
+        statements: list[Statement] = []
+        sub.ack(list(request.ack_ids), statements)
+        if statements:
+            broker.post(statements)
+    ids = request.modify_deadline_ack_ids
+    if ids:
+        deadlines = request.modify_deadline_seconds
+        if len(ids) != len(deadlines):
+            raise invalid(
+                "modify_deadline_ack_ids and modify_deadline_seconds must have the same length."
+            )
+        groups: dict[int, list[str]] = {}
+        for ack_id, seconds in zip(ids, deadlines, strict=True):
+            groups.setdefault(seconds, []).append(ack_id)
+        for seconds, group in groups.items():
+            sub.modify(group, seconds)
+    if request.stream_ack_deadline_seconds:
+        consumer.deadline_s = _check_deadline(request.stream_ack_deadline_seconds)
+    sub.touch()
+
+
+async def _read(
+    broker: Broker, sub: SubState, consumer: Consumer, requests: AsyncIterator[Any]
+) -> None:
+    try:
+        async for request in requests:
+            apply_request(broker, sub, consumer, request)
+    finally:
+        consumer.wake()
+
+
+async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Serve one StreamingPull stream; raises BrokerError for a status to send."""
+    first = None
+    async for request in requests:
+        first = request
+        break
+    if first is None:
+        return
+    if not first.subscription:
+        raise invalid("The first StreamingPullRequest must name a subscription.")
+    sub = broker.sub(first.subscription)
+    consumer = Consumer(
+        _check_deadline(first.stream_ack_deadline_seconds),
+        max(first.max_outstanding_messages, 0),
+        max(first.max_outstanding_bytes, 0),
+    )
+    apply_request(broker, sub, consumer, first)
+    sub.consumers.add(consumer)
+    reader = asyncio.get_running_loop().create_task(_read(broker, sub, consumer, requests))
+    ordered = sub.config.ordered
+    try:
+        while True:
+            if sub.deleted:
+                raise not_found("subscription", sub.name)
+            if broker.closing or consumer.closed:
+                raise BrokerError(grpc.StatusCode.UNAVAILABLE, "The broker is shutting down.")
+            if reader.done():
+                reader.result()  # raises the reader's error, if any
+                return  # the client closed its side
+            consumer.event.clear()
+            entries = sub.take(consumer)
+            if entries:
+                response = StreamingPullResponse()
+                response.subscription_properties.message_ordering_enabled = ordered
+                fill_received(response.received_messages, sub, entries)
+                yield response
+                continue
+            sub.waiters.add(consumer)
+            await consumer.event.wait()
+    finally:
+        consumer.closed = True
+        sub.consumers.discard(consumer)
+        sub.waiters.discard(consumer)
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader

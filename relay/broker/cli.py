@@ -1,0 +1,93 @@
+"""`relay broker`: run the local Pub/Sub-compatible broker in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+__all__ = ["broker"]
+
+
+class _Formatter(logging.Formatter):
+    """Info lines as bare messages (the ready line is parsed), others with level and logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {super().format(record)}"
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port",
+    default=8085,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="gRPC (google.pubsub.v1) port; 0 picks a free one.",
+)
+@click.option(
+    "--http-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="HTTP port for /healthz and /certs [default: port + 1; free if port is 0].",
+)
+@click.option(
+    "--data-dir",
+    default=".relay/broker",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the store lives.",
+)
+@click.option(
+    "--push-concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Default cap of concurrent push requests per push subscription.",
+)
+@click.option(
+    "--fsync/--no-fsync",
+    default=False,
+    show_default=True,
+    help="Also survive an OS crash (slower): SQLite synchronous=FULL.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def broker(
+    host: str,
+    port: int,
+    http_port: int | None,
+    data_dir: Path,
+    push_concurrency: int,
+    fsync: bool,
+    log_level: str,
+) -> None:
+    """Run the local Pub/Sub-compatible broker until SIGINT/SIGTERM.
+
+    Point the google-cloud-pubsub clients at it with PUBSUB_EMULATOR_HOST=HOST:PORT.
+    """
+    from relay.broker._server import ServerOptions, run
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("relay")
+    root.addHandler(handler)
+    root.setLevel(log_level.upper())
+    root.propagate = False
+    options = ServerOptions(
+        data_dir=data_dir.resolve(),
+        host=host,
+        port=port,
+        http_port=http_port,
+        push_concurrency=push_concurrency,
+        fsync=fsync,
+    )
+    asyncio.run(run(options))

@@ -1,0 +1,57 @@
+"""relay.functions: write only the logic of a Cloud Function; relay speaks the protocol.
+
+    from relay.functions import NonRetryableError, Request, relay_function
+
+    @relay_function
+    def handle(request: Request) -> dict:
+        if "text" not in request.data:
+            raise NonRetryableError("no text")        # -> failed result, retryable=false, ack
+        return {"echo": request.data["text"]}          # -> succeeded result, then ack
+
+`handle` is a functions-framework CloudEvent function: `functions-framework --target handle`
+serves it, `gcloud functions deploy --gen2 --trigger-topic T --entry-point handle` deploys it.
+It accepts Eventarc Pub/Sub events, Pub/Sub pushes (wrapped or no_wrapper) and direct HTTP
+CloudEvents; it publishes the result to the request's replyto topic before answering 2xx; any
+other exception answers 5xx so Pub/Sub retries. See docs/functions.md.
+
+Importable with relay[functions] alone; never imports Airflow. google-cloud-pubsub is imported on
+the first publish, google-auth only when push authentication is on.
+"""
+
+from relay.functions._auth import GOOGLE_CERTS_URL, PushAuth
+from relay.functions._dead_letter import (
+    DELIVERY_COUNT_ATTRIBUTE,
+    DeadLetterRuntime,
+    dead_letter_function,
+)
+from relay.functions._decorator import RelayDeliveryError, relay_function
+from relay.functions._errors import NonRetryableError, PushAuthError
+from relay.functions._idempotency import (
+    FileIdempotencyStore,
+    GcsIdempotencyStore,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+)
+from relay.functions._publisher import PubSubPublisher, ResultPublisher
+from relay.functions._request import Request
+from relay.functions._runtime import Runtime
+
+__all__ = [
+    "DELIVERY_COUNT_ATTRIBUTE",
+    "GOOGLE_CERTS_URL",
+    "DeadLetterRuntime",
+    "FileIdempotencyStore",
+    "GcsIdempotencyStore",
+    "IdempotencyStore",
+    "MemoryIdempotencyStore",
+    "NonRetryableError",
+    "PubSubPublisher",
+    "PushAuth",
+    "PushAuthError",
+    "RelayDeliveryError",
+    "Request",
+    "ResultPublisher",
+    "Runtime",
+    "dead_letter_function",
+    "relay_function",
+]

@@ -1,0 +1,207 @@
+"""`@relay_function`: turn `def handle(request: Request) -> JSON` into a functions-framework
+CloudEvent function that speaks relay's protocol.
+
+The decorated object is registered exactly like `@functions_framework.cloud_event` (so
+`functions-framework --target handle` serves it and Cloud Functions 2nd gen deploys it unchanged)
+and can be called with a CloudEvent. When functions-framework loads the module it builds a Flask
+app and runs the module inside that app's context: relay then also registers a `before_request`
+hook on that app, so relay reads every POST raw (headers and body) before functions-framework's
+CloudEvent parsing. That is what lets it accept a Pub/Sub push with no_wrapper (which
+functions-framework would answer 400), keep `subscription` and `deliveryAttempt` (which its push
+conversion drops), check push tokens first, and choose the status code Pub/Sub acts on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from relay.functions._auth import PushAuth
+from relay.functions._envelope import from_cloud_event
+from relay.functions._errors import Unanswerable
+from relay.functions._idempotency import IdempotencyStore
+from relay.functions._publisher import ResultPublisher
+from relay.functions._runtime import Response, Runtime
+from relay.protocol import BlobStore, SchemaRegistry
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+_DEFAULT = object()
+
+
+class RelayDeliveryError(Exception):
+    """Raised from the CloudEvent entry point when the delivery must not be acked
+    (functions-framework turns it into a 500); carries relay's intended response."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.body.decode("utf-8", "replace"))
+        self.response = response
+
+
+def default_source(name: str) -> str:
+    """ce-source of results: RELAY_FUNCTION_SOURCE, else the Cloud Run service (K_SERVICE)."""
+    explicit = os.environ.get("RELAY_FUNCTION_SOURCE")
+    if explicit:
+        return explicit
+    return f"/functions/{os.environ.get('K_SERVICE') or name}"
+
+
+@overload
+def relay_function(func: HandlerT, /) -> Callable[[Any], None]: ...
+
+
+@overload
+def relay_function(
+    func: None = None,
+    /,
+    *,
+    source: str | None = None,
+    registry: SchemaRegistry | object | None = _DEFAULT,
+    blob_store: BlobStore | None = None,
+    publisher: ResultPublisher | None = None,
+    idempotency: IdempotencyStore | None = None,
+    publish_timeout: float = 30.0,
+    push_audience: str | None = None,
+    push_allowed_emails: Iterable[str] | None = None,
+    push_certs_url: str | None = None,
+    name: str | None = None,
+) -> Callable[[HandlerT], Callable[[Any], None]]: ...
+
+
+def relay_function(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    source: str | None = None,
+    registry: SchemaRegistry | object | None = _DEFAULT,
+    blob_store: BlobStore | None = None,
+    publisher: ResultPublisher | None = None,
+    idempotency: IdempotencyStore | None = None,
+    publish_timeout: float = 30.0,
+    push_audience: str | None = None,
+    push_allowed_emails: Iterable[str] | None = None,
+    push_certs_url: str | None = None,
+    name: str | None = None,
+) -> Any:
+    """Make `func(request: Request) -> JSON-able` (sync or async) a relay Cloud Function.
+
+    source: ce-source of the results (default: RELAY_FUNCTION_SOURCE or /functions/<K_SERVICE>).
+    registry: schemas to validate request data (default: relay's default_registry(); None: off).
+    blob_store: where large results are offloaded (and dataref'd requests read; default by URI).
+    publisher: result publisher (default: one lazily created PublisherClient per instance).
+    idempotency: an IdempotencyStore to answer duplicates with the stored result (default: off).
+    publish_timeout: seconds to wait for the result publish before answering 5xx.
+    push_audience / push_allowed_emails / push_certs_url: opt-in push OIDC token checks (also
+    from RELAY_PUSH_AUDIENCE, RELAY_PUSH_ALLOWED_EMAILS, RELAY_PUSH_CERTS_URL).
+    name: the functions-framework target name (default: the function's __name__).
+    """
+
+    def decorate(handler: Callable[..., Any]) -> Callable[[Any], None]:
+        function_name = name or handler.__name__
+        runtime = Runtime(
+            handler,
+            name=function_name,
+            source=source or default_source(function_name),
+            registry=None if registry is _DEFAULT else registry,  # type: ignore[arg-type]
+            use_default_registry=registry is _DEFAULT,
+            blob_store=blob_store,
+            publisher=publisher,
+            idempotency=idempotency,
+            publish_timeout=publish_timeout,
+            auth=PushAuth.configure(push_audience, push_allowed_emails, push_certs_url),
+        )
+        return build_function(runtime, handler)
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+def build_function(runtime: Runtime, wrapped: Callable[..., Any] | None) -> Callable[[Any], None]:
+    """The CloudEvent function for `runtime`, registered with functions-framework."""
+
+    def cloud_event_function(cloud_event: Any) -> None:
+        """functions-framework entry point (used when relay's Flask hook is not installed)."""
+        response = serve_cloud_event(runtime, cloud_event)
+        if response.status >= 300:
+            raise RelayDeliveryError(response)
+
+    if wrapped is not None:
+        functools.update_wrapper(cloud_event_function, wrapped)
+    cloud_event_function.__name__ = runtime.name
+    cloud_event_function.__qualname__ = runtime.name
+    cloud_event_function.relay_runtime = runtime  # type: ignore[attr-defined]
+    _register(runtime)
+    return cloud_event_function
+
+
+def serve_cloud_event(runtime: Runtime, cloud_event: Any) -> Response:
+    """Serve an already parsed cloudevents.http.CloudEvent (no raw request available)."""
+    try:
+        attributes = dict(cloud_event.get_attributes())
+        data = cloud_event.get_data()
+    except AttributeError:
+        raise TypeError(
+            f"expected a cloudevents CloudEvent, got {type(cloud_event).__name__}"
+        ) from None
+    headers = _flask_headers()
+    if headers is not None:  # inside a Flask request without the hook: the raw request is better
+        return runtime.handle_http(headers, _flask_body())
+    try:
+        delivery = from_cloud_event(attributes, data)
+    except Unanswerable as exc:
+        return runtime.unanswerable(exc, _now(), None)
+    return runtime.handle_delivery(delivery)
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def _flask_headers() -> dict[str, str] | None:
+    try:
+        import flask
+    except ImportError:  # pragma: no cover - flask comes with functions-framework
+        return None
+    if not flask.has_request_context():
+        return None
+    return {key.lower(): value for key, value in flask.request.headers.items()}
+
+
+def _flask_body() -> bytes:
+    import flask
+
+    return flask.request.get_data()
+
+
+def _register(runtime: Runtime) -> None:
+    """Register as a cloudevent function; install the raw-request hook on the app being built."""
+    try:
+        from functions_framework import _function_registry
+    except ImportError:  # pragma: no cover - relay[functions] installs functions-framework
+        return
+    _function_registry.REGISTRY_MAP[runtime.name] = _function_registry.CLOUDEVENT_SIGNATURE_TYPE
+    import flask
+
+    if not flask.has_app_context():
+        return
+    app: Any = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.name != runtime.name or getattr(app, "_relay_hooked", False):
+        return
+
+    def relay_before_request() -> flask.Response | None:
+        request = flask.request
+        if request.method != "POST":
+            return None
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        response = runtime.handle_http(headers, request.get_data())
+        return flask.Response(
+            response.body, status=response.status, content_type=response.content_type
+        )
+
+    app.before_request(relay_before_request)
+    app._relay_hooked = True

@@ -1,0 +1,152 @@
+"""What the topology asks Pub/Sub for, as plain comparable values (no client imports here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.topology import PUSH_FORMAT_ATTRIBUTE, Function, RetryPolicy, Subscription, Topology
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """A subscription's push_config as relay manages it."""
+
+    endpoint: str
+    service_account: str
+    audience: str
+    attributes: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class SubscriptionSettings:
+    """The fields of a subscription that `relay provision` owns; everything else it leaves alone."""
+
+    name: str
+    topic: str
+    ack_deadline_seconds: int
+    push: PushSettings | None
+    minimum_backoff: float
+    """Seconds; -1 (with maximum_backoff -1) when the subscription has no retry policy."""
+    maximum_backoff: float
+    dead_letter_topic: str | None
+    max_delivery_attempts: int
+
+    def differences(self, actual: SubscriptionSettings) -> tuple[str, ...]:
+        """One `field: actual -> desired` line per managed field that differs (topic excluded)."""
+        pairs = (
+            ("ack_deadline_seconds", actual.ack_deadline_seconds, self.ack_deadline_seconds),
+            ("push_config", _describe_push(actual.push), _describe_push(self.push)),
+            (
+                "retry_policy",
+                _describe_retry(actual.minimum_backoff, actual.maximum_backoff),
+                _describe_retry(self.minimum_backoff, self.maximum_backoff),
+            ),
+            (
+                "dead_letter_policy",
+                _describe_dead_letter(actual.dead_letter_topic, actual.max_delivery_attempts),
+                _describe_dead_letter(self.dead_letter_topic, self.max_delivery_attempts),
+            ),
+        )
+        return tuple(f"{name}: {old} -> {new}" for name, old, new in pairs if old != new)
+
+    def summary(self) -> tuple[str, ...]:
+        """The managed fields as `field: value` lines (what a create sets)."""
+        return (
+            f"topic: {self.topic.rpartition('/')[2]}",
+            f"ack_deadline_seconds: {self.ack_deadline_seconds}",
+            f"push_config: {_describe_push(self.push)}",
+            f"retry_policy: {_describe_retry(self.minimum_backoff, self.maximum_backoff)}",
+            "dead_letter_policy: "
+            + _describe_dead_letter(self.dead_letter_topic, self.max_delivery_attempts),
+        )
+
+    def changed_fields(self, actual: SubscriptionSettings) -> tuple[str, ...]:
+        """The update_mask paths of `differences`."""
+        return tuple(line.partition(":")[0] for line in self.differences(actual))
+
+
+def topic_path(project: str, topic: str) -> str:
+    """`projects/P/topics/T`."""
+    return f"projects/{project}/topics/{topic}"
+
+
+def subscription_path(project: str, subscription: str) -> str:
+    """`projects/P/subscriptions/S`."""
+    return f"projects/{project}/subscriptions/{subscription}"
+
+
+def desired_topics(topology: Topology) -> tuple[str, ...]:
+    """Full paths of every topic, requests first."""
+    return tuple(topic_path(topology.project, topic) for topic in topology.topics)
+
+
+def desired_subscriptions(topology: Topology) -> tuple[SubscriptionSettings, ...]:
+    """One subscription per function, then the pull subscriptions on the completion topic."""
+    settings = [_for_function(topology, function) for function in topology.functions.values()]
+    settings.extend(_for_completion(topology, sub) for sub in topology.completion_subscriptions)
+    return tuple(settings)
+
+
+def _for_function(topology: Topology, function: Function) -> SubscriptionSettings:
+    push = None
+    if function.delivery == "push":
+        push = PushSettings(
+            endpoint=function.url,
+            service_account=topology.push_service_account(function) or "",
+            audience=function.url,
+            attributes=((PUSH_FORMAT_ATTRIBUTE, "cloudevent"),),
+        )
+    return SubscriptionSettings(
+        name=subscription_path(topology.project, function.subscription),
+        topic=topic_path(topology.project, function.topic),
+        ack_deadline_seconds=function.ack_deadline_seconds,
+        push=push,
+        minimum_backoff=function.retry.minimum_backoff,
+        maximum_backoff=function.retry.maximum_backoff,
+        dead_letter_topic=(
+            topic_path(topology.project, function.dead_letter_topic)
+            if function.dead_letter_topic
+            else None
+        ),
+        max_delivery_attempts=function.max_delivery_attempts if function.dead_letter_topic else 0,
+    )
+
+
+def _for_completion(topology: Topology, subscription: Subscription) -> SubscriptionSettings:
+    retry: RetryPolicy = subscription.retry
+    return SubscriptionSettings(
+        name=subscription_path(topology.project, subscription.name),
+        topic=topic_path(topology.project, subscription.topic),
+        ack_deadline_seconds=subscription.ack_deadline_seconds,
+        push=None,
+        minimum_backoff=retry.minimum_backoff,
+        maximum_backoff=retry.maximum_backoff,
+        dead_letter_topic=None,
+        max_delivery_attempts=0,
+    )
+
+
+def _describe_push(push: PushSettings | None) -> str:
+    if push is None:
+        return "pull"
+    attributes = ",".join(f"{key}={value}" for key, value in push.attributes)
+    parts = [f"push to {push.endpoint}"]
+    if push.service_account:
+        parts.append(f"as {push.service_account}")
+    if push.audience and push.audience != push.endpoint:
+        parts.append(f"aud {push.audience}")
+    if attributes:
+        parts.append(f"[{attributes}]")
+    return " ".join(parts)
+
+
+def _describe_retry(minimum: float, maximum: float) -> str:
+    if minimum < 0:
+        return "none (immediate redelivery)"
+    return f"{minimum:g}s..{maximum:g}s"
+
+
+def _describe_dead_letter(topic: str | None, attempts: int) -> str:
+    if topic is None:
+        return "none"
+    return f"{topic.rpartition('/')[2]} after {attempts} attempts"

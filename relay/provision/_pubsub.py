@@ -1,0 +1,249 @@
+"""Plan and apply a topology against a Pub/Sub project with the google-cloud-pubsub admin clients.
+
+The same code serves Google Cloud (ADC) and `relay broker` (PUBSUB_EMULATOR_HOST): the GAPIC
+clients switch to an insecure channel with anonymous credentials when that variable is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from relay.provision._desired import (
+    PushSettings,
+    SubscriptionSettings,
+    desired_subscriptions,
+    desired_topics,
+)
+from relay.topology import Topology
+
+if TYPE_CHECKING:
+    from google.pubsub_v1 import PublisherClient, SubscriberClient
+
+Action = Literal["create", "update", "unchanged", "conflict"]
+_TIMEOUT = 30.0
+
+
+class ProvisionError(RuntimeError):
+    """Provisioning cannot proceed (a conflict the topology cannot resolve, or an API failure)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """What provisioning does (or would do) to one resource."""
+
+    kind: Literal["topic", "subscription"]
+    name: str
+    """Full resource path, e.g. `projects/p/topics/t`."""
+    action: Action
+    details: tuple[str, ...] = ()
+    settings: SubscriptionSettings | None = None
+
+    @property
+    def short_name(self) -> str:
+        """The last path segment (the topic or subscription id)."""
+        return self.name.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every resource of a topology with its action, topics first."""
+
+    project: str
+    changes: tuple[Change, ...]
+
+    @property
+    def pending(self) -> tuple[Change, ...]:
+        """The changes that do something (create, update, conflict)."""
+        return tuple(change for change in self.changes if change.action != "unchanged")
+
+    @property
+    def conflicts(self) -> tuple[Change, ...]:
+        """Changes provisioning refuses to make (e.g. a subscription on another topic)."""
+        return tuple(change for change in self.changes if change.action == "conflict")
+
+    def counts(self) -> dict[str, int]:
+        """Number of changes per action."""
+        return dict(Counter(change.action for change in self.changes))
+
+
+@contextmanager
+def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
+    """A publisher and a subscriber admin client, closed on exit."""
+    try:
+        from google.pubsub_v1 import PublisherClient, SubscriberClient
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise ProvisionError(
+            "provisioning needs google-cloud-pubsub: install relay with an extra that has it, "
+            "e.g. `pip install 'relay[functions]'`"
+        ) from exc
+    with ExitStack() as stack:
+        publisher = stack.enter_context(PublisherClient())
+        subscriber = stack.enter_context(SubscriberClient())
+        yield publisher, subscriber
+
+
+def plan(topology: Topology, publisher: PublisherClient, subscriber: SubscriberClient) -> Plan:
+    """Compare the project with the topology; reads only."""
+    from google.api_core import exceptions
+
+    changes: list[Change] = []
+    for topic in desired_topics(topology):
+        try:
+            publisher.get_topic(request={"topic": topic}, timeout=_TIMEOUT)
+        except exceptions.NotFound:
+            changes.append(Change("topic", topic, "create"))
+        else:
+            changes.append(Change("topic", topic, "unchanged"))
+    for desired in desired_subscriptions(topology):
+        try:
+            current = subscriber.get_subscription(
+                request={"subscription": desired.name}, timeout=_TIMEOUT
+            )
+        except exceptions.NotFound:
+            changes.append(
+                Change("subscription", desired.name, "create", desired.summary(), desired)
+            )
+            continue
+        actual = _settings_from_proto(current)
+        if actual.topic != desired.topic:
+            detail = (
+                f"it is attached to {actual.topic}, the topology says {desired.topic}; "
+                "a subscription cannot move: delete it, then provision again"
+            )
+            changes.append(Change("subscription", desired.name, "conflict", (detail,), desired))
+            continue
+        differences = desired.differences(actual)
+        action: Action = "update" if differences else "unchanged"
+        changes.append(Change("subscription", desired.name, action, differences, desired))
+    return Plan(topology.project, tuple(changes))
+
+
+def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) -> None:
+    """Make the plan's changes: topics first, then subscriptions. Refuses any conflict up front."""
+    from google.api_core import exceptions
+    from google.protobuf import field_mask_pb2
+
+    if plan.conflicts:
+        lines = "\n".join(f"  {c.short_name}: {'; '.join(c.details)}" for c in plan.conflicts)
+        raise ProvisionError(f"nothing changed, the topology conflicts with the project:\n{lines}")
+    for change in plan.pending:
+        try:
+            if change.kind == "topic":
+                # Created meanwhile by someone else: that is the state we want.
+                with suppress(exceptions.AlreadyExists):
+                    publisher.create_topic(request={"name": change.name}, timeout=_TIMEOUT)
+            elif change.settings is not None and change.action == "create":
+                subscriber.create_subscription(
+                    request=_settings_to_proto(change.settings), timeout=_TIMEOUT
+                )
+            elif change.settings is not None:
+                paths = [line.partition(":")[0] for line in change.details]
+                subscriber.update_subscription(
+                    request={
+                        "subscription": _settings_to_proto(change.settings),
+                        "update_mask": field_mask_pb2.FieldMask(paths=paths),
+                    },
+                    timeout=_TIMEOUT,
+                )
+        except exceptions.GoogleAPICallError as exc:
+            raise ProvisionError(
+                f"{change.action} {change.kind} {change.name} failed: {exc.message}"
+            ) from exc
+
+
+def provision(
+    topology: Topology,
+    *,
+    dry_run: bool = False,
+    clients: tuple[PublisherClient, SubscriberClient] | None = None,
+) -> Plan:
+    """Create or update the topology's topics and subscriptions; returns what it did (or would do).
+
+    Idempotent: a second run plans only `unchanged`. With `dry_run` it only reads.
+    """
+    from google.api_core import exceptions
+
+    with ExitStack() as stack:
+        if clients is None:
+            clients = stack.enter_context(admin_clients())
+        publisher, subscriber = clients
+        try:
+            result = plan(topology, publisher, subscriber)
+        except exceptions.GoogleAPIError as exc:
+            raise ProvisionError(f"cannot read project {topology.project}: {exc}") from exc
+        if not dry_run:
+            apply(result, publisher, subscriber)
+        return result
+
+
+def _settings_to_proto(settings: SubscriptionSettings) -> Any:
+    from google.pubsub_v1 import types
+
+    subscription = types.Subscription(
+        name=settings.name,
+        topic=settings.topic,
+        ack_deadline_seconds=settings.ack_deadline_seconds,
+    )
+    if settings.push is not None:
+        subscription.push_config = types.PushConfig(
+            push_endpoint=settings.push.endpoint,
+            attributes=dict(settings.push.attributes),
+            oidc_token=types.PushConfig.OidcToken(
+                service_account_email=settings.push.service_account,
+                audience=settings.push.audience,
+            ),
+        )
+    if settings.minimum_backoff >= 0:
+        subscription.retry_policy = types.RetryPolicy(
+            minimum_backoff=dt.timedelta(seconds=settings.minimum_backoff),
+            maximum_backoff=dt.timedelta(seconds=settings.maximum_backoff),
+        )
+    if settings.dead_letter_topic is not None:
+        subscription.dead_letter_policy = types.DeadLetterPolicy(
+            dead_letter_topic=settings.dead_letter_topic,
+            max_delivery_attempts=settings.max_delivery_attempts,
+        )
+    return subscription
+
+
+def _settings_from_proto(subscription: Any) -> SubscriptionSettings:
+    from google.pubsub_v1 import types
+
+    pb = types.Subscription.pb(subscription)
+    push = None
+    if pb.push_config.push_endpoint:
+        push = PushSettings(
+            endpoint=pb.push_config.push_endpoint,
+            service_account=pb.push_config.oidc_token.service_account_email,
+            audience=pb.push_config.oidc_token.audience,
+            # Google adds x-goog-version itself; relay manages only its own attributes.
+            attributes=tuple(
+                sorted(
+                    (key, value)
+                    for key, value in pb.push_config.attributes.items()
+                    if key.startswith("x-relay-")
+                )
+            ),
+        )
+    minimum = maximum = -1.0
+    if pb.HasField("retry_policy"):
+        minimum = pb.retry_policy.minimum_backoff.ToTimedelta().total_seconds()
+        maximum = pb.retry_policy.maximum_backoff.ToTimedelta().total_seconds()
+    dead_letter_topic = pb.dead_letter_policy.dead_letter_topic or None
+    return SubscriptionSettings(
+        name=pb.name,
+        topic=pb.topic,
+        ack_deadline_seconds=pb.ack_deadline_seconds,
+        push=push,
+        minimum_backoff=minimum,
+        maximum_backoff=maximum,
+        dead_letter_topic=dead_letter_topic,
+        max_delivery_attempts=pb.dead_letter_policy.max_delivery_attempts
+        if dead_letter_topic
+        else 0,
+    )

@@ -1,0 +1,120 @@
+"""The topology as frozen dataclasses: what `relay.yaml` declares, validated and resolved."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+Delivery = Literal["push", "pull"]
+
+PUSH_FORMAT_ATTRIBUTE = "x-relay-push-format"
+"""The push_config attribute that makes `relay broker` push an Eventarc-style binary CloudEvent."""
+
+
+def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Pub/Sub's exponential redelivery backoff for a subscription, in seconds (each 0..600)."""
+
+    minimum_backoff: float = 10.0
+    maximum_backoff: float = 600.0
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A principal and the least it may do: publish, pull subscriptions, invoke functions."""
+
+    name: str
+    member: str
+    """IAM member string, e.g. `serviceAccount:airflow@p.iam.gserviceaccount.com`."""
+    publishes: tuple[str, ...] = ()
+    subscribes: tuple[str, ...] = ()
+    invokes: tuple[str, ...] = ()
+    waits_on: tuple[str, ...] = ()
+    """Topics on which it creates, pulls and deletes per-wait subscriptions (Airflow's waits)."""
+
+    @property
+    def service_account(self) -> str | None:
+        """The e-mail when the member is a service account (only those sign push OIDC tokens)."""
+        kind, _, value = self.member.partition(":")
+        return value if kind == "serviceAccount" else None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A plain pull subscription on the completion topic (a consumer of results, e.g. Airflow)."""
+
+    name: str
+    topic: str
+    ack_deadline_seconds: int = 60
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class Function:
+    """One function: its code, the topic it listens on and how its subscription delivers to it."""
+
+    name: str
+    source: Path
+    """The function's folder (absolute); functions-framework serves `source/main.py`."""
+    entry_point: str
+    topic: str
+    subscription: str
+    delivery: Delivery
+    url: str
+    """Push endpoint and OIDC audience in the cloud; `relay up` replaces it with a local URL."""
+    push_identity: str | None
+    """Name of the identity whose service account signs push OIDC tokens (push delivery only)."""
+    runtime_identity: str | None
+    """Name of the identity the function runs as (what it publishes results with)."""
+    ack_deadline_seconds: int = 60
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dead_letter_topic: str | None = None
+    max_delivery_attempts: int = 5
+    environment: Mapping[str, str] = field(default_factory=_frozen)
+
+    @property
+    def source_file(self) -> Path:
+        """The file functions-framework loads."""
+        return self.source / "main.py"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Everything `relay provision` creates and `relay up` runs, for one project."""
+
+    project: str
+    region: str
+    request_topics: tuple[str, ...]
+    completion_topic: str
+    dead_letter_topics: tuple[str, ...]
+    completion_subscriptions: tuple[Subscription, ...]
+    functions: Mapping[str, Function]
+    identities: Mapping[str, Identity]
+    path: Path | None = None
+    """The file it was loaded from, when it was."""
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic, in declaration order: requests, completion, dead-letter."""
+        return (*self.request_topics, self.completion_topic, *self.dead_letter_topics)
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """Every subscription name: one per function, then those on the completion topic."""
+        return (
+            *(function.subscription for function in self.functions.values()),
+            *(subscription.name for subscription in self.completion_subscriptions),
+        )
+
+    def push_service_account(self, function: Function) -> str | None:
+        """The e-mail in the OIDC tokens pushed to `function` (None for pull delivery)."""
+        if function.push_identity is None:
+            return None
+        return self.identities[function.push_identity].service_account

@@ -1,0 +1,20 @@
+"""`relay up`: the topology on this machine (broker, provisioning, functions) and a live view.
+
+`stack_up(topology)` is the reusable part (a context manager used by the CLI, the demo and the
+tests); `CompletionMonitor` watches the completion topic. See docs/topology.md.
+"""
+
+from relay.up._monitor import CompletionMonitor, Observed
+from relay.up._process import StackError
+from relay.up._stack import DEFAULT_DATA_DIR, BrokerEndpoint, ServedFunction, Stack, stack_up
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "BrokerEndpoint",
+    "CompletionMonitor",
+    "Observed",
+    "ServedFunction",
+    "Stack",
+    "StackError",
+    "stack_up",
+]

@@ -1,0 +1,235 @@
+"""Bring the local stack up: `relay broker`, the topology provisioned, every function served.
+
+`stack_up()` is the one place that knows the order; `relay up`, `python -m relay.demo` and the tests
+all use it. Everything it starts is stopped when the `with` block ends, functions first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from relay.provision import Plan, provision
+from relay.topology import Function, Topology
+from relay.up._process import (
+    Child,
+    StackError,
+    free_port,
+    start,
+    wait_for_http,
+    wait_for_line,
+)
+
+DEFAULT_DATA_DIR = ".relay"
+_READY_PREFIX = "relay broker ready "
+_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """Where the broker listens: `host` is what PUBSUB_EMULATOR_HOST takes."""
+
+    host: str
+    http_url: str
+    data_dir: Path | None = None
+    log: Path | None = None
+
+    @property
+    def certs_url(self) -> str:
+        """The OIDC certificates ({kid: PEM}) the functions verify push tokens against."""
+        return f"{self.http_url}/certs"
+
+
+@dataclass(frozen=True)
+class ServedFunction:
+    """One function served by functions-framework on a local port."""
+
+    name: str
+    url: str
+    pid: int
+    log: Path
+    delivery: str
+    topic: str
+    subscription: str
+
+
+class Stack:
+    """The running local stack: what runs where, and a health check."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        broker: BrokerEndpoint,
+        functions: Mapping[str, ServedFunction],
+        plan: Plan,
+        data_dir: Path,
+        children: list[Child],
+    ) -> None:
+        self.topology = topology
+        """The topology as provisioned locally (function URLs point at the local servers)."""
+        self.broker = broker
+        self.functions = MappingProxyType(dict(functions))
+        self.plan = plan
+        self.data_dir = data_dir
+        self._children = children
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What a client process needs to reach this stack."""
+        return {
+            "PUBSUB_EMULATOR_HOST": self.broker.host,
+            "GOOGLE_CLOUD_PROJECT": self.topology.project,
+        }
+
+    def dead(self) -> list[str]:
+        """Descriptions of child processes that have exited (empty while all is well)."""
+        return [
+            f"{child.name} (pid {child.pid}) exited with code {child.process.returncode}; "
+            f"its log ({child.log}):\n{child.tail()}"
+            for child in self._children
+            if not child.alive()
+        ]
+
+
+@contextlib.contextmanager
+def stack_up(
+    topology: Topology,
+    *,
+    data_dir: str | Path = DEFAULT_DATA_DIR,
+    broker: BrokerEndpoint | None = None,
+    broker_port: int = 0,
+    ready_timeout: float = 60.0,
+    status: Callable[[str], None] | None = None,
+) -> Iterator[Stack]:
+    """Start the broker (unless `broker` is given), serve each function, provision; yield the stack.
+
+    Sets PUBSUB_EMULATOR_HOST in this process for the duration (restored afterwards), so the
+    google-cloud-pubsub clients created inside the block talk to the local broker.
+    """
+    say = status or (lambda _: None)
+    root = Path(data_dir).resolve()
+    logs = root / "logs"
+    children: list[Child] = []
+    previous_host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    try:
+        if broker is None:
+            say("starting relay broker")
+            broker = _start_broker(root, logs, broker_port, ready_timeout, children)
+        os.environ["PUBSUB_EMULATOR_HOST"] = broker.host
+        served: dict[str, ServedFunction] = {}
+        pending: list[tuple[Child, str]] = []
+        for function in topology.functions.values():
+            child, url = _start_function(topology, function, broker, logs)
+            children.append(child)
+            pending.append((child, url))
+            served[function.name] = ServedFunction(
+                function.name,
+                url,
+                child.pid,
+                child.log,
+                function.delivery,
+                function.topic,
+                function.subscription,
+            )
+        say(f"waiting for {len(pending)} function(s)")
+        for child, url in pending:
+            wait_for_http(child, url, ready_timeout)
+        local = replace(
+            topology,
+            functions=MappingProxyType(
+                {
+                    name: replace(function, url=served[name].url)
+                    for name, function in topology.functions.items()
+                }
+            ),
+        )
+        say("provisioning the topology")
+        plan = provision(local)
+        yield Stack(local, broker, served, plan, root, children)
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if previous_host is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = previous_host
+
+
+def _start_broker(
+    root: Path, logs: Path, port: int, timeout: float, children: list[Child]
+) -> BrokerEndpoint:
+    data = root / "broker"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "relay.broker",
+        "--host",
+        _HOST,
+        "--port",
+        str(port),
+        "--http-port",
+        "0",
+        "--data-dir",
+        str(data),
+    ]
+    child = start("relay broker", argv, log=logs / "broker.log", env=os.environ)
+    children.append(child)
+    line = wait_for_line(child, _READY_PREFIX, timeout)
+    fields = dict(part.split("=", 1) for part in line[len(_READY_PREFIX) :].split() if "=" in part)
+    if "grpc" not in fields or "http" not in fields:
+        raise StackError(f"cannot parse the broker's ready line: {line!r}")
+    return BrokerEndpoint(fields["grpc"], fields["http"].rstrip("/"), data, child.log)
+
+
+def _start_function(
+    topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path
+) -> tuple[Child, str]:
+    port = free_port(_HOST)
+    url = f"http://{_HOST}:{port}/"
+    env = dict(os.environ)
+    env.update(
+        {
+            "PUBSUB_EMULATOR_HOST": broker.host,
+            "GOOGLE_CLOUD_PROJECT": topology.project,
+            "K_SERVICE": function.name,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for key in ("RELAY_PUSH_AUDIENCE", "RELAY_PUSH_CERTS_URL", "RELAY_PUSH_ALLOWED_EMAILS"):
+        env.pop(key, None)
+    push_account = topology.push_service_account(function)
+    if push_account is not None:
+        # Verify every push the way Cloud Run would: a token from the broker, for this URL,
+        # signed as the function's push identity.
+        env.update(
+            {
+                "RELAY_PUSH_AUDIENCE": url,
+                "RELAY_PUSH_CERTS_URL": broker.certs_url,
+                "RELAY_PUSH_ALLOWED_EMAILS": push_account,
+            }
+        )
+    env.update(function.environment)
+    argv = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        function.entry_point,
+        "--source",
+        str(function.source_file),
+        "--signature-type",
+        "cloudevent",
+        "--host",
+        _HOST,
+        "--port",
+        str(port),
+    ]
+    cwd = topology.path.parent if topology.path else None
+    child = start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
+    return child, url

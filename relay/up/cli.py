@@ -1,0 +1,149 @@
+"""`relay up`: the whole topology on this machine, with a live view of the results flowing."""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED
+from relay.provision import ProvisionError
+from relay.provision.cli import render_plan
+from relay.topology import DEFAULT_FILE, TopologyError, load_topology
+from relay.up._monitor import CompletionMonitor, Observed
+from relay.up._process import StackError
+from relay.up._stack import DEFAULT_DATA_DIR, Stack, stack_up
+
+_ICONS = {RESULT_SUCCEEDED: "[green]✔[/]", RESULT_FAILED: "[red]✘[/]"}
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM handler to unwind like Ctrl-C does."""
+
+
+def render_stack(console: Console, stack: Stack) -> None:
+    """What runs where: the broker, each function and the subscription that feeds it."""
+    table = Table(title="relay up", title_justify="left")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_column("fed by")
+    table.add_column("log", overflow="fold")
+    broker = stack.broker
+    table.add_row(
+        "relay broker",
+        f"grpc {broker.host}\n{broker.http_url}",
+        f"data {broker.data_dir}" if broker.data_dir else "",
+        str(broker.log or ""),
+    )
+    for function in stack.functions.values():
+        table.add_row(
+            f"function {function.name}",
+            function.url,
+            f"{function.topic} → {function.subscription} ({function.delivery})",
+            str(function.log),
+        )
+    console.print(table)
+    console.print(
+        f"completion topic [bold]{stack.topology.completion_topic}[/] · clients: "
+        + " ".join(f"{key}={value}" for key, value in stack.environment.items()),
+        highlight=False,
+    )
+
+
+def _print_event(console: Console, observed: Observed) -> None:
+    icon = _ICONS.get(observed.type, "[blue]•[/]")
+    stamp = observed.received.astimezone().strftime("%H:%M:%S")
+    event = observed.event
+    if event is None:
+        console.print(
+            f"{stamp} [red]undecodable[/] message {observed.message_id}: {observed.error}"
+        )
+        return
+    detail = f"for {event.subject}" if event.subject else ""
+    console.print(
+        f"{stamp} {icon} {event.type:<28} corr={event.correlationid} {detail} from {event.source}",
+        highlight=False,
+    )
+
+
+@click.command()
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_FILE,
+    show_default=True,
+    help="The topology file.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Broker data (persists across runs) and logs.",
+)
+@click.option("--project", help="Project id (overrides the file's `project`).")
+@click.option(
+    "--broker-port",
+    type=int,
+    default=8085,
+    show_default=True,
+    help="The broker's gRPC port (0: any free port).",
+)
+def up(file: Path, data_dir: Path, project: str | None, broker_port: int) -> None:
+    """Run the topology locally: broker, provisioning, every function; Ctrl-C stops it all.
+
+    Each function runs under functions-framework on a free port and verifies the OIDC token of
+    every push against the broker's certificates. Results on the completion topic are shown live.
+    """
+    console = Console()
+    try:
+        topology = load_topology(file, project=project)
+    except TopologyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with ExitStack() as resources:
+            with console.status("starting") as spinner:
+                stack = resources.enter_context(
+                    stack_up(
+                        topology,
+                        data_dir=data_dir,
+                        broker_port=broker_port,
+                        status=lambda text: spinner.update(text),
+                    )
+                )
+            render_plan(console, stack.plan, dry_run=False)
+            render_stack(console, stack)
+            resources.enter_context(
+                CompletionMonitor(
+                    topology.project,
+                    topology.completion_topic,
+                    on_event=lambda observed: _print_event(console, observed),
+                )
+            )
+            console.print("[bold]ready[/] — watching results; Ctrl-C stops everything")
+            try:
+                while True:
+                    dead = stack.dead()
+                    if dead:
+                        raise StackError("\n".join(dead))
+                    time.sleep(0.5)
+            finally:
+                console.print("stopping…")
+    except (KeyboardInterrupt, _Stop):
+        console.print("stopped")
+    except (StackError, ProvisionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)

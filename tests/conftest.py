@@ -1,0 +1,200 @@
+"""Shared fixtures: a real `relay broker` subprocess and unique resource names.
+
+- `broker` (session): a running broker; sets PUBSUB_EMULATOR_HOST for the session. Attributes:
+  .host ("127.0.0.1:PORT"), .port, .http_port, .http_url, .certs_url, .data_dir, .kill(),
+  .restart(), .stop(), plus .publisher() / .subscriber() clients bound to this broker.
+- `start_broker` (function): `start_broker(data_dir) -> BrokerProcess`, a broker of your own (to
+  kill it); stopped at the end of the test.
+- `project`: "relay-test"; `unique`: unique("topic") -> "topic-<hex>".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_READY = re.compile(r"relay broker ready grpc=(\S+):(\d+) http=(http://\S+):(\d+) data=(.+)")
+_START_TIMEOUT = 30.0
+
+
+class BrokerProcess:
+    """A `relay broker` subprocess with stderr in <data_dir>/../<name>.log."""
+
+    def __init__(self, data_dir: Path, port: int = 0, http_port: int = 0) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.http_port = http_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
+        self.start()
+
+    # -- addresses -------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """What PUBSUB_EMULATOR_HOST takes."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def certs_url(self) -> str:
+        return f"{self.http_url}/certs"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the process (on the remembered ports once known) and wait for the ready line."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "relay.broker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--http-port",
+                str(self.http_port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            match = _READY.search(text)
+            if match:
+                self.port = int(match.group(2))
+                self.http_port = int(match.group(4))
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"relay broker did not become ready:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown at all (crash tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (or kill) and start again on the same ports and data dir."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _env(self) -> Iterator[None]:
+        old = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.host
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            else:
+                os.environ["PUBSUB_EMULATOR_HOST"] = old
+
+    def publisher(self, **kwargs: Any) -> Any:
+        """A google.cloud.pubsub_v1.PublisherClient talking to this broker."""
+        from google.cloud import pubsub_v1
+
+        with self._env():
+            return pubsub_v1.PublisherClient(**kwargs)
+
+    def subscriber(self, **kwargs: Any) -> Any:
+        """A google.cloud.pubsub_v1.SubscriberClient talking to this broker."""
+        from google.cloud import pubsub_v1
+
+        with self._env():
+            return pubsub_v1.SubscriberClient(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """The session's broker; PUBSUB_EMULATOR_HOST points at it for the whole session."""
+    process = BrokerProcess(tmp_path_factory.mktemp("broker") / "data")
+    old = os.environ.get("PUBSUB_EMULATOR_HOST")
+    os.environ["PUBSUB_EMULATOR_HOST"] = process.host
+    try:
+        yield process
+    finally:
+        process.stop()
+        if old is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = old
+
+
+@pytest.fixture
+def start_broker() -> Iterator[Callable[[Path], BrokerProcess]]:
+    """start_broker(data_dir) -> a new BrokerProcess of your own; stopped after the test."""
+    started: list[BrokerProcess] = []
+
+    def start(data_dir: Path) -> BrokerProcess:
+        process = BrokerProcess(data_dir)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def project() -> str:
+    """The project id used in resource names."""
+    return "relay-test"
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """unique("topic") -> "topic-<hex>": names no other test uses."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    return make

@@ -1,0 +1,261 @@
+"""`relay provision` against a real `relay broker`: create, update, idempotent, dry-run reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from google.api_core import exceptions
+from google.pubsub_v1 import PublisherClient, SubscriberClient
+
+from relay.provision import ProvisionError, admin_clients, provision
+from relay.provision.cli import provision as provision_command
+from relay.topology import Topology, parse_topology
+
+TEMPLATE = """
+version: 1
+project: {project}
+topics:
+  requests: [{requests}]
+  completion:
+    name: {results}
+    subscriptions:
+      {audit}: {{ack_deadline: 20s}}
+  dead_letter: [{dead}]
+functions:
+  echo:
+    source: functions/echo
+    entry_point: echo
+    topic: {requests}
+    subscription: {echo_sub}
+    push_identity: push
+    runtime_identity: runtime
+    url: {url}
+    ack_deadline: {ack}
+    retry: {{minimum_backoff: 2s, maximum_backoff: 30s}}
+    dead_letter_topic: {dead}
+    max_delivery_attempts: {attempts}
+  dead-letter:
+    source: functions/dead_letter
+    entry_point: dead_letter
+    topic: {dead}
+    subscription: {dead_sub}
+    delivery: {dead_delivery}
+    {dead_push}
+    runtime_identity: runtime
+identities:
+  airflow:
+    service_account: airflow@{{project}}.iam.gserviceaccount.com
+    publishes: [{requests}]
+    waits_on: [{results}]
+  runtime:
+    service_account: runtime@{{project}}.iam.gserviceaccount.com
+    publishes: [{results}]
+  push:
+    service_account: push@{{project}}.iam.gserviceaccount.com
+    invokes: [echo, dead-letter]
+"""
+
+
+@pytest.fixture
+def clients(broker: Any) -> Iterator[tuple[PublisherClient, SubscriberClient]]:
+    with admin_clients() as pair:
+        yield pair
+
+
+@pytest.fixture
+def names(unique: Callable[[str], str]) -> dict[str, str]:
+    return {
+        "requests": unique("echo-requests"),
+        "results": unique("results"),
+        "audit": unique("results-audit"),
+        "dead": unique("dead-letters"),
+        "echo_sub": unique("echo-push"),
+        "dead_sub": unique("dead-letter-sub"),
+    }
+
+
+def _render(project: str, names: dict[str, str], **overrides: Any) -> str:
+    values: dict[str, Any] = {
+        "project": project,
+        "url": "https://europe-west1-relay-test.cloudfunctions.net/echo",
+        "ack": "60s",
+        "attempts": 5,
+        "dead_delivery": "push",
+        "dead_push": "push_identity: push",
+        **names,
+    }
+    values.update(overrides)
+    return TEMPLATE.format(**values)
+
+
+@pytest.fixture
+def make(project: str, names: dict[str, str]) -> Callable[..., Topology]:
+    def build(**overrides: Any) -> Topology:
+        return parse_topology(_render(project, names, **overrides), check_sources=False)
+
+    return build
+
+
+def _subscription(subscriber: SubscriberClient, topology: Topology, name: str) -> Any:
+    path = f"projects/{topology.project}/subscriptions/{name}"
+    subscription = subscriber.get_subscription(subscription=path)
+    return type(subscription).pb(subscription)
+
+
+def _actions(plan: Any) -> dict[str, str]:
+    return {change.short_name: change.action for change in plan.changes}
+
+
+def test_creates_every_resource_then_a_second_run_changes_nothing(
+    make: Callable[..., Topology], clients: tuple[PublisherClient, SubscriberClient]
+) -> None:
+    topology = make()
+    publisher, subscriber = clients
+
+    first = provision(topology, clients=clients)
+
+    assert set(_actions(first).values()) == {"create"}
+    assert [c.kind for c in first.changes] == ["topic"] * 3 + ["subscription"] * 3
+    for topic in topology.topics:
+        publisher.get_topic(topic=f"projects/{topology.project}/topics/{topic}")
+    echo = _subscription(subscriber, topology, topology.functions["echo"].subscription)
+    assert echo.topic.endswith("/" + topology.functions["echo"].topic)
+    assert echo.ack_deadline_seconds == 60
+    assert (
+        echo.push_config.push_endpoint == "https://europe-west1-relay-test.cloudfunctions.net/echo"
+    )
+    assert dict(echo.push_config.attributes) == {"x-relay-push-format": "cloudevent"}
+    assert (
+        echo.push_config.oidc_token.service_account_email
+        == "push@relay-test.iam.gserviceaccount.com"
+    )
+    assert echo.push_config.oidc_token.audience == echo.push_config.push_endpoint
+    assert echo.retry_policy.minimum_backoff.seconds == 2
+    assert echo.retry_policy.maximum_backoff.seconds == 30
+    assert echo.dead_letter_policy.dead_letter_topic.endswith("/" + topology.dead_letter_topics[0])
+    assert echo.dead_letter_policy.max_delivery_attempts == 5
+    audit = _subscription(subscriber, topology, topology.completion_subscriptions[0].name)
+    assert (audit.push_config.push_endpoint, audit.ack_deadline_seconds) == ("", 20)
+    assert not audit.HasField("dead_letter_policy")
+
+    second = provision(topology, clients=clients)
+
+    assert set(_actions(second).values()) == {"unchanged"}
+    assert second.pending == ()
+
+
+def test_dry_run_reports_and_changes_nothing(
+    make: Callable[..., Topology], clients: tuple[PublisherClient, SubscriberClient]
+) -> None:
+    topology = make()
+    publisher, subscriber = clients
+
+    planned = provision(topology, dry_run=True, clients=clients)
+
+    assert set(_actions(planned).values()) == {"create"}
+    for topic in topology.topics:
+        with pytest.raises(exceptions.NotFound):
+            publisher.get_topic(topic=f"projects/{topology.project}/topics/{topic}")
+
+    provision(topology, clients=clients)
+    changed = make(ack="90s", attempts=10)
+    planned = provision(changed, dry_run=True, clients=clients)
+
+    echo_sub = topology.functions["echo"].subscription
+    assert _actions(planned)[echo_sub] == "update"
+    update = next(c for c in planned.changes if c.short_name == echo_sub)
+    assert update.details == (
+        "ack_deadline_seconds: 60 -> 90",
+        f"dead_letter_policy: {topology.dead_letter_topics[0]} after 5 attempts -> "
+        f"{topology.dead_letter_topics[0]} after 10 attempts",
+    )
+    echo = _subscription(subscriber, topology, echo_sub)
+    assert (echo.ack_deadline_seconds, echo.dead_letter_policy.max_delivery_attempts) == (60, 5)
+
+
+def test_updates_what_differs_and_converts_push_to_pull(
+    make: Callable[..., Topology], clients: tuple[PublisherClient, SubscriberClient]
+) -> None:
+    provision(make(), clients=clients)
+    changed = make(url="http://127.0.0.1:9999/", ack="30s", dead_delivery="pull", dead_push="")
+    _, subscriber = clients
+
+    result = provision(changed, clients=clients)
+
+    echo_name = changed.functions["echo"].subscription
+    dead_name = changed.functions["dead-letter"].subscription
+    assert _actions(result)[echo_name] == "update"
+    assert _actions(result)[dead_name] == "update"
+    echo = _subscription(subscriber, changed, echo_name)
+    assert echo.push_config.push_endpoint == "http://127.0.0.1:9999/"
+    assert echo.push_config.oidc_token.audience == "http://127.0.0.1:9999/"
+    assert echo.ack_deadline_seconds == 30
+    assert echo.dead_letter_policy.max_delivery_attempts == 5  # untouched fields stay
+    dead = _subscription(subscriber, changed, dead_name)
+    assert dead.push_config.push_endpoint == ""
+    assert set(_actions(provision(changed, clients=clients)).values()) == {"unchanged"}
+
+
+def test_a_subscription_on_another_topic_is_a_conflict_and_nothing_changes(
+    make: Callable[..., Topology],
+    clients: tuple[PublisherClient, SubscriberClient],
+    unique: Callable[[str], str],
+) -> None:
+    topology = make()
+    publisher, subscriber = clients
+    elsewhere = f"projects/{topology.project}/topics/{unique('elsewhere')}"
+    publisher.create_topic(name=elsewhere)
+    echo_sub = topology.functions["echo"].subscription
+    subscriber.create_subscription(
+        name=f"projects/{topology.project}/subscriptions/{echo_sub}", topic=elsewhere
+    )
+
+    with pytest.raises(ProvisionError, match=f"{echo_sub}: it is attached to {elsewhere}"):
+        provision(topology, clients=clients)
+
+    with pytest.raises(exceptions.NotFound):
+        publisher.get_topic(topic=f"projects/{topology.project}/topics/{topology.topics[0]}")
+
+
+def test_cli_dry_run_then_apply_then_unchanged(
+    project: str, names: dict[str, str], tmp_path: Path, broker: Any
+) -> None:
+    for name, entry_point in (
+        ("echo", "def echo(request): ..."),
+        ("dead_letter", "dead_letter = 1"),
+    ):
+        (tmp_path / "functions" / name).mkdir(parents=True)
+        (tmp_path / "functions" / name / "main.py").write_text(entry_point + "\n")
+    file = tmp_path / "relay.yaml"
+    file.write_text(_render(project, names))
+    runner = CliRunner()
+
+    dry = runner.invoke(provision_command, ["--file", str(file), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run, nothing changed: would create 6" in dry.output
+    assert "gcloud pubsub topics add-iam-policy-binding" in dry.output
+
+    applied = runner.invoke(provision_command, ["--file", str(file), "--no-iam"])
+    assert applied.exit_code == 0, applied.output
+    assert "created 6" in applied.output
+    assert "gcloud" not in applied.output
+
+    again = runner.invoke(provision_command, ["--file", str(file), "--no-iam"])
+    assert again.exit_code == 0, again.output
+    assert again.output.rstrip().endswith("unchanged 6")
+
+
+def test_cli_reports_every_topology_mistake(tmp_path: Path) -> None:
+    file = tmp_path / "relay.yaml"
+    file.write_text("version: 1\nproject: relay-test\ntopics: {requests: []}\n")
+
+    result = CliRunner().invoke(provision_command, ["--file", str(file)])
+
+    assert result.exit_code == 1
+    assert "topics.requests: must name at least one topic" in result.output
+    assert "topics.completion: is required" in result.output
+    assert "functions: is required (at least one function)" in result.output

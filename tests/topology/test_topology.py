@@ -1,0 +1,467 @@
+"""relay.yaml parsing: a valid file loads into frozen dataclasses; each mistake, its own error."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from relay.topology import (
+    PUSH_FORMAT_ATTRIBUTE,
+    RetryPolicy,
+    Topology,
+    TopologyError,
+    load_topology,
+    parse_duration,
+    parse_topology,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _valid() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "project": "relay-test",
+        "region": "europe-west1",
+        "topics": {
+            "requests": ["echo-requests"],
+            "completion": {"name": "results", "subscriptions": {"results-audit": {}}},
+            "dead_letter": ["dead-letters"],
+        },
+        "functions": {
+            "echo": {
+                "source": "functions/echo",
+                "entry_point": "handle",
+                "topic": "echo-requests",
+                "push_identity": "push",
+                "runtime_identity": "runtime",
+                "ack_deadline": "30s",
+                "retry": {"minimum_backoff": "1s", "maximum_backoff": "1m"},
+                "dead_letter_topic": "dead-letters",
+                "max_delivery_attempts": 7,
+                "environment": {"GREETING": "hi {project}", "COUNT": 3},
+            },
+            "dead-letter": {
+                "source": "functions/dead_letter",
+                "entry_point": "handle",
+                "topic": "dead-letters",
+                "delivery": "pull",
+                "runtime_identity": "runtime",
+            },
+        },
+        "identities": {
+            "airflow": {
+                "service_account": "airflow@{project}.iam.gserviceaccount.com",
+                "publishes": ["echo-requests"],
+                "subscribes": ["results-audit"],
+                "waits_on": ["results"],
+            },
+            "runtime": {
+                "service_account": "runtime@{project}.iam.gserviceaccount.com",
+                "publishes": ["results"],
+            },
+            "push": {
+                "service_account": "push@relay-test.iam.gserviceaccount.com",
+                "invokes": ["echo"],
+            },
+            "ops": {"member": "group:ops@example.com", "subscribes": ["dead-letter-pull"]},
+        },
+    }
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    for name in ("echo", "dead_letter"):
+        (tmp_path / "functions" / name).mkdir(parents=True)
+        (tmp_path / "functions" / name / "main.py").write_text("def handle(request): ...\n")
+    return tmp_path
+
+
+def _load(base: Path, document: dict[str, Any], **kwargs: Any) -> Topology:
+    path = base / "relay.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return load_topology(path, **kwargs)
+
+
+def _issues(base: Path, document: dict[str, Any]) -> list[str]:
+    with pytest.raises(TopologyError) as caught:
+        _load(base, document)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_valid_file_loads_into_frozen_dataclasses(base: Path) -> None:
+    topology = _load(base, _valid())
+
+    assert topology.project == "relay-test"
+    assert topology.topics == ("echo-requests", "results", "dead-letters")
+    assert topology.subscriptions == ("echo-push", "dead-letter-pull", "results-audit")
+    echo = topology.functions["echo"]
+    assert echo.source == base / "functions" / "echo"
+    assert echo.source_file.is_file()
+    assert echo.url == "https://europe-west1-relay-test.cloudfunctions.net/echo"
+    assert echo.ack_deadline_seconds == 30
+    assert echo.retry == RetryPolicy(1.0, 60.0)
+    assert (echo.dead_letter_topic, echo.max_delivery_attempts) == ("dead-letters", 7)
+    assert dict(echo.environment) == {"GREETING": "hi relay-test", "COUNT": "3"}
+    assert topology.push_service_account(echo) == "push@relay-test.iam.gserviceaccount.com"
+    assert topology.functions["dead-letter"].delivery == "pull"
+    assert topology.push_service_account(topology.functions["dead-letter"]) is None
+    airflow = topology.identities["airflow"]
+    assert airflow.member == "serviceAccount:airflow@relay-test.iam.gserviceaccount.com"
+    assert airflow.waits_on == ("results",)
+    assert topology.identities["ops"].service_account is None
+    assert topology.path == base / "relay.yaml"
+    assert PUSH_FORMAT_ATTRIBUTE == "x-relay-push-format"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        echo.topic = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        topology.functions["x"] = echo  # type: ignore[index]
+
+
+def test_project_override_replaces_placeholders(base: Path) -> None:
+    topology = _load(base, _valid(), project="other-project")
+
+    assert topology.project == "other-project"
+    assert topology.identities["runtime"].member.endswith("@other-project.iam.gserviceaccount.com")
+    assert topology.functions["echo"].url.endswith("-other-project.cloudfunctions.net/echo")
+
+
+def test_defaults(base: Path) -> None:
+    document = _valid()
+    echo = document["functions"]["echo"]
+    for key in ("ack_deadline", "retry", "max_delivery_attempts"):
+        del echo[key]
+    document["topics"]["completion"] = "results"
+    document["identities"]["airflow"]["subscribes"] = []
+    document["identities"]["ops"]["subscribes"] = []
+    topology = _load(base, document)
+
+    function = topology.functions["echo"]
+    assert (function.ack_deadline_seconds, function.max_delivery_attempts) == (60, 5)
+    assert function.retry == RetryPolicy(10.0, 600.0)
+    assert function.delivery == "push"
+    assert topology.completion_subscriptions == ()
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    def mutate(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = document
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return mutate
+
+
+def _delete(path: str) -> Mutation:
+    def mutate(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = document
+        for key in parents:
+            node = node[key]
+        del node[last]
+
+    return mutate
+
+
+CASES: list[tuple[str, Mutation, str]] = [
+    (
+        "attempts below 5",
+        _set("functions.echo.max_delivery_attempts", 3),
+        "functions.echo.max_delivery_attempts: must be 5..100, got 3",
+    ),
+    (
+        "attempts not an int",
+        _set("functions.echo.max_delivery_attempts", "many"),
+        "functions.echo.max_delivery_attempts: must be an integer 5..100, got 'many'",
+    ),
+    (
+        "ack deadline too long",
+        _set("functions.echo.ack_deadline", "11m"),
+        "functions.echo.ack_deadline: must be 10s..600s, got 660s",
+    ),
+    (
+        "bad duration",
+        _set("functions.echo.retry.minimum_backoff", "soon"),
+        "functions.echo.retry.minimum_backoff: must be a duration like 10s, 500ms or 2m, "
+        "got 'soon'",
+    ),
+    (
+        "backoff inverted",
+        _set("functions.echo.retry", {"minimum_backoff": "30s", "maximum_backoff": "5s"}),
+        "functions.echo.retry.maximum_backoff: must not be below minimum_backoff (5s < 30s)",
+    ),
+    (
+        "unknown key",
+        _set("functions.echo.retries", 3),
+        "functions.echo.retries: unknown key (expected one of: source, entry_point, topic, "
+        "subscription, delivery, url, push_identity, runtime_identity, ack_deadline, retry, "
+        "dead_letter_topic, max_delivery_attempts, environment)",
+    ),
+    (
+        "missing source folder",
+        _set("functions.echo.source", "functions/nope"),
+        "functions.echo.source: folder functions/nope does not exist (relative to {base})",
+    ),
+    (
+        "source without main.py",
+        _set("functions.echo.source", "functions"),
+        "functions.echo.source: functions has no main.py (what functions-framework loads)",
+    ),
+    (
+        "entry point not an identifier",
+        _set("functions.echo.entry_point", "handle-it"),
+        "functions.echo.entry_point: 'handle-it' is not a Python identifier",
+    ),
+    (
+        "entry point not defined",
+        _set("functions.echo.entry_point", "main"),
+        "functions.echo.entry_point: main is not defined at the top level of "
+        "functions/echo/main.py",
+    ),
+    (
+        "missing entry point",
+        _delete("functions.echo.entry_point"),
+        "functions.echo.entry_point: is required",
+    ),
+    (
+        "undeclared topic",
+        _set("functions.dead-letter.topic", "nowhere"),
+        "functions.dead-letter.topic: nowhere is not declared in topics.requests or "
+        "topics.dead_letter",
+    ),
+    (
+        "bad delivery",
+        _set("functions.echo.delivery", "carrier-pigeon"),
+        "functions.echo.delivery: must be push or pull, got 'carrier-pigeon'",
+    ),
+    (
+        "push without identity",
+        _delete("functions.echo.push_identity"),
+        "functions.echo.push_identity: is required for push delivery (whose OIDC token "
+        "authenticates each push)",
+    ),
+    (
+        "pull with push identity",
+        _set("functions.dead-letter.push_identity", "push"),
+        "functions.dead-letter.push_identity: only applies to push delivery",
+    ),
+    (
+        "push identity not a service account",
+        _set("functions.echo.push_identity", "ops"),
+        "functions.echo.push_identity: ops must be a service_account to sign OIDC tokens",
+    ),
+    (
+        "push identity may not invoke",
+        _set("identities.push.invokes", []),
+        "identities.push.invokes: must include echo (it is its push_identity)",
+    ),
+    (
+        "runtime identity cannot publish results",
+        _set("identities.runtime.publishes", []),
+        "identities.runtime.publishes: must include results (where echo publishes results)",
+    ),
+    (
+        "unknown identity",
+        _set("functions.echo.runtime_identity", "ghost"),
+        "functions.echo.runtime_identity: ghost is not declared in identities",
+    ),
+    (
+        "dead letter topic undeclared",
+        _set("functions.echo.dead_letter_topic", "elsewhere"),
+        "functions.echo.dead_letter_topic: elsewhere is not declared in topics.dead_letter",
+    ),
+    (
+        "attempts without dead letter topic",
+        _set("functions.dead-letter.max_delivery_attempts", 5),
+        "functions.dead-letter.max_delivery_attempts: only applies with a dead_letter_topic",
+    ),
+    (
+        "bad function name",
+        _set("functions.Echo_2", {}),
+        "functions.Echo_2: names are 1-63 lowercase letters, digits and hyphens, "
+        "starting with a letter",
+    ),
+    (
+        "bad topic name",
+        _set("topics.requests", ["echo-requests", "goog-x"]),
+        "topics.requests[1]: 'goog-x' is not a valid Pub/Sub name (3-255 characters: "
+        "a letter, then "
+        "letters, digits or -_.~+%; not starting with goog)",
+    ),
+    (
+        "request topic nobody listens on",
+        _set("topics.requests", ["echo-requests", "orphans"]),
+        "topics.requests[1]: no function listens on orphans",
+    ),
+    (
+        "topic declared twice",
+        _set("topics.dead_letter", ["dead-letters", "echo-requests"]),
+        "topics.dead_letter[1]: echo-requests is already declared at topics.requests[0]",
+    ),
+    (
+        "completion topic reused",
+        _set("topics.requests", ["echo-requests", "results"]),
+        "topics.requests[1]: results is the completion topic",
+    ),
+    ("no completion topic", _delete("topics.completion"), "topics.completion: is required"),
+    (
+        "no request topics",
+        _set("topics.requests", []),
+        "topics.requests: must name at least one topic",
+    ),
+    (
+        "duplicate subscription",
+        _set("functions.dead-letter.subscription", "echo-push"),
+        "functions.dead-letter.subscription: echo-push is also used at functions.echo.subscription",
+    ),
+    (
+        "identity publishes undeclared topic",
+        _set("identities.airflow.publishes", ["echo-requests", "typo"]),
+        "identities.airflow.publishes[1]: typo is not a declared topic",
+    ),
+    (
+        "identity invokes undeclared function",
+        _set("identities.push.invokes", ["echo", "ghost"]),
+        "identities.push.invokes[1]: ghost is not a declared function",
+    ),
+    (
+        "identity subscribes to undeclared subscription",
+        _set("identities.ops.subscribes", ["nope-sub"]),
+        "identities.ops.subscribes[0]: nope-sub is not a declared subscription",
+    ),
+    (
+        "identity waits on undeclared topic",
+        _set("identities.airflow.waits_on", ["nope-topic"]),
+        "identities.airflow.waits_on[0]: nope-topic is not a declared topic",
+    ),
+    (
+        "bad e-mail",
+        _set("identities.runtime.service_account", "not-an-email"),
+        "identities.runtime.service_account: 'not-an-email' is not an e-mail address",
+    ),
+    (
+        "bad member",
+        _set("identities.ops.member", "robot:ops"),
+        "identities.ops.member: 'robot:ops' must be KIND:VALUE with KIND one of user, "
+        "group, domain, "
+        "principal, principalSet (use service_account for service accounts)",
+    ),
+    (
+        "both member kinds",
+        _set("identities.ops.service_account", "ops@example.com"),
+        "identities.ops: needs exactly one of service_account or member",
+    ),
+    (
+        "bad project",
+        _set("project", "Relay_Test"),
+        "project: 'Relay_Test' is not a valid project id (6-30 characters: "
+        "lowercase letters, digits "
+        "and hyphens, starting with a letter)",
+    ),
+    (
+        "unknown placeholder",
+        _set("identities.runtime.service_account", "x@{projekt}.iam.gserviceaccount.com"),
+        "identities.runtime.service_account: unknown placeholder 'projekt' (only {{project}} and "
+        "{{region}})",
+    ),
+    ("bad version", _set("version", 2), "version: must be 1, got 2"),
+    (
+        "bad environment value",
+        _set("functions.echo.environment", {"A": ["x"]}),
+        "functions.echo.environment.A: must be a string or number, got a list",
+    ),
+    (
+        "bad url",
+        _set("functions.echo.url", "ftp://x"),
+        "functions.echo.url: must be an http(s) URL, got 'ftp://x'",
+    ),
+    (
+        "section of wrong type",
+        _set("functions", ["echo"]),
+        "functions: must be a mapping, got a list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_mistake_gets_its_error(base: Path, mutate: Mutation, expected: str) -> None:
+    document = _valid()
+    mutate(document)
+
+    issues = _issues(base, document)
+
+    assert expected.format(base=base) in issues, issues
+
+
+def test_every_mistake_is_reported_at_once(base: Path) -> None:
+    document = _valid()
+    document["functions"]["echo"]["max_delivery_attempts"] = 3
+    document["functions"]["echo"]["delivery"] = "smoke"
+    document["identities"]["airflow"]["publishes"] = ["typo"]
+
+    with pytest.raises(TopologyError) as caught:
+        _load(base, document)
+
+    assert [str(issue) for issue in caught.value.issues] == [
+        "functions.echo.delivery: must be push or pull, got 'smoke'",
+        "functions.echo.max_delivery_attempts: must be 5..100, got 3",
+        "identities.airflow.publishes[0]: typo is not a declared topic",
+    ]
+    message = str(caught.value)
+    assert message.startswith(f"{base / 'relay.yaml'}: 3 mistakes in the topology:")
+    assert "  functions.echo.max_delivery_attempts: must be 5..100, got 3" in message.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the file is empty"),
+        ("- a\n- b\n", "the file must be a mapping (project, topics, ...), got a list"),
+        (
+            "project: [unclosed\n",
+            "not valid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>'",
+        ),
+    ],
+)
+def test_unusable_documents(text: str, expected: str) -> None:
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(text)
+    assert expected in str(caught.value)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (10, 10.0),
+        ("10s", 10.0),
+        ("1.5s", 1.5),
+        ("500ms", 0.5),
+        ("2m", 120.0),
+        ("x", None),
+        (True, None),
+    ],
+)
+def test_parse_duration(value: object, seconds: float | None) -> None:
+    assert parse_duration(value) == seconds
+
+
+def test_repository_topology_is_valid() -> None:
+    topology = load_topology(REPO / "relay.yaml")
+
+    assert set(topology.functions) == {"echo", "csv-profile", "dead-letter"}
+    assert topology.completion_topic == "relay-results"
