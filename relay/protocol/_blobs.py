@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,10 @@ class BlobStore(Protocol):
         ...
 
 
+def _content_addressed(key: str, data: bytes) -> bool:
+    return key.rsplit("/", 1)[-1] == hashlib.sha256(data).hexdigest()
+
+
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY.fullmatch(key) or ".." in key.split("/"):
         raise DataRefError(f"invalid blob key {key!r}", field="dataref")
@@ -48,8 +53,8 @@ class LocalBlobStore:
     def put(self, key: str, data: bytes) -> str:
         path = self.root / _check_key(key)
         try:
-            if path.is_file() and path.stat().st_size == len(data):
-                return path.as_uri()  # content-addressed keys: the same key holds the same bytes
+            if path.is_file() and _content_addressed(key, data):
+                return path.as_uri()  # the same sha256 key holds the same bytes: nothing to write
             import tempfile  # lazily: only writers need it, and it is slow to import
 
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +126,16 @@ class GcsBlobStore:
         name = self.prefix + _check_key(key)
         try:
             blob = self.client.bucket(self.bucket).blob(name)
-            blob.upload_from_string(data, content_type="application/octet-stream")
+            if _content_addressed(key, data):
+                # Only create: a publish retry finds the object there and uploads nothing again.
+                from google.api_core.exceptions import PreconditionFailed
+
+                with contextlib.suppress(PreconditionFailed):
+                    blob.upload_from_string(
+                        data, content_type="application/octet-stream", if_generation_match=0
+                    )
+            else:
+                blob.upload_from_string(data, content_type="application/octet-stream")
         except Exception as exc:
             raise DataRefError(
                 f"cannot write gs://{self.bucket}/{name}: {exc}", field="dataref"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from relay.protocol._attributes import is_json
@@ -11,6 +12,13 @@ from relay.protocol._errors import DecodeError, InvalidAttributeError
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def dumps_json(value: Any, *, field: str = "data") -> bytes:
@@ -30,14 +38,14 @@ def dumps_json(value: Any, *, field: str = "data") -> bytes:
 def loads_json(raw: bytes | str, *, field: str = "data") -> Any:
     """Parse strict JSON (NaN/Infinity rejected); a DecodeError names the field and the position."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise DecodeError(f"{field} is nested too deeply to decode", field=field) from None
     except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DecodeError(f"{field} is not valid JSON: {exc}", field=field) from None
 
 
-def encode_data(data: Any, datacontenttype: str) -> bytes:
+def encode_data(data: Any) -> bytes:
     """The bytes that travel for `data`: bytes as is, None as empty, JSON values encoded."""
     if data is None:
         return b""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -151,6 +151,11 @@ class Event:
         """The time after which no one waits for this request (aware datetime)."""
         value = self.extensions.get("expirytime")
         return None if value is None else parse_time("expirytime", value)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """True when the event has an expirytime and it has passed (`now` defaults to the clock)."""
+        expiry = self.expirytime
+        return expiry is not None and expiry <= (now if now is not None else datetime.now(UTC))
 
 
 def _rebuild(fields: dict[str, Any]) -> Event:

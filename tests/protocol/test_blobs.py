@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from google.api_core.exceptions import NotFound
+from google.api_core.exceptions import NotFound, PreconditionFailed
 
 from relay.protocol import (
     BlobStore,
@@ -29,10 +29,21 @@ def test_local_put_get(tmp_path: Path) -> None:
     assert store.get(uri) == b"data"
     assert store.put("abc", b"data") == uri  # idempotent
     assert store.put("nested/key.bin", b"x") == (tmp_path / "blobs" / "nested" / "key.bin").as_uri()
+    assert store.put("abc", b"dat2") == uri  # same size, other bytes: overwritten
+    assert store.get(uri) == b"dat2"
     assert store.put("abc", b"other") == uri
     assert store.get(uri) == b"other"
     assert [p.name for p in (tmp_path / "blobs").iterdir() if p.name.startswith(".tmp")] == []
     assert isinstance(store, BlobStore)
+
+
+def test_local_content_addressed_put_skips_the_write(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    key = hashlib.sha256(b"payload").hexdigest()
+    uri = store.put(key, b"payload")
+    before = (tmp_path / key).stat().st_mtime_ns
+    assert store.put(key, b"payload") == uri
+    assert (tmp_path / key).stat().st_mtime_ns == before
 
 
 def test_local_relative_root_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,9 +100,15 @@ class FakeBlob:
     def __init__(self, client: FakeClient, bucket: str, name: str) -> None:
         self.client, self.bucket, self.name = client, bucket, name
 
-    def upload_from_string(self, data: bytes, content_type: str | None = None) -> None:
+    def upload_from_string(
+        self, data: bytes, content_type: str | None = None, if_generation_match: int | None = None
+    ) -> None:
         assert isinstance(data, bytes)
         self.client.calls.append(("upload", self.bucket, self.name, content_type))
+        if if_generation_match == 0 and (self.bucket, self.name) in self.client.objects:
+            raise PreconditionFailed(
+                "At least one of the pre-conditions you specified did not hold."
+            )  # type: ignore[no-untyped-call]
         self.client.objects[(self.bucket, self.name)] = data
 
     def download_as_bytes(self) -> bytes:
@@ -166,6 +183,17 @@ def test_gcs_offload_round_trip() -> None:
         digest = hashlib.sha256(b'{"rows":[' + ",".join(map(str, range(1000))).encode() + b"]}")
         assert decoded.dataref == f"gs://relay-data/offload/{digest.hexdigest()}"
     assert [c[0] for c in client.calls] == ["upload", "download", "upload", "download"]
+    # the publish retry found the object and did not replace it
+    assert len(client.objects) == 1
+
+
+def test_gcs_content_addressed_put_only_creates() -> None:
+    client = FakeClient()
+    store = GcsBlobStore("b", client=client)
+    key = hashlib.sha256(b"same").hexdigest()
+    assert store.put(key, b"same") == store.put(key, b"same") == f"gs://b/{key}"
+    assert [c[0] for c in client.calls] == ["upload", "upload"]
+    assert client.objects == {("b", key): b"same"}
 
 
 def test_gcs_client_is_lazy() -> None:

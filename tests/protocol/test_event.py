@@ -68,6 +68,15 @@ def test_extension_views() -> None:
     assert event.expirytime == datetime(2030, 1, 2, 2, 4, 5, 500000, tzinfo=UTC)
 
 
+def test_expired() -> None:
+    event = make(extensions={"expirytime": "2030-01-01T00:00:00Z"})
+    assert not event.expired(datetime(2029, 12, 31, 23, 59, 59, tzinfo=UTC))
+    assert event.expired(datetime(2030, 1, 1, tzinfo=UTC))
+    assert make(extensions={"expirytime": "2000-01-01T00:00:00Z"}).expired()
+    assert not make(extensions={"expirytime": "9000-01-01T00:00:00Z"}).expired()
+    assert not make().expired()
+
+
 def test_with_extensions_sets_and_removes() -> None:
     event = make(extensions={"correlationid": "c", "partitionkey": "p"})
     changed = event.with_extensions(correlationid="d", partitionkey=None, sequence="7")

@@ -118,7 +118,8 @@ def test_uppercase_prefix_is_named() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"{not json", b"\xff\xfe\x00", b"NaN", b'{"a": Infinity}', b"[1,"]
+    "data",
+    [b"{not json", b"\xff\xfe\x00", b"NaN", b'{"a": Infinity}', b"[1,", b"1e400", b"[-1e999]"],
 )
 def test_invalid_json_data(data: bytes) -> None:
     with pytest.raises(DecodeError) as info:
@@ -368,3 +369,13 @@ def test_from_message_only_raises_protocol_errors(
     # whatever decodes, encodes again
     to_structured(event, offload_threshold=None)
     to_binary(event, offload_threshold=None)
+
+
+def test_many_bad_attributes_are_linear() -> None:
+    """A 10 MB structured body can hold a huge number of members: decoding must not go quadratic."""
+    body = {**json.loads(STRUCTURED.data), **{f"Bad{i}": "x" for i in range(50_000)}}
+    with pytest.raises(InvalidAttributeError) as info:
+        from_message(json.dumps(body).encode(), STRUCTURED_CT)
+    assert info.value.field == "Bad0"
+    assert info.value.event is not None
+    assert info.value.event.data == REQUEST.data

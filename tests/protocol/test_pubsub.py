@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.protocol import (
+    DataRefError,
     Event,
     LocalBlobStore,
     Message,
@@ -172,7 +173,35 @@ def test_user_claim_check_is_resolved(tmp_path: Path) -> None:
             "content-type": "application/json",
         },
     )
-    assert from_message(*message).data == {"big": True}
+    assert from_message(*message, blob_store=LocalBlobStore(tmp_path)).data == {"big": True}
+
+
+def test_arbitrary_local_files_are_not_read_without_a_store(tmp_path: Path) -> None:
+    """A message must not make a function read (and echo back) any file it can see."""
+    secret = tmp_path / "secret.json"
+    secret.write_bytes(b'{"password": 1}')
+    attributes = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "s",
+        "ce-type": "t",
+        "ce-dataref": secret.as_uri(),
+    }
+    with pytest.raises(DataRefError) as info:
+        from_message(b"", attributes)
+    assert "sha256" in str(info.value)
+    named = tmp_path / hashlib.sha256(b"{}").hexdigest()
+    named.write_bytes(b"{}")
+    assert from_message(b"", {**attributes, "ce-dataref": named.as_uri()}).data == {}
+
+
+def test_real_pubsub_message_attributes() -> None:
+    """The client library's attribute map (a protobuf ScalarMap) is accepted as is."""
+    from google.pubsub_v1.types import PubsubMessage
+
+    message = to_binary(EVENT)
+    proto = PubsubMessage.pb(PubsubMessage(data=message.data, attributes=message.attributes))
+    assert from_message(proto.data, proto.attributes) == EVENT
 
 
 def test_ce_datacontenttype_accepted_when_reading() -> None:
