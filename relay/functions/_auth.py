@@ -12,7 +12,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,8 @@ class _Certs:
             return dict(self._certs)
 
     def _fetch(self, now: float) -> None:
+        import urllib.request
+
         try:
             with urllib.request.urlopen(self.url, timeout=10) as response:
                 document = json.loads(response.read())

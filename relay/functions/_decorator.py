@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast, overload
 
 from relay.functions._auth import PushAuth
 from relay.functions._envelope import from_cloud_event
@@ -45,7 +46,7 @@ def default_source(name: str) -> str:
     explicit = os.environ.get("RELAY_FUNCTION_SOURCE")
     if explicit:
         return explicit
-    return f"/functions/{os.environ.get('K_SERVICE') or name}"
+    return f"//functions/{os.environ.get('K_SERVICE') or name}"
 
 
 @overload
@@ -87,7 +88,7 @@ def relay_function(
 ) -> Any:
     """Make `func(request: Request) -> JSON-able` (sync or async) a relay Cloud Function.
 
-    source: ce-source of the results (default: RELAY_FUNCTION_SOURCE or /functions/<K_SERVICE>).
+    source: ce-source of the results (default: RELAY_FUNCTION_SOURCE or //functions/<K_SERVICE>).
     registry: schemas to validate request data (default: relay's default_registry(); None: off).
     blob_store: where large results are offloaded (and dataref'd requests read; default by URI).
     publisher: result publisher (default: one lazily created PublisherClient per instance).
@@ -133,8 +134,12 @@ def build_function(runtime: Runtime, wrapped: Callable[..., Any] | None) -> Call
     cloud_event_function.__name__ = runtime.name
     cloud_event_function.__qualname__ = runtime.name
     cloud_event_function.relay_runtime = runtime  # type: ignore[attr-defined]
-    _register(runtime)
-    return cloud_event_function
+    import functions_framework
+
+    # The public decorator: registers `runtime.name` as a cloudevent function.
+    registered: Callable[[Any], None] = functions_framework.cloud_event(cloud_event_function)
+    _install_hook(runtime)
+    return registered
 
 
 def serve_cloud_event(runtime: Runtime, cloud_event: Any) -> Response:
@@ -152,14 +157,8 @@ def serve_cloud_event(runtime: Runtime, cloud_event: Any) -> Response:
     try:
         delivery = from_cloud_event(attributes, data)
     except Unanswerable as exc:
-        return runtime.unanswerable(exc, _now(), None)
+        return runtime.unanswerable(exc, time.perf_counter(), None)
     return runtime.handle_delivery(delivery)
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def _flask_headers() -> dict[str, str] | None:
@@ -169,7 +168,7 @@ def _flask_headers() -> dict[str, str] | None:
         return None
     if not flask.has_request_context():
         return None
-    return {key.lower(): value for key, value in flask.request.headers.items()}
+    return {key.lower(): value for key, value in flask.request.headers.items()}  # cold path
 
 
 def _flask_body() -> bytes:
@@ -178,13 +177,8 @@ def _flask_body() -> bytes:
     return flask.request.get_data()
 
 
-def _register(runtime: Runtime) -> None:
-    """Register as a cloudevent function; install the raw-request hook on the app being built."""
-    try:
-        from functions_framework import _function_registry
-    except ImportError:  # pragma: no cover - relay[functions] installs functions-framework
-        return
-    _function_registry.REGISTRY_MAP[runtime.name] = _function_registry.CLOUDEVENT_SIGNATURE_TYPE
+def _install_hook(runtime: Runtime) -> None:
+    """Install the raw-request hook on the Flask app functions-framework is building, if any."""
     import flask
 
     if not flask.has_app_context():
@@ -197,7 +191,8 @@ def _register(runtime: Runtime) -> None:
         request = flask.request
         if request.method != "POST":
             return None
-        headers = {key.lower(): value for key, value in request.headers.items()}
+        # werkzeug's Headers: case-insensitive get / `in`, all from_http needs (a Mapping in spirit)
+        headers = cast("Mapping[str, str]", request.headers)
         response = runtime.handle_http(headers, request.get_data())
         return flask.Response(
             response.body, status=response.status, content_type=response.content_type

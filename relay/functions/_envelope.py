@@ -19,7 +19,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from relay.functions._errors import Unanswerable
 from relay.protocol import Message
@@ -60,12 +59,16 @@ class Delivery:
 
 
 def from_http(headers: Mapping[str, str], body: bytes) -> Delivery:
-    """Unwrap an HTTP request; `headers` keys must be lower-case. Raises Unanswerable."""
+    """Unwrap an HTTP request. Raises Unanswerable.
+
+    `headers`: case-insensitive (werkzeug's request.headers, read without copying on the hot
+    path) or a dict with lower-case keys.
+    """
     content_type = headers.get("content-type", "")
     if "ce-specversion" in headers:
         if headers.get("ce-type") == MESSAGE_PUBLISHED:
             return _from_pubsub_json(_json_object(body, "Eventarc body"), "eventarc")
-        return _binary_event(headers, body)
+        return _binary_event(_lowered(headers), body)
     if content_type.startswith(_STRUCTURED):
         envelope = _json_object(body, "structured CloudEvent")
         if envelope.get("type") == MESSAGE_PUBLISHED:
@@ -76,7 +79,7 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Delivery:
         return Delivery(Message(body, {"content-type": content_type}), "http-structured")
     message_id = headers.get("x-goog-pubsub-message-id")
     if message_id is not None:  # no_wrapper + write_metadata: attributes are headers
-        return _no_wrapper(headers, body)
+        return _no_wrapper(_lowered(headers), body)
     if body[:1] == b"{" or body.lstrip()[:1] == b"{":
         try:
             document = json.loads(body)
@@ -115,6 +118,10 @@ def from_cloud_event(attributes: Mapping[str, Any], data: Any) -> Delivery:
     else:
         raw = json.dumps(data, separators=(",", ":")).encode("utf-8")
     return Delivery(Message(raw, message_attributes), "http-binary")
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
@@ -159,14 +166,15 @@ def _from_pubsub_json(document: Mapping[str, Any], route: str) -> Delivery:
 
 
 def _binary_event(headers: Mapping[str, str], body: bytes) -> Delivery:
-    """A binary-mode request event: direct HTTP (percent-encoded `ce-*`) or no_wrapper push."""
+    """A binary-mode request event: direct HTTP or no_wrapper push.
+
+    `ce-*` values are taken verbatim, not percent-decoded as the CloudEvents HTTP binding asks:
+    relay.airflow and cloudevents-python 1.x send them unencoded, and decoding would corrupt a
+    correlation id or topic path that contains a "%".
+    """
     if "x-goog-pubsub-message-id" in headers:
         return _no_wrapper(headers, body)
-    attributes = {
-        name: (unquote(value) if "%" in value else value)
-        for name, value in headers.items()
-        if name.startswith("ce-")
-    }
+    attributes = {name: value for name, value in headers.items() if name.startswith("ce-")}
     content_type = headers.get("content-type")
     if content_type:
         attributes["content-type"] = content_type

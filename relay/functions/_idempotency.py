@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -125,8 +126,8 @@ class GcsIdempotencyStore:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    from google.cloud import storage
-
+                    # import_module: google.cloud.storage has no type information for mypy
+                    storage: Any = importlib.import_module("google.cloud.storage")
                     self._client = storage.Client()
         name = f"{self.prefix}{_object_name(key)}.json"
         return self._client.bucket(self.bucket_name).blob(name)

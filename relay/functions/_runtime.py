@@ -9,7 +9,6 @@ Outcomes and the HTTP status that tells Pub/Sub what to do:
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import threading
@@ -31,6 +30,7 @@ from relay.functions._publisher import ResultPublisher, default_publisher
 from relay.functions._request import Request
 from relay.protocol import (
     MAX_ATTRIBUTE_VALUE_BYTES,
+    RESULT_SUCCEEDED,
     BlobStore,
     DataRefError,
     Event,
@@ -46,8 +46,8 @@ from relay.protocol import (
     default_registry as _default_registry,
 )
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
-_MAX_TRACE_BYTES = 512  # W3C: traceparent is 55 characters, tracestate at most 512  # a Pub/Sub message is at most 10 MB, base64 adds a third
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a Pub/Sub message is at most 10 MB, base64 adds a third
+_MAX_TRACE_BYTES = 512  # W3C: traceparent is 55 characters, tracestate at most 512
 _SEVERITY = {
     "succeeded": "INFO",
     "duplicate": "INFO",
@@ -80,13 +80,16 @@ class Response:
 
 
 class _AsyncRunner:
-    """One event loop in a daemon thread per process: async handlers run there, callers block."""
+    """One event loop in a daemon thread per process: async handlers run there, callers block.
+    asyncio is imported on the first async handler call (it costs cold-start time otherwise)."""
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None
         self._lock = threading.Lock()
 
     def run(self, coroutine: Any) -> Any:
+        import asyncio
+
         if self._loop is None:
             with self._lock:
                 if self._loop is None:
@@ -147,7 +150,7 @@ class Runtime:
     # ------------------------------------------------------------------------------- entry points
 
     def handle_http(self, headers: Mapping[str, str], body: bytes) -> Response:
-        """Serve one HTTP request; `headers` keys lower-case."""
+        """Serve one HTTP request; `headers` case-insensitive or with lower-case keys."""
         started = time.perf_counter()
         if self.auth is not None:
             try:
@@ -219,12 +222,14 @@ class Runtime:
                 return self._retry(exc, started, delivery, event, attempt)
             if stored is not None:
                 return self._publish("duplicate", stored, started, delivery, event, attempt, trace)
-        outcome, answer, error = self._run(event, delivery, attempt)
+        outcome, answer, error = self._run(event, delivery, attempt, expiry)
         if answer is None:  # retryable handler error
             assert error is not None
             return self._retry_logged(error, started, delivery, event, attempt, trace)
         try:
-            message = self._encode(answer, event, attempt)
+            message, encode_error = self._encode(answer, event, attempt)
+            if encode_error is not None:
+                outcome, error = "failed", encode_error
             if store is not None:
                 message = store.put_if_absent(key, message)
         except Exception as exc:
@@ -262,7 +267,7 @@ class Runtime:
         return answerable(event, delivery.message_id), problem
 
     def _run(
-        self, event: Event, delivery: Delivery, attempt: int
+        self, event: Event, delivery: Delivery, attempt: int, deadline: datetime | None
     ) -> tuple[str, Event | None, BaseException | None]:
         """Run the handler: (outcome, result event or None to retry, error)."""
         assert event.replyto is not None
@@ -275,7 +280,7 @@ class Runtime:
             reply_to=event.replyto,
             attributes=MappingProxyType(delivery.message.attributes),
             delivery_attempt=attempt,
-            deadline=event.expirytime,
+            deadline=deadline,
             event=event,
             message_id=delivery.message_id,
             subscription=delivery.subscription,
@@ -294,19 +299,30 @@ class Runtime:
         try:
             return "succeeded", succeeded(event, value, source=self.source), None
         except (ProtocolError, TypeError, ValueError) as exc:
-            reason = f"handler result cannot be sent: {exc}"
-            return "failed", self._failed(event, "ResultEncodingError", reason, attempt), exc
+            problem = NonRetryableError(
+                f"handler result cannot be sent: {exc}", error_type="ResultEncodingError"
+            )
+            return (
+                "failed",
+                self._failed(event, problem.error_type, problem.message, attempt),
+                problem,
+            )
 
-    def _encode(self, result: Event, request: Event, attempt: int) -> Message:
-        """Binary-mode result message; a result too large (no blob store) becomes a failure."""
+    def _encode(
+        self, result: Event, request: Event, attempt: int
+    ) -> tuple[Message, NonRetryableError | None]:
+        """Binary-mode result message; a succeeded result that cannot travel (too large without
+        a blob store) becomes a failed one: (message, the error that made it fail)."""
         try:
-            return to_binary(result, blob_store=self.blob_store)
+            return to_binary(result, blob_store=self.blob_store), None
         except ProtocolError as exc:
-            if result.type != "dev.relay.result.succeeded":
+            if result.type != RESULT_SUCCEEDED:
                 raise
-            reason = f"result cannot be sent: {exc}"
-            fallback = self._failed(request, type(exc).__name__, reason, attempt)
-            return to_binary(fallback)
+            problem = NonRetryableError(
+                f"result cannot be sent: {exc}", error_type=type(exc).__name__
+            )
+            fallback = self._failed(request, problem.error_type, problem.message, attempt)
+            return to_binary(fallback), problem
 
     def _failed(self, event: Event, error_type: str, message: str, attempt: int) -> Event:
         return failed(

@@ -327,6 +327,10 @@ def _envelope(fields: dict[str, object], raw: bytes | None) -> Event:
             f"attribute 'specversion' must be {SPECVERSION!r}, got {fields['specversion']!r}",
             field="specversion",
         )
+    try:  # the common case: every attribute is fine, one construction
+        return _construct(fields, raw)
+    except ProtocolError:
+        pass
     required = {name: fields[name] for name in _REQUIRED}
     _construct(required, None)  # a bad required attribute leaves no envelope
     good: dict[str, object] = {}

@@ -140,12 +140,13 @@ def push_body(
     return json.dumps(body).encode()
 
 
-def post_push(client: Any, event: Event | Message, **kwargs: Any) -> Any:
+def post_push(
+    client: Any, event: Event | Message, *, headers: dict[str, str] | None = None, **kwargs: Any
+) -> Any:
     """POST `event` (binary mode) as a Pub/Sub push; returns the response."""
     message = to_binary(event) if isinstance(event, Event) else event
-    return client.post(
-        "/", data=push_body(message, **kwargs), headers={"Content-Type": "application/json"}
-    )
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    return client.post("/", data=push_body(message, **kwargs), headers=all_headers)
 
 
 def log_lines(captured: str) -> list[dict[str, Any]]:

@@ -52,3 +52,48 @@ def test_read_text_file_uri(csv_profile: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(NonRetryableError) as bad:
         csv_profile.read_text(path.as_uri())
     assert bad.value.error_type == "BadCsv"
+
+
+class _FakeStorage:
+    """Records the calls csv_profile makes to google-cloud-storage and serves one object."""
+
+    def __init__(self, objects: dict[tuple[str, str], bytes]) -> None:
+        self.objects = objects
+        self.calls: list[tuple[str, str, dict[str, object]]] = []
+
+    def bucket(self, bucket: str) -> _FakeStorage.Bucket:
+        return _FakeStorage.Bucket(self, bucket)
+
+    class Bucket:
+        def __init__(self, storage: _FakeStorage, name: str) -> None:
+            self.storage, self.name = storage, name
+
+        def blob(self, name: str) -> _FakeStorage.Blob:
+            return _FakeStorage.Blob(self.storage, self.name, name)
+
+    class Blob:
+        def __init__(self, storage: _FakeStorage, bucket: str, name: str) -> None:
+            self.storage, self.bucket, self.name = storage, bucket, name
+
+        def download_as_bytes(self, **kwargs: object) -> bytes:
+            from google.api_core import exceptions
+
+            assert set(kwargs) == {"end"}, kwargs  # bounded read
+            self.storage.calls.append((self.bucket, self.name, kwargs))
+            try:
+                return self.storage.objects[(self.bucket, self.name)]
+            except KeyError:
+                raise exceptions.NotFound(f"gs://{self.bucket}/{self.name}") from None
+
+
+def test_read_text_gs_uri(csv_profile: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeStorage({("data-bucket", "in/people.csv"): b"a,b\n1,\n"})
+    monkeypatch.setattr(csv_profile, "_storage_client", fake)
+    assert csv_profile.read_text("gs://data-bucket/in/people.csv") == "a,b\n1,\n"
+    with pytest.raises(NonRetryableError) as missing:
+        csv_profile.read_text("gs://data-bucket/in/absent.csv")
+    assert missing.value.error_type == "NotFound"
+    assert [(b, n) for b, n, _ in fake.calls] == [
+        ("data-bucket", "in/people.csv"),
+        ("data-bucket", "in/absent.csv"),
+    ]

@@ -243,7 +243,11 @@ def test_async_handler(make_client: Any, completion: Completion) -> None:
     ("target", "error_type"), [("unserialisable", "ResultEncodingError"), ("huge", "LimitError")]
 )
 def test_result_that_cannot_travel_fails(
-    make_client: Any, completion: Completion, target: str, error_type: str
+    make_client: Any,
+    completion: Completion,
+    target: str,
+    error_type: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     client = make_client(target, APPS / "kinds.py")
     request = request_event(completion, {}, type="dev.relay.test.result")
@@ -251,6 +255,8 @@ def test_result_that_cannot_travel_fails(
     (result,) = completion.pull(1)
     error = _error(result)
     assert (error.type, error.retryable) == (error_type, False)
+    (line,) = log_lines(capsys.readouterr().out)
+    assert (line["outcome"], line["error"]["type"]) == ("failed", error_type)
 
 
 def test_large_result_is_offloaded_to_the_blob_store(

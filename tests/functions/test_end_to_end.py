@@ -1,0 +1,306 @@
+"""End to end: functions served by the functions-framework CLI (a subprocess, gunicorn) behind
+relay broker push subscriptions; requests published and results pulled with the real client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED, ErrorInfo, Event, to_binary
+
+from .conftest import EXAMPLES, Completion, log_lines, request_event
+
+ALLOWED = "pusher@relay-test.iam.gserviceaccount.com"
+AUDIENCE = "https://echo.relay.test"
+
+
+class Served:
+    """A `functions-framework` process serving one target; its stdout (relay's log) in a file."""
+
+    def __init__(self, target: str, source: Path, log: Path, env: dict[str, str]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "functions_framework",
+                    "--target", target, "--source", str(source), "--signature-type", "cloudevent",
+                    "--host", "127.0.0.1", "--port", str(self.port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "THREADS": "4", **env},
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{target} exited:\n{log.read_text()}")
+            try:
+                urllib.request.urlopen(self.url, timeout=1)
+            except urllib.error.HTTPError:
+                return  # 405 for GET: serving
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{target} did not start:\n{log.read_text()}")
+
+    def lines(self) -> list[dict[str, Any]]:
+        return log_lines(self.log.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def serve(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Served]]:
+    started: dict[tuple[str, str], Served] = {}
+    logs = tmp_path_factory.mktemp("served")
+
+    def start(target: str, source: Path, **env: str) -> Served:
+        key = (target, repr(sorted(env.items())))
+        if key not in started:
+            started[key] = Served(
+                target, source, logs / f"{target}-{len(started)}.log",
+                {"PUBSUB_EMULATOR_HOST": broker.host, **env},
+            )  # fmt: skip
+        return started[key]
+
+    yield start
+    for served in started.values():
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def echo(serve: Callable[..., Served]) -> Served:
+    return serve("echo", EXAMPLES / "echo" / "main.py")
+
+
+@pytest.fixture
+def route(
+    pubsub_clients: tuple[Any, Any], project: str, unique: Callable[[str], str]
+) -> Callable[..., Callable[[Event], None]]:
+    """route(endpoint, **subscription options) -> publish(event) through a new push subscription."""
+    publisher, subscriber = pubsub_clients
+
+    def make(endpoint: str, **options: Any) -> Callable[[Event], None]:
+        topic = publisher.topic_path(project, unique("requests"))
+        publisher.create_topic(name=topic)
+        push_config = {"push_endpoint": endpoint, **options.pop("push", {})}
+        subscriber.create_subscription(
+            request={
+                "name": subscriber.subscription_path(project, unique("push")),
+                "topic": topic,
+                "push_config": push_config,
+                "ack_deadline_seconds": 10,
+                "retry_policy": {"minimum_backoff": {"nanos": 100_000_000},
+                                 "maximum_backoff": {"nanos": 300_000_000}},
+                **options,
+            }
+        )  # fmt: skip
+
+        def publish(event: Event) -> None:
+            message = to_binary(event)
+            publisher.publish(topic, message.data, **message.attributes).result(timeout=10)
+
+        return publish
+
+    return make
+
+
+def _dead_letter_policy(
+    pubsub_clients: tuple[Any, Any], project: str, unique: Callable[[str], str]
+) -> tuple[str, dict[str, Any]]:
+    publisher, _ = pubsub_clients
+    topic = publisher.topic_path(project, unique("dead"))
+    publisher.create_topic(name=topic)
+    return topic, {"dead_letter_topic": topic, "max_delivery_attempts": 5}
+
+
+@pytest.mark.parametrize(
+    "push",
+    [
+        {},
+        {"attributes": {"x-relay-push-format": "cloudevent"}},
+        {"no_wrapper": {"write_metadata": True}},
+    ],
+    ids=["wrapper", "eventarc", "no-wrapper"],
+)
+def test_success_through_each_push_format(
+    echo: Served, route: Any, completion: Completion, push: dict[str, Any]
+) -> None:
+    publish = route(echo.url, push=push)
+    request = request_event(completion, {"hello": "world"})
+    publish(request)
+    (result,) = completion.pull(1)
+    assert (result.type, result.data) == (RESULT_SUCCEEDED, {"hello": "world"})
+    assert result.correlationid == request.correlationid
+
+
+def test_non_retryable_failure(echo: Served, route: Any, completion: Completion) -> None:
+    publish = route(echo.url)
+    publish(request_event(completion, {"fail": "no way"}))
+    (result,) = completion.pull(1)
+    error = ErrorInfo.from_event(result)
+    assert (result.type, error.type, error.retryable) == (RESULT_FAILED, "EchoFailure", False)
+
+
+def test_retry_then_success(
+    echo: Served,
+    route: Any,
+    completion: Completion,
+    pubsub_clients: tuple[Any, Any],
+    project: str,
+    unique: Callable[[str], str],
+) -> None:
+    _, policy = _dead_letter_policy(pubsub_clients, project, unique)
+    publish = route(echo.url, dead_letter_policy=policy)  # attempts are counted
+    request = request_event(completion, {"crash": 2})
+    publish(request)
+    (result,) = completion.pull(1)
+    assert (result.type, result.data) == (RESULT_SUCCEEDED, {"crash": 2})
+    outcomes = [
+        (line["outcome"], line["attempt"])
+        for line in echo.lines()
+        if line.get("correlationid") == request.correlationid
+    ]
+    assert outcomes == [("retry", 1), ("retry", 2), ("succeeded", 3)]
+
+
+def test_retry_budget_spent_ends_in_a_dead_letter_result(
+    echo: Served,
+    serve: Callable[..., Served],
+    route: Any,
+    completion: Completion,
+    pubsub_clients: tuple[Any, Any],
+    project: str,
+    unique: Callable[[str], str],
+) -> None:
+    dead_letter = serve("dead_letter", EXAMPLES / "dead_letter" / "main.py")
+    _, subscriber = pubsub_clients
+    dead_topic, policy = _dead_letter_policy(pubsub_clients, project, unique)
+    subscriber.create_subscription(
+        request={
+            "name": subscriber.subscription_path(project, unique("dead-push")),
+            "topic": dead_topic,
+            "push_config": {"push_endpoint": dead_letter.url},
+        }
+    )
+    publish = route(echo.url, dead_letter_policy=policy)
+    request = request_event(completion, {"crash": 99})
+    publish(request)
+    (result,) = completion.pull(1, timeout=30)
+    error = ErrorInfo.from_event(result)
+    assert (result.type, error.type, error.retryable, error.attempt) == (
+        RESULT_FAILED,
+        "DeadLettered",
+        True,
+        5,
+    )
+    assert result.correlationid == request.correlationid
+    attempts = [
+        line["attempt"]
+        for line in echo.lines()
+        if line.get("correlationid") == request.correlationid
+    ]
+    assert attempts == [1, 2, 3, 4, 5]
+    (dead,) = [
+        line for line in dead_letter.lines() if line.get("correlationid") == request.correlationid
+    ]
+    assert (dead["outcome"], dead["attempt"]) == ("dead-lettered", 5)
+
+
+def test_duplicate_publish_answers_twice_with_one_result_id(
+    echo: Served, route: Any, completion: Completion
+) -> None:
+    publish = route(echo.url)
+    request = request_event(completion, {"twice": True})
+    publish(request)
+    publish(request)
+    first, second = completion.pull(2)
+    assert first.correlationid == second.correlationid == request.correlationid
+    assert first.id == second.id
+
+
+def test_expired_request(echo: Served, route: Any, completion: Completion) -> None:
+    publish = route(echo.url)
+    publish(request_event(completion, {"crash": 99}, expiry=datetime.now(UTC) - timedelta(1)))
+    (result,) = completion.pull(1)
+    assert ErrorInfo.from_event(result).type == "Expired"
+
+
+def test_csv_profile_example(
+    serve: Callable[..., Served], route: Any, completion: Completion, tmp_path: Path
+) -> None:
+    served = serve("csv_profile", EXAMPLES / "csv_profile" / "main.py")
+    data = tmp_path / "people.csv"
+    data.write_text("name,age\nann,3\nbob,\n")
+    publish = route(served.url)
+    kind = "dev.relay.example.csv.profile"
+    publish(request_event(completion, {"uri": data.as_uri()}, type=kind))
+    publish(request_event(completion, {"uri": "ftp://nowhere/x.csv"}, type=kind))
+    results = {event.type: event for event in completion.pull(2)}
+    assert results[RESULT_SUCCEEDED].data == {
+        "uri": data.as_uri(),
+        "rows": 2,
+        "columns": ["name", "age"],
+        "nulls": {"name": 0, "age": 1},
+    }
+    assert ErrorInfo.from_event(results[RESULT_FAILED]).type == "SchemaValidationError"
+
+
+def test_push_oidc_tokens_from_the_broker(
+    broker: Any, serve: Callable[..., Served], route: Any, completion: Completion
+) -> None:
+    guarded = serve(
+        "echo",
+        EXAMPLES / "echo" / "main.py",
+        RELAY_PUSH_AUDIENCE=AUDIENCE,
+        RELAY_PUSH_ALLOWED_EMAILS=ALLOWED,
+        RELAY_PUSH_CERTS_URL=broker.certs_url,
+    )
+    allowed = route(
+        guarded.url, push={"oidc_token": {"service_account_email": ALLOWED, "audience": AUDIENCE}}
+    )
+    intruder = route(
+        guarded.url,
+        push={
+            "oidc_token": {
+                "service_account_email": "x@evil.iam.gserviceaccount.com",
+                "audience": AUDIENCE,
+            }
+        },
+    )
+    wrong_audience = route(guarded.url, push={"oidc_token": {"service_account_email": ALLOWED}})
+    no_token = route(guarded.url)
+    request = request_event(completion, {"signed": True})
+    allowed(request)
+    for publish in (intruder, wrong_audience, no_token):
+        publish(request_event(completion, {"signed": False}))
+    (result,) = completion.pull(1)
+    assert result.data == {"signed": True}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        outcomes = {line["outcome"] for line in guarded.lines()}
+        if {"succeeded", "forbidden", "unauthorized"} <= outcomes:
+            break
+        time.sleep(0.1)
+    assert {"succeeded", "forbidden", "unauthorized"} <= outcomes
+    completion.assert_empty(0.5)
