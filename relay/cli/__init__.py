@@ -1,4 +1,4 @@
-"""The `relay` command line: one lazily imported module per subcommand, so `relay --help` stays fast."""
+"""The `relay` command line: subcommands are imported lazily, so `relay --help` stays fast."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _LazyGroup(click.Group):
-    """A group whose subcommands are imported on use, so one side's dependencies never load for another."""
+    """A group whose subcommands load on use: one side's dependencies never load for another."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)

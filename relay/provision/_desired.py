@@ -33,9 +33,9 @@ class SubscriptionSettings:
 
     def differences(self, actual: SubscriptionSettings) -> tuple[str, ...]:
         """One `field: actual -> desired` line per managed field that differs (topic excluded)."""
-        pairs = (
+        pairs: tuple[tuple[str, object, object], ...] = (
             ("ack_deadline_seconds", actual.ack_deadline_seconds, self.ack_deadline_seconds),
-            ("push_config", _describe_push(actual.push), _describe_push(self.push)),
+            *_push_pairs(actual.push, self.push),
             (
                 "retry_policy",
                 _describe_retry(actual.minimum_backoff, actual.maximum_backoff),
@@ -61,8 +61,32 @@ class SubscriptionSettings:
         )
 
     def changed_fields(self, actual: SubscriptionSettings) -> tuple[str, ...]:
-        """The update_mask paths of `differences`."""
-        return tuple(line.partition(":")[0] for line in self.differences(actual))
+        """The update_mask paths of `differences` (top-level fields, each once)."""
+        return update_mask(self.differences(actual))
+
+
+def update_mask(differences: tuple[str, ...]) -> tuple[str, ...]:
+    """Top-level field paths of `field[.sub]: old -> new` lines, in order, each once."""
+    paths = (line.partition(":")[0].split(".")[0] for line in differences)
+    return tuple(dict.fromkeys(paths))
+
+
+def _push_pairs(
+    actual: PushSettings | None, desired: PushSettings | None
+) -> tuple[tuple[str, object, object], ...]:
+    """push_config differences: per sub-field while both push, else the whole config."""
+    if actual is None or desired is None:
+        return (("push_config", _describe_push(actual), _describe_push(desired)),)
+    return (
+        ("push_config.push_endpoint", actual.endpoint, desired.endpoint),
+        (
+            "push_config.oidc_token.service_account_email",
+            actual.service_account,
+            desired.service_account,
+        ),
+        ("push_config.oidc_token.audience", actual.audience, desired.audience),
+        ("push_config.attributes", dict(actual.attributes), dict(desired.attributes)),
+    )
 
 
 def topic_path(project: str, topic: str) -> str:

@@ -18,6 +18,7 @@ from relay.provision._desired import (
     SubscriptionSettings,
     desired_subscriptions,
     desired_topics,
+    update_mask,
 )
 from relay.topology import Topology
 
@@ -142,7 +143,7 @@ def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) 
                     request=_settings_to_proto(change.settings), timeout=_TIMEOUT
                 )
             elif change.settings is not None:
-                paths = [line.partition(":")[0] for line in change.details]
+                paths = list(update_mask(change.details))
                 subscriber.update_subscription(
                     request={
                         "subscription": _settings_to_proto(change.settings),

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -62,22 +63,56 @@ class Child:
         return self.process.returncode
 
 
+def stop_all(children: list[Child], timeout: float = 10.0) -> None:
+    """Stop several children at once: SIGTERM to every group, then wait, SIGKILL what is left."""
+    for child in children:
+        if child.alive():
+            _signal_group(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(max(0.0, deadline - time.monotonic()))
+    for child in children:
+        child.stop(timeout)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+# Runs first in each child (Linux): ask the kernel to SIGTERM it when its parent dies, so a
+# `relay up` killed with SIGKILL leaves nothing behind; then exec the real command. Checked against
+# the expected parent afterwards, in case the parent died before the request was made.
+_LAUNCHER = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, 15, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 def start(
     name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path | None = None
 ) -> Child:
     """Start `argv` in a new process group (a terminal's Ctrl-C reaches only `relay up`, which
-    then stops its children in order), stdout and stderr appended to `log`."""
+    then stops its children in order), stdout and stderr appended to `log`.
+
+    On Linux the child also gets SIGTERM when this process dies, however it dies.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
         handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
         offset = handle.tell()
         process = subprocess.Popen(
-            list(argv),
+            _with_parent_death_signal(argv),
             stdin=subprocess.DEVNULL,
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -14,13 +14,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from relay.provision import Plan, provision
+from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
+from relay.up._forward import PullForwarder
 from relay.up._process import (
     Child,
     StackError,
     free_port,
     start,
+    stop_all,
     wait_for_http,
     wait_for_line,
 )
@@ -28,6 +30,7 @@ from relay.up._process import (
 DEFAULT_DATA_DIR = ".relay"
 _READY_PREFIX = "relay broker ready "
 _HOST = "127.0.0.1"
+_BROKER = "relay broker"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def stack_up(
     root = Path(data_dir).resolve()
     logs = root / "logs"
     children: list[Child] = []
+    forwarders: list[PullForwarder] = []
     previous_host = os.environ.get("PUBSUB_EMULATOR_HOST")
     try:
         if broker is None:
@@ -150,10 +154,21 @@ def stack_up(
         )
         say("provisioning the topology")
         plan = provision(local)
+        for function in local.functions.values():
+            if function.delivery == "pull":
+                forwarder = PullForwarder(
+                    subscription_path(local.project, function.subscription), function.url
+                )
+                forwarder.start()
+                forwarders.append(forwarder)
         yield Stack(local, broker, served, plan, root, children)
     finally:
-        for child in reversed(children):
-            child.stop()
+        for forwarder in forwarders:
+            forwarder.stop()
+        # Functions first (they may still be publishing results), then the broker.
+        broker_children = [child for child in children if child.name == _BROKER]
+        stop_all([child for child in children if child.name != _BROKER])
+        stop_all(broker_children)
         if previous_host is None:
             os.environ.pop("PUBSUB_EMULATOR_HOST", None)
         else:
@@ -173,12 +188,12 @@ def _start_broker(
         _HOST,
         "--port",
         str(port),
-        "--http-port",
-        "0",
         "--data-dir",
         str(data),
     ]
-    child = start("relay broker", argv, log=logs / "broker.log", env=os.environ)
+    if port == 0:
+        argv += ["--http-port", "0"]  # else the broker's default: port + 1
+    child = start(_BROKER, argv, log=logs / "broker.log", env=os.environ)
     children.append(child)
     line = wait_for_line(child, _READY_PREFIX, timeout)
     fields = dict(part.split("=", 1) for part in line[len(_READY_PREFIX) :].split() if "=" in part)

@@ -10,7 +10,6 @@ from types import FrameType
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED
 from relay.provision import ProvisionError
@@ -29,31 +28,25 @@ class _Stop(Exception):
 
 def render_stack(console: Console, stack: Stack) -> None:
     """What runs where: the broker, each function and the subscription that feeds it."""
-    table = Table(title="relay up", title_justify="left")
-    table.add_column("what")
-    table.add_column("where")
-    table.add_column("fed by")
-    table.add_column("log", overflow="fold")
     broker = stack.broker
-    table.add_row(
-        "relay broker",
-        f"grpc {broker.host}\n{broker.http_url}",
-        f"data {broker.data_dir}" if broker.data_dir else "",
-        str(broker.log or ""),
-    )
+    width = max((len(name) for name in stack.functions), default=0)
+    width = max(width, len("broker"))
+    lines = [f"[bold]relay up[/] · project {stack.topology.project}"]
+    data = f" · data {broker.data_dir}" if broker.data_dir else " (external)"
+    lines.append(f"  [bold]{'broker':<{width}}[/]  grpc {broker.host} · {broker.http_url}{data}")
     for function in stack.functions.values():
-        table.add_row(
-            f"function {function.name}",
-            function.url,
-            f"{function.topic} → {function.subscription} ({function.delivery})",
-            str(function.log),
+        lines.append(
+            f"  [bold]{function.name:<{width}}[/]  {function.url}  ← {function.topic} via "
+            f"{function.subscription} ({function.delivery})"
         )
-    console.print(table)
-    console.print(
-        f"completion topic [bold]{stack.topology.completion_topic}[/] · clients: "
-        + " ".join(f"{key}={value}" for key, value in stack.environment.items()),
-        highlight=False,
+    lines.append(f"  {'logs':<{width}}  {stack.data_dir / 'logs'} (broker.log, <function>.log)")
+    lines.append(
+        f"  {'clients':<{width}}  "
+        + " ".join(f"{key}={value}" for key, value in stack.environment.items())
     )
+    lines.append(f"  {'results':<{width}}  completion topic {stack.topology.completion_topic}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _print_event(console: Console, observed: Observed) -> None:

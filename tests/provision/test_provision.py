@@ -190,6 +190,15 @@ def test_updates_what_differs_and_converts_push_to_pull(
     dead_name = changed.functions["dead-letter"].subscription
     assert _actions(result)[echo_name] == "update"
     assert _actions(result)[dead_name] == "update"
+    cloud_url = "https://europe-west1-relay-test.cloudfunctions.net/echo"
+    details = {change.short_name: change.details for change in result.changes}
+    assert details[echo_name] == (
+        "ack_deadline_seconds: 60 -> 30",
+        f"push_config.push_endpoint: {cloud_url} -> http://127.0.0.1:9999/",
+        f"push_config.oidc_token.audience: {cloud_url} -> http://127.0.0.1:9999/",
+    )
+    assert details[dead_name][0].startswith("push_config: push to https://")
+    assert details[dead_name][0].endswith(" -> pull")
     echo = _subscription(subscriber, changed, echo_name)
     assert echo.push_config.push_endpoint == "http://127.0.0.1:9999/"
     assert echo.push_config.oidc_token.audience == "http://127.0.0.1:9999/"
@@ -247,6 +256,14 @@ def test_cli_dry_run_then_apply_then_unchanged(
     again = runner.invoke(provision_command, ["--file", str(file), "--no-iam"])
     assert again.exit_code == 0, again.output
     assert again.output.rstrip().endswith("unchanged 6")
+
+    elsewhere = runner.invoke(
+        provision_command, ["--file", str(file), "--project", "relay-other", "--dry-run"]
+    )
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert "Pub/Sub resources in project relay-other" in elsewhere.output
+    assert "would create 6" in elsewhere.output
+    assert "--project=relay-other" in elsewhere.output
 
 
 def test_cli_reports_every_topology_mistake(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,20 +64,12 @@ def test_up_runs_the_topology_and_stops_cleanly(
     output = tmp_path / "up.out"
     env = {**os.environ, "COLUMNS": "250"}
     env.pop("PUBSUB_EMULATOR_HOST", None)
+    argv = [sys.executable, "-c", "from relay.cli import main; main()", "up"]
+    argv += ["--file", str(REPO / "relay.yaml"), "--data-dir", str(tmp_path / ".relay")]
+    argv += ["--broker-port", "0"]
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from relay.cli import main; main()",
-                "up",
-                "--file",
-                str(REPO / "relay.yaml"),
-                "--data-dir",
-                str(tmp_path / ".relay"),
-                "--broker-port",
-                "0",
-            ],  # fmt: skip
+            argv,
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -86,9 +80,18 @@ def test_up_runs_the_topology_and_stops_cleanly(
         host = _wait_for(output, r"PUBSUB_EMULATOR_HOST=\S+", process, 5).split("=", 1)[1]
         text = output.read_text()
         for name in ("echo", "csv-profile", "dead-letter"):
-            assert f"function {name}" in text
+            assert re.search(rf"^  {name} +http://127\.0\.0\.1:\d+/  ← ", text, re.MULTILINE), text
         assert "created 7" in text or "unchanged" in text
         children = _process_groups(process.pid)
+        # Push auth is on: a request without the broker's OIDC token never reaches the handler.
+        echo_url = re.search(r"^  echo +(http://\S+)", text, re.MULTILINE)
+        assert echo_url is not None
+        unauthenticated = urllib.request.Request(
+            echo_url.group(1), data=b"{}", headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(unauthenticated, timeout=10)
+        assert refused.value.code == 401
         assert len(children) >= 4  # broker + three functions (+ their workers)
 
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
@@ -124,8 +127,12 @@ def test_up_runs_the_topology_and_stops_cleanly(
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(10)
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
     text = output.read_text()
     assert text.rstrip().endswith("stopped"), text
     deadline = time.monotonic() + 10
@@ -168,3 +175,86 @@ functions:
     assert str(tmp_path / ".relay" / "logs" / "bad.log") in message
     assert _process_groups(os.getpid()) == set()
     assert os.environ["PUBSUB_EMULATOR_HOST"] == broker.host
+
+
+def test_stack_up_feeds_a_pull_function_through_its_subscription(
+    tmp_path: Path, broker: Any, project: str, unique: Callable[[str], str]
+) -> None:
+    requests, results = unique("pull-requests"), unique("results")
+    topology = parse_topology(
+        f"""
+project: {project}
+topics: {{requests: [{requests}], completion: {results}}}
+functions:
+  echo:
+    source: {REPO / "functions" / "echo"}
+    entry_point: echo
+    topic: {requests}
+    subscription: {unique("echo-pull")}
+    delivery: pull
+""",
+        base_dir=tmp_path,
+    )
+    endpoint = BrokerEndpoint(broker.host, broker.http_url)
+    request = new_request(
+        "dev.relay.example.echo",
+        {"n": [1, 2, 3]},
+        source="/tests/up",
+        reply_to=f"projects/{project}/topics/{results}",
+    )
+    message = to_binary(request)
+
+    with (
+        stack_up(topology, data_dir=tmp_path / ".relay", broker=endpoint) as stack,
+        CompletionMonitor(project, results, subscription=unique("monitor")) as monitor,
+    ):
+        assert [change.action for change in stack.plan.changes] == ["create"] * 3
+        assert stack.functions["echo"].url.startswith("http://127.0.0.1:")
+        broker.publisher().publish(
+            f"projects/{project}/topics/{requests}", message.data, **message.attributes
+        ).result(timeout=30)
+        seen = monitor.wait_for(lambda o: o.correlation_id == request.id, timeout=60)
+        assert stack.dead() == []
+
+    assert seen.event is not None
+    assert (seen.event.type, seen.event.data) == (RESULT_SUCCEEDED, {"n": [1, 2, 3]})
+    assert _process_groups(os.getpid()) == set()
+
+
+def test_children_die_with_a_killed_relay_up(tmp_path: Path, project: str) -> None:
+    (tmp_path / "relay.yaml").write_text(
+        f"""
+project: {project}
+topics: {{requests: [killed-requests], completion: killed-results}}
+functions:
+  echo:
+    source: {REPO / "functions" / "echo"}
+    entry_point: echo
+    topic: killed-requests
+    delivery: pull
+"""
+    )
+    output = tmp_path / "up.out"
+    env = {**os.environ, "COLUMNS": "250"}
+    env.pop("PUBSUB_EMULATOR_HOST", None)
+    argv = [sys.executable, "-c", "from relay.cli import main; main()", "up"]
+    argv += ["--file", str(tmp_path / "relay.yaml"), "--data-dir", str(tmp_path / ".relay")]
+    argv += ["--broker-port", "0"]
+    with output.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_for(output, r"ready — watching results", process, timeout=90)
+        children = _process_groups(process.pid)
+        assert len(children) >= 2  # broker + echo (+ its worker)
+
+        process.kill()  # no chance to clean up: the kernel's parent-death signal must do it
+        process.wait(10)
+
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
