@@ -95,10 +95,12 @@ def _drain(stream: Any, sink: list[str]) -> None:
 
 def start_broker(data_dir: Path) -> Server:
     """Start `relay broker` on free ports and wait for its ready line."""
+    # RELAY_BENCH_BROKER=/path/script.py benchmarks a variant (a script that runs the relay CLI).
+    variant = os.environ.get("RELAY_BENCH_BROKER")
+    launcher = [variant] if variant else ["-c", "from relay.cli import main; main()"]
     command = [
         sys.executable,
-        "-c",
-        "from relay.cli import main; main()",
+        *launcher,
         "broker",
         "--host",
         "127.0.0.1",
@@ -229,6 +231,28 @@ def saturating_publish(target: str, topic: str, seconds: float, threads: int = 2
     return sum(counts) / elapsed
 
 
+def publish_rpc_latency(target: str, topic: str, rate: int, seconds: float) -> tuple[float, float]:
+    """Round trip of a 1-message Publish RPC sent at `rate`/s, one at a time: (p50, p99) ms."""
+    request = PublishRequest(topic=topic, messages=[PubsubMessage(data=MESSAGE)])
+    payload = PublishRequest.serialize(request)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    samples: list[int] = []
+    with grpc.insecure_channel(target, options=options) as channel:
+        call = channel.unary_unary("/google.pubsub.v1.Publisher/Publish", request_serializer=None)
+        call(payload, timeout=30)
+        interval = 1.0 / rate
+        started = time.perf_counter()
+        for index in range(int(rate * seconds)):
+            pause = started + index * interval - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            before = time.perf_counter_ns()
+            call(payload, timeout=30)
+            samples.append(time.perf_counter_ns() - before)
+    samples.sort()
+    return samples[len(samples) // 2] / 1e6, samples[int(len(samples) * 0.99)] / 1e6
+
+
 # ---- 2. stock PublisherClient --------------------------------------------------------------
 
 
@@ -253,10 +277,23 @@ def stock_publish(target: str, topic: str, count: int) -> float:
 # ---- 3 + 4. delivery through subscribe() ---------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Latency:
+    """One latency run: publish -> callback percentiles, publish -> commit percentiles (ms)."""
+
+    p50: float
+    p99: float
+    commit_p50: float
+    commit_p99: float
+    achieved: float
+
+
 def delivery_latency(
     target: str, topic: str, subscription: str, rate: int, seconds: float, max_latency: float
-) -> tuple[float, float, float]:
-    """Publish at `rate` msg/s; return (p50 ms, p99 ms, achieved publish rate)."""
+) -> Latency:
+    """Publish at `rate` msg/s from another process; time publish() -> subscribe() callback."""
+    import json
+
     from google.cloud import pubsub_v1
 
     total = int(rate * seconds)
@@ -277,27 +314,37 @@ def delivery_latency(
                 done.set()
 
     with emulator(target):
-        publisher = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_latency=max_latency)
-        )
+        warmer = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
     stream = subscriber.subscribe(subscription, callback)
     try:
         deadline = time.monotonic() + 30
-        while not warm.is_set():
-            publisher.publish(topic, b"warm", warm="1").result(timeout=30)
-            if warm.wait(1.0) or time.monotonic() > deadline:
-                break
+        while not warm.is_set() and time.monotonic() < deadline:
+            warmer.publish(topic, b"warm", warm="1").result(timeout=30)
+            warm.wait(1.0)
+        warmer.stop()
         if not warm.is_set():
             raise RuntimeError("subscriber never received the warm-up message")
-        interval = 1.0 / rate
-        started = time.perf_counter()
-        for index in range(total):
-            pause = started + index * interval - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            publisher.publish(topic, MESSAGE, t=str(time.monotonic_ns()))
-        achieved = total / (time.perf_counter() - started)
+        publisher = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks._paced_publisher",
+                target,
+                topic,
+                str(rate),
+                str(total),
+                str(max_latency),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=_ROOT,
+            timeout=seconds + 180,
+            check=False,
+        )
+        if publisher.returncode != 0:
+            raise RuntimeError(f"paced publisher failed: {publisher.stderr[-2000:]}")
+        report = json.loads(publisher.stdout.strip().splitlines()[-1])
         if not done.wait(60):
             raise RuntimeError(f"only {len(latencies)} of {total} messages delivered")
     finally:
@@ -305,11 +352,81 @@ def delivery_latency(
         with contextlib.suppress(Exception):
             stream.result(timeout=10)
         subscriber.close()
-        publisher.stop()
     ordered = sorted(latencies)
-    p50 = ordered[len(ordered) // 2] / 1e6
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6
-    return p50, p99, achieved
+    return Latency(
+        p50=ordered[len(ordered) // 2] / 1e6,
+        p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6,
+        commit_p50=report["commit_p50_ms"],
+        commit_p99=report["commit_p99_ms"],
+        achieved=report["achieved"],
+    )
+
+
+async def _raw_delivery_latency(
+    target: str, topic: str, subscription: str, rate: int, seconds: float
+) -> tuple[float, float]:
+    total = int(rate * seconds)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    latencies: list[int] = []
+    finished = asyncio.Event()
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        publish = channel.unary_unary(
+            "/google.pubsub.v1.Publisher/Publish", request_serializer=None
+        )
+        pull = channel.stream_stream(
+            "/google.pubsub.v1.Subscriber/StreamingPull",
+            request_serializer=StreamingPullRequest.pb().SerializeToString,
+            response_deserializer=StreamingPullResponse.pb().FromString,
+        )
+        stream = pull()
+        first = StreamingPullRequest(subscription=subscription, stream_ack_deadline_seconds=60)
+        await stream.write(StreamingPullRequest.pb(first))
+        ack_request = StreamingPullRequest.pb()
+
+        async def receive() -> None:
+            async for response in stream:
+                arrived = time.monotonic_ns()
+                for received in response.received_messages:
+                    latencies.append(arrived - int(received.message.attributes["t"]))
+                await stream.write(
+                    ack_request(ack_ids=[r.ack_id for r in response.received_messages])
+                )
+                if len(latencies) >= total:
+                    finished.set()
+                    return
+
+        reader = asyncio.create_task(receive())
+        await asyncio.sleep(0.5)
+        interval = 1.0 / rate
+        started = time.perf_counter()
+        for index in range(total):
+            pause = started + index * interval - time.perf_counter()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            message = PubsubMessage(data=MESSAGE, attributes={"t": str(time.monotonic_ns())})
+            await publish(PublishRequest.serialize(PublishRequest(topic=topic, messages=[message])))
+        await asyncio.wait_for(finished.wait(), 60)
+        reader.cancel()
+        stream.cancel()
+    latencies.sort()
+    return latencies[len(latencies) // 2] / 1e6, latencies[int(len(latencies) * 0.99)] / 1e6
+
+
+def raw_delivery_latency(
+    target: str, topic: str, subscription: str, rate: int, seconds: float, runs: int
+) -> list[tuple[float, float]]:
+    """Raw gRPC publish (1 message per RPC, paced) -> raw StreamingPull receipt: (p50, p99) ms.
+
+    No client library on either side: what the broker itself adds to delivery latency.
+    """
+
+    async def rounds() -> list[tuple[float, float]]:
+        return [
+            await _raw_delivery_latency(target, topic, subscription, rate, seconds)
+            for _ in range(runs)
+        ]
+
+    return asyncio.run(rounds())
 
 
 def delivered_rate(target: str, topic: str, subscription: str, count: int) -> tuple[float, int]:
@@ -377,14 +494,13 @@ async def _idle_streams(
                 response_deserializer=StreamingPullResponse.pb().FromString,
             )
             call = method()
-            await call.write(
-                StreamingPullRequest(
-                    subscription=subscriptions[index % len(subscriptions)],
-                    stream_ack_deadline_seconds=60,
-                    client_id=str(uuid.uuid4()),
-                    max_outstanding_messages=1000,
-                ).pb()
+            request = StreamingPullRequest(
+                subscription=subscriptions[index % len(subscriptions)],
+                stream_ack_deadline_seconds=60,
+                client_id=str(uuid.uuid4()),
+                max_outstanding_messages=1000,
             )
+            await call.write(StreamingPullRequest.pb(request))
             calls.append(call)
         await asyncio.sleep(5)  # let the broker settle after accepting the streams
         cpu_before = server.cpu_seconds()
@@ -402,9 +518,14 @@ async def _idle_streams(
 
 
 def idle_streams(
-    server: Server, subscriptions: list[str], streams: int, seconds: float
-) -> tuple[float, float, float, int]:
-    return asyncio.run(_idle_streams(server, subscriptions, streams, seconds))
+    server: Server, subscriptions: list[str], streams: int, seconds: float, runs: int
+) -> list[tuple[float, float, float, int]]:
+    """`runs` rounds of `_idle_streams` in one event loop (grpc.aio binds to its first loop)."""
+
+    async def rounds() -> list[tuple[float, float, float, int]]:
+        return [await _idle_streams(server, subscriptions, streams, seconds) for _ in range(runs)]
+
+    return asyncio.run(rounds())
 
 
 # ---- driver ---------------------------------------------------------------------------------
@@ -438,126 +559,240 @@ def _repeat(runs: int, measure: Callable[[int], float], label: str) -> list[floa
 
 def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
-    runs = args.runs
     work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    broker = start_broker(work / "broker")
+    try:
+        if {"publish", "stock"} & args.only:
+            rows += _publish_phase(args, work)
+        if {"latency", "drain"} & args.only:
+            rows += _delivery_phase(args, work)
+        if "idle" in args.only:
+            rows += _idle_phase(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def _publish_phase(args: argparse.Namespace, work: Path) -> list[Row]:
+    """Rows 1 and 2, on a fresh broker next to the do-nothing server."""
+    rows: list[Row] = []
+    runs = args.runs
+    broker = start_broker(work / "publish")
     null = start_null(sync=args.sync_null)
     print(
         f"broker {broker.target} (pid {broker.process.pid}), {null.name} {null.target}",
         file=sys.stderr,
     )
     try:
-        # 1. saturating publish
-        sat_topic, _ = create_topic(broker.target, "saturate")
-        null_topic = f"projects/{PROJECT}/topics/saturate"
-        broker_cpu_before = broker.cpu_seconds()
-        sat_broker = _repeat(
-            runs, lambda _: saturating_publish(broker.target, sat_topic, args.seconds), "sat broker"
-        )
-        broker_cpu = broker.cpu_seconds() - broker_cpu_before
-        sat_null = _repeat(
-            runs, lambda _: saturating_publish(null.target, null_topic, args.seconds), "sat null"
-        )
-        median = _median(sat_broker)
-        rows.append(
-            Row(
-                "1. saturating publish, 2 threads x 1,000-msg requests, 1 KiB (msg/s)",
-                f"**{median:,.0f}** ({_spread(sat_broker)}); broker CPU "
-                f"{broker_cpu / (runs * args.seconds) * 100:.0f} % of a core",
-                f"{_median(sat_null):,.0f} ({_spread(sat_null)})",
-                ">= 50,000 durable",
-                _verdict(median >= 50_000, f"{median / 50_000:.2f}x of target"),
+        if "publish" in args.only:
+            # 1. saturating publish
+            sat_topic, _ = create_topic(broker.target, "saturate")
+            null_topic = f"projects/{PROJECT}/topics/saturate"
+            broker_cpu_before = broker.cpu_seconds()
+            sat_broker = _repeat(
+                runs,
+                lambda _: saturating_publish(broker.target, sat_topic, args.seconds),
+                "sat broker",
             )
-        )
-
-        # 2. stock PublisherClient
-        stock_topic, _ = create_topic(broker.target, "stock")
-        stock_null_topic = f"projects/{PROJECT}/topics/stock"
-        stock_broker: list[float] = []
-        stock_null: list[float] = []
-        for run_index in range(runs):  # interleaved: both see the same background load
-            stock_broker.append(stock_publish(broker.target, stock_topic, args.stock_count))
-            stock_null.append(stock_publish(null.target, stock_null_topic, args.stock_count))
-            print(
-                f"  stock run {run_index + 1}/{runs}: broker {stock_broker[-1]:,.0f} "
-                f"null {stock_null[-1]:,.0f}",
-                file=sys.stderr,
-                flush=True,
+            broker_cpu = broker.cpu_seconds() - broker_cpu_before
+            stored_rss = broker.rss_mib()
+            sat_null = _repeat(
+                runs,
+                lambda _: saturating_publish(null.target, null_topic, args.seconds),
+                "sat null",
             )
-        ratios = [b / n for b, n in zip(stock_broker, stock_null, strict=True)]
-        ratio = _median(ratios)
-        rows.append(
-            Row(
-                "2. stock PublisherClient.publish() per message, 1 KiB (msg/s)",
-                f"**{_median(stock_broker):,.0f}** ({_spread(stock_broker)}); "
-                f"ratio {ratio:.2f} ({_spread(ratios, digits=2)})",
-                f"{_median(stock_null):,.0f} ({_spread(stock_null)})",
-                ">= 0.9 x do-nothing",
-                _verdict(ratio >= 0.9, f"ratio {ratio:.2f}"),
-            )
-        )
-    finally:
-        null.stop()
-
-    try:
-        # 3. latency at 1,000 msg/s
-        for max_latency in args.batch_latency:
-            name = f"latency-{int(max_latency * 1000)}ms"
-            lat_topic, (lat_sub,) = create_topic(broker.target, name)
-            results = [
-                delivery_latency(
-                    broker.target, lat_topic, lat_sub, args.rate, args.latency_seconds, max_latency
+            median = _median(sat_broker)
+            rows.append(
+                Row(
+                    "1. saturating publish, 2 threads x 1,000-msg requests, 1 KiB (msg/s)",
+                    f"**{median:,.0f}** ({_spread(sat_broker)}); broker CPU "
+                    f"{broker_cpu / (runs * args.seconds) * 100:.0f} % of a core; RSS with "
+                    f"the unacked backlog {stored_rss:,.0f} MiB",
+                    f"{_median(sat_null):,.0f} ({_spread(sat_null)})",
+                    ">= 50,000 durable",
+                    _verdict(median >= 50_000, f"{median / 50_000:.2f}x of target"),
                 )
-                for _ in range(runs)
-            ]
-            for p50, p99, achieved in results:
+            )
+
+        if "publish" in args.only:
+            # 1b. Publish round trip at a steady 1,000/s: the broker's commit path vs the floor
+            rtt_topic, _ = create_topic(broker.target, "roundtrip")
+            rtt_broker: list[tuple[float, float]] = []
+            rtt_null: list[tuple[float, float]] = []
+            for _ in range(runs):  # interleaved: both see the same background load
+                rtt_broker.append(
+                    publish_rpc_latency(broker.target, rtt_topic, args.rate, args.latency_seconds)
+                )
+                rtt_null.append(
+                    publish_rpc_latency(null.target, rtt_topic, args.rate, args.latency_seconds)
+                )
                 print(
-                    f"  latency ({name}): p50 {p50:.2f} ms p99 {p99:.2f} ms at {achieved:,.0f}/s",
+                    f"  publish round trip: broker p50 {rtt_broker[-1][0]:.2f} p99 "
+                    f"{rtt_broker[-1][1]:.2f} ms; null p50 {rtt_null[-1][0]:.2f} p99 "
+                    f"{rtt_null[-1][1]:.2f} ms",
                     file=sys.stderr,
                     flush=True,
                 )
-            p50 = _median([r[0] for r in results])
-            p99 = _median([r[1] for r in results])
             rows.append(
                 Row(
-                    f"3. publish -> subscribe() callback latency at {args.rate:,} msg/s, "
-                    f"publisher batch max_latency {max_latency * 1000:g} ms",
-                    f"**p50 {p50:.1f} ms, p99 {p99:.1f} ms** (p50 "
-                    f"{_spread([r[0] for r in results], digits=1)}; p99 "
-                    f"{_spread([r[1] for r in results], digits=1)})",
+                    f"1b. Publish RPC round trip, 1 message of 1 KiB, one at a time at "
+                    f"{args.rate:,}/s (raw gRPC; the broker answers after the commit)",
+                    f"p50 {_median([r[0] for r in rtt_broker]):.2f} ms, p99 "
+                    f"{_median([r[1] for r in rtt_broker]):.2f} ms (p99 "
+                    f"{_spread([r[1] for r in rtt_broker], digits=1)})",
+                    f"p50 {_median([r[0] for r in rtt_null]):.2f} ms, p99 "
+                    f"{_median([r[1] for r in rtt_null]):.2f} ms (p99 "
+                    f"{_spread([r[1] for r in rtt_null], digits=1)})",
+                    "(context for 3)",
                     "",
-                    "p50 <= 5 ms, p99 <= 50 ms",
-                    _verdict(p50 <= 5 and p99 <= 50, f"p50 {p50 / 5:.2f}x, p99 {p99 / 50:.2f}x"),
                 )
             )
 
-        # 4. delivered rate
-        rates = []
-        dupes = []
-        for run_index in range(runs):
-            topic, (sub,) = create_topic(broker.target, f"drain-{run_index}")
-            rate, duplicates = delivered_rate(broker.target, topic, sub, args.drain_count)
-            print(
-                f"  drain run {run_index + 1}/{runs}: {rate:,.0f}/s, {duplicates} duplicates",
-                file=sys.stderr,
-                flush=True,
+        if "stock" in args.only:
+            # 2. stock PublisherClient
+            stock_topic, _ = create_topic(broker.target, "stock")
+            stock_null_topic = f"projects/{PROJECT}/topics/stock"
+            stock_broker: list[float] = []
+            stock_null: list[float] = []
+            for run_index in range(runs):  # interleaved: both see the same background load
+                stock_broker.append(stock_publish(broker.target, stock_topic, args.stock_count))
+                stock_null.append(stock_publish(null.target, stock_null_topic, args.stock_count))
+                print(
+                    f"  stock run {run_index + 1}/{runs}: broker {stock_broker[-1]:,.0f} "
+                    f"null {stock_null[-1]:,.0f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            ratios = [b / n for b, n in zip(stock_broker, stock_null, strict=True)]
+            ratio = _median(ratios)
+            rows.append(
+                Row(
+                    "2. stock PublisherClient.publish() per message, 1 KiB (msg/s)",
+                    f"**{_median(stock_broker):,.0f}** ({_spread(stock_broker)}); "
+                    f"ratio {ratio:.2f} ({_spread(ratios, digits=2)})",
+                    f"{_median(stock_null):,.0f} ({_spread(stock_null)})",
+                    ">= 0.9 x do-nothing",
+                    _verdict(ratio >= 0.9, f"ratio {ratio:.2f}"),
+                )
             )
-            rates.append(rate)
-            dupes.append(duplicates)
-        rows.append(
-            Row(
-                f"4. delivered rate: {args.drain_count:,}-message backlog through subscribe() "
-                "with acks (msg/s)",
-                f"**{_median(rates):,.0f}** ({_spread(rates)}); redeliveries {sum(dupes)}",
-                "",
-                "(report)",
-                "",
-            )
-        )
+    finally:
+        null.stop()
+        broker.stop()
+    return rows
 
+
+def _delivery_phase(args: argparse.Namespace, work: Path) -> list[Row]:
+    """Rows 3 and 4, on a fresh broker."""
+    rows: list[Row] = []
+    runs = args.runs
+    broker = start_broker(work / "deliver")
+    try:
+        if "latency" in args.only:
+            # 3. latency at 1,000 msg/s
+            for max_latency in args.batch_latency:
+                name = f"latency-{int(max_latency * 1000)}ms"
+                lat_topic, (lat_sub,) = create_topic(broker.target, name)
+                results = [
+                    delivery_latency(
+                        broker.target,
+                        lat_topic,
+                        lat_sub,
+                        args.rate,
+                        args.latency_seconds,
+                        max_latency,
+                    )
+                    for _ in range(runs)
+                ]
+                for result in results:
+                    print(
+                        f"  latency ({name}): p50 {result.p50:.2f} ms p99 {result.p99:.2f} ms; "
+                        f"commit p50 {result.commit_p50:.2f} p99 {result.commit_p99:.2f} ms; "
+                        f"at {result.achieved:,.0f}/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                p50s = [r.p50 for r in results]
+                p99s = [r.p99 for r in results]
+                p50, p99 = _median(p50s), _median(p99s)
+                commit50 = _median([r.commit_p50 for r in results])
+                commit99 = _median([r.commit_p99 for r in results])
+                rows.append(
+                    Row(
+                        f"3. publish() -> subscribe() callback latency at {args.rate:,} msg/s, "
+                        f"publisher in its own process, BatchSettings.max_latency "
+                        f"{max_latency * 1000:g} ms",
+                        f"**p50 {p50:.1f} ms, p99 {p99:.1f} ms** (p50 {_spread(p50s, digits=1)};"
+                        f" p99 {_spread(p99s, digits=1)}); of which publish() -> publish "
+                        f"future done: p50 {commit50:.1f} ms, p99 {commit99:.1f} ms",
+                        "",
+                        "p50 <= 5 ms, p99 <= 50 ms",
+                        _verdict(
+                            p50 <= 5 and p99 <= 50, f"p50 {p50 / 5:.2f}x, p99 {p99 / 50:.2f}x"
+                        ),
+                    )
+                )
+
+            raw_topic, (raw_sub,) = create_topic(broker.target, "latency-raw")
+            raw = raw_delivery_latency(
+                broker.target, raw_topic, raw_sub, args.rate, args.latency_seconds, runs
+            )
+            for p50, p99 in raw:
+                print(
+                    f"  raw latency: p50 {p50:.2f} ms p99 {p99:.2f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            rows.append(
+                Row(
+                    f"3c. the same without client libraries: raw gRPC Publish (1 message per "
+                    f"RPC) -> raw StreamingPull receipt at {args.rate:,} msg/s",
+                    f"p50 {_median([r[0] for r in raw]):.2f} ms, p99 "
+                    f"{_median([r[1] for r in raw]):.2f} ms (p99 "
+                    f"{_spread([r[1] for r in raw], digits=1)})",
+                    "",
+                    "(context for 3)",
+                    "",
+                )
+            )
+
+        if "drain" in args.only:
+            # 4. delivered rate
+            rates = []
+            dupes = []
+            for run_index in range(runs):
+                topic, (sub,) = create_topic(broker.target, f"drain-{run_index}")
+                rate, duplicates = delivered_rate(broker.target, topic, sub, args.drain_count)
+                print(
+                    f"  drain run {run_index + 1}/{runs}: {rate:,.0f}/s, {duplicates} duplicates",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rates.append(rate)
+                dupes.append(duplicates)
+            rows.append(
+                Row(
+                    f"4. delivered rate: {args.drain_count:,}-message backlog through subscribe() "
+                    "with acks (msg/s)",
+                    f"**{_median(rates):,.0f}** ({_spread(rates)}); redeliveries {sum(dupes)}",
+                    "",
+                    "(report)",
+                    "",
+                )
+            )
+
+    finally:
+        broker.stop()
+    return rows
+
+
+def _idle_phase(args: argparse.Namespace, work: Path) -> list[Row]:
+    """Row 5, on a fresh broker (so RSS is the streams', not a backlog's)."""
+    rows: list[Row] = []
+    runs = args.runs
+    broker = start_broker(work / "idle")
+    try:
         # 5. idle streams
         _, subs = create_topic(broker.target, "idle", subscriptions=args.idle_subscriptions)
-        idle = [idle_streams(broker, subs, args.streams, args.idle_seconds) for _ in range(runs)]
+        idle = idle_streams(broker, subs, args.streams, args.idle_seconds, runs)
         for before, after, cpu, still_open in idle:
             print(
                 f"  idle: RSS {before:.0f} -> {after:.0f} MiB, CPU {cpu:.1f} %, open {still_open}",
@@ -570,8 +805,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                 f"5. {args.streams:,} idle StreamingPull streams "
                 f"({args.idle_subscriptions} subscriptions): broker RSS, idle CPU "
                 f"over {args.idle_seconds:g} s",
-                f"**RSS {_median([r[1] for r in idle]):.0f} MiB** (before the streams "
-                f"{_median([r[0] for r in idle]):.0f} MiB); **CPU {cpu:.1f} %** of a core "
+                f"**RSS {_median([r[1] for r in idle]):.0f} MiB** (fresh broker before the "
+                f"streams {idle[0][0]:.0f} MiB); **CPU {cpu:.1f} %** of a core "
                 f"({_spread([r[2] for r in idle], digits=1)}); streams open "
                 f"{min(r[3] for r in idle)}",
                 "",
@@ -581,7 +816,6 @@ def run(args: argparse.Namespace) -> list[Row]:
         )
     finally:
         broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
@@ -606,6 +840,9 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+_PARTS = ("publish", "stock", "latency", "drain", "idle")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -628,7 +865,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--sync-null", action="store_true", help="sync-grpc do-nothing server")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (1 run, short)")
+    parser.add_argument(
+        "--only",
+        default=",".join(_PARTS),
+        help=f"comma-separated subset of {','.join(_PARTS)}",
+    )
     args = parser.parse_args(argv)
+    args.only = set(args.only.split(","))
+    if not args.only <= set(_PARTS):
+        parser.error(f"--only takes {','.join(_PARTS)}")
     if args.quick:
         args.runs, args.seconds, args.stock_count, args.latency_seconds = 1, 1.0, 2_000, 2.0
         args.drain_count, args.streams, args.idle_subscriptions = 2_000, 200, 20

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ import pytest
 
 _READY = re.compile(r"relay broker ready grpc=(\S+):(\d+) http=(http://\S+):(\d+) data=(.+)")
 _START_TIMEOUT = 30.0
+_ENV_LOCK = threading.Lock()  # clients read PUBSUB_EMULATOR_HOST while being constructed
 
 
 class BrokerProcess:
@@ -128,15 +130,16 @@ class BrokerProcess:
 
     @contextlib.contextmanager
     def _env(self) -> Iterator[None]:
-        old = os.environ.get("PUBSUB_EMULATOR_HOST")
-        os.environ["PUBSUB_EMULATOR_HOST"] = self.host
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-            else:
-                os.environ["PUBSUB_EMULATOR_HOST"] = old
+        with _ENV_LOCK:
+            old = os.environ.get("PUBSUB_EMULATOR_HOST")
+            os.environ["PUBSUB_EMULATOR_HOST"] = self.host
+            try:
+                yield
+            finally:
+                if old is None:
+                    os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+                else:
+                    os.environ["PUBSUB_EMULATOR_HOST"] = old
 
     def publisher(self, **kwargs: Any) -> Any:
         """A google.cloud.pubsub_v1.PublisherClient talking to this broker."""

@@ -84,7 +84,7 @@ def post_sync(
     policy: HttpPolicy,
     deadline: float,
 ) -> dict[str, Any]:
-    """POST until a 2xx, a fail-fast status, the attempt limit or the deadline; returns a payload."""
+    """POST until a 2xx, a fail-fast status, the attempt limit or the deadline: a payload."""
     import httpx
 
     detail, status = "no attempt made", None

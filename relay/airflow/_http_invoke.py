@@ -8,7 +8,6 @@ subscription is created before the POST); otherwise it returns the function's HT
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import timedelta
@@ -30,7 +29,7 @@ from relay.airflow._http import (
     response_json,
 )
 from relay.airflow._publish import build_requests, default_source
-from relay.airflow._result_trigger import COLLECT_ALL, RelayResultTrigger
+from relay.airflow._result_trigger import COLLECT_ALL, RelayResultTrigger, wait_blocking
 from relay.airflow._results import finish
 from relay.airflow._trigger_hooks import trigger_hook
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
@@ -43,7 +42,8 @@ class RelayHttpInvokeTrigger(BaseTrigger):
     """POST a CloudEvent with retries from the triggerer; the ID token is minted here, per attempt.
 
     Kwargs hold the URL, the CloudEvent headers and body, the audience and the connection id: never
-    a token or an Authorization header. Re-running it (triggerer failover) re-sends the same ce-id,
+    a token or an Authorization header. `carry` (plain data for the resumed task) is echoed back in
+    the event. Re-running it (triggerer failover) re-sends the same ce-id,
     which relay functions answer as a duplicate.
     """
 
@@ -62,8 +62,9 @@ class RelayHttpInvokeTrigger(BaseTrigger):
         fail_fast_statuses: Collection[int] = DEFAULT_FAIL_FAST_STATUSES,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
+        carry: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if any(k.lower() == "authorization" for k in headers):
             raise RelayConfigError("trigger headers must not carry credentials")
         self.url = url
@@ -80,6 +81,7 @@ class RelayHttpInvokeTrigger(BaseTrigger):
             if impersonation_chain is None or isinstance(impersonation_chain, str)
             else list(impersonation_chain)
         )
+        self.carry = dict(carry or {})
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and kwargs (no credentials)."""
@@ -98,11 +100,12 @@ class RelayHttpInvokeTrigger(BaseTrigger):
                 "fail_fast_statuses": list(self.policy.fail_fast_statuses),
                 "gcp_conn_id": self.gcp_conn_id,
                 "impersonation_chain": self.impersonation_chain,
+                "carry": dict(self.carry),
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """POST until success or give-up; yields {"status": "ok"|"error", "code", "attempts", ...}."""
+        """POST until success or give-up; yields {"status": "ok"|"error", "code", "attempts"...}."""
         hook = await trigger_hook(self.gcp_conn_id, self.impersonation_chain)
         payload = await post_async(
             hook,
@@ -113,7 +116,7 @@ class RelayHttpInvokeTrigger(BaseTrigger):
             policy=self.policy,
             deadline=self.deadline,
         )
-        yield TriggerEvent(payload)
+        yield TriggerEvent({**payload, "carry": self.carry})  # type: ignore[no-untyped-call]
 
 
 class RelayHttpInvokeOperator(BaseOperator):
@@ -237,21 +240,23 @@ class RelayHttpInvokeOperator(BaseOperator):
                     fail_fast_statuses=self.policy.fail_fast_statuses,
                     gcp_conn_id=self.gcp_conn_id,
                     impersonation_chain=self.impersonation_chain,
+                    carry={"waits": waits, "deadline": deadline},
                 ),
                 method_name="execute_posted",
-                kwargs={"waits": waits, "deadline": deadline},
                 timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
             )
         payload = post_sync(
             hook, self.url, headers, body, audience=audience, policy=self.policy, deadline=deadline
         )
-        return self.execute_posted(context, payload, waits, deadline)
+        return self.execute_posted(
+            context, {**payload, "carry": {"waits": waits, "deadline": deadline}}
+        )
 
-    def execute_posted(
-        self, context: Any, event: dict[str, Any], waits: dict[str, str], deadline: float
-    ) -> Any:
+    def execute_posted(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """After the POST: fail with the HTTP error, or wait for / return the result."""
         hook = self._hook()
+        waits: dict[str, str] = dict(event["carry"]["waits"])
+        deadline = float(event["carry"]["deadline"])
         if event.get("status") != "ok":
             hook.delete_subscriptions(list(waits.values()))
             raise RelayHttpError(
@@ -266,7 +271,7 @@ class RelayHttpInvokeOperator(BaseOperator):
                 raise RelayResultError(
                     str(answer.get("correlationid", "")),
                     str(answer.get("outcome")),
-                    "the function answered with a failed result (wait_for_result=True gives details)",
+                    "the function answered with a failed result (wait_for_result=True has details)",
                 )
             return answer
         trigger = RelayResultTrigger(
@@ -282,18 +287,16 @@ class RelayHttpInvokeOperator(BaseOperator):
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
-                kwargs={"waits": waits},
                 timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
             )
-        trigger.linger = 0.0
-        return self.execute_complete(context, asyncio.run(trigger.wait()), waits)
+        return self.execute_complete(context, wait_blocking(trigger))
 
-    def execute_complete(self, context: Any, event: dict[str, Any], waits: dict[str, str]) -> Any:
+    def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """Resume after the result wait."""
         return finish(
             context,
             self._hook(),
-            waits,
+            event["waits"],
             event,
             policy=COLLECT_ALL,
             timeout=self.timeout,

@@ -17,7 +17,8 @@ _RESOURCE = r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
 _TOPIC_PATH = re.compile(rf"^projects/({_PROJECT})/topics/({_RESOURCE})$")
 _SUBSCRIPTION_PATH = re.compile(rf"^projects/({_PROJECT})/subscriptions/({_RESOURCE})$")
 _RESOURCE_NAME = re.compile(rf"^{_RESOURCE}$")
-# Correlation ids go into a Pub/Sub filter string: a conservative character set keeps quoting trivial.
+# Correlation ids go into a Pub/Sub filter string: a conservative character set keeps quoting
+# trivial.
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$")
 
 WAIT_SUBSCRIPTION_PREFIX = "relay-wait-"
@@ -42,7 +43,8 @@ def subscription_path(project_id: str, subscription: str) -> str:
     if subscription.startswith("projects/"):
         if not _SUBSCRIPTION_PATH.match(subscription):
             raise RelayConfigError(
-                f"subscription {subscription!r} is not of the form projects/<project>/subscriptions/<name>"
+                f"subscription {subscription!r} is not of the form "
+                "projects/<project>/subscriptions/<name>"
             )
         return subscription
     if not _RESOURCE_NAME.match(subscription):
@@ -61,7 +63,8 @@ def check_correlation_id(correlation_id: object) -> str:
     """Return the correlation id if it is safe to put into a subscription filter, else raise."""
     if not isinstance(correlation_id, str) or not _CORRELATION_ID.match(correlation_id):
         raise RelayConfigError(
-            f"correlation id {correlation_id!r} must be 1-200 characters of A-Z a-z 0-9 . _ : @ + = - "
+            f"correlation id {correlation_id!r} must be 1-200 characters of "
+            "A-Z a-z 0-9 . _ : @ + = - "
             "starting with a letter or digit"
         )
     return correlation_id

@@ -5,6 +5,7 @@ completion subscription is created before the first request goes out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +45,7 @@ def build_requests(
     expiry: datetime | timedelta | None = None,
     validate: bool = True,
 ) -> list[Event]:
-    """One request event per item; SchemaValidationError (naming the JSON path) before anything is sent."""
+    """One request event per item; SchemaValidationError (JSON path) before anything is sent."""
     if correlation_ids is not None and len(correlation_ids) != len(items):
         raise RelayConfigError(
             f"got {len(correlation_ids)} correlation ids for {len(items)} items; give one per item"
@@ -82,16 +83,17 @@ def publish_requests(
     """Create the completion subscriptions, then publish; on a publish failure the subscriptions
     just created are deleted again and the error propagates."""
     messages = [to_binary(event) for event in events]  # LimitError before any side effect
-    subscriptions: list[str | None] = []
+    subscriptions: list[str | None] = [None] * len(events)
+
+    def subscribe(index: int) -> None:
+        cid = str(events[index].correlationid)
+        subscriptions[index] = hook.create_wait_subscription(reply_topic, cid, ttl=subscription_ttl)
+
     try:
-        for event in events:
-            subscriptions.append(
-                hook.create_wait_subscription(
-                    reply_topic, str(event.correlationid), ttl=subscription_ttl
-                )
-                if create_subscriptions
-                else None
-            )
+        if create_subscriptions:
+            # admin calls are round trips: a few in parallel for a big fan-out
+            with ThreadPoolExecutor(min(8, len(events) or 1)) as pool:
+                list(pool.map(subscribe, range(len(events))))
         message_ids = hook.publish(topic, messages, attempts=attempts, timeout=timeout)
     except BaseException:
         hook.delete_subscriptions([s for s in subscriptions if s is not None])

@@ -30,11 +30,13 @@ COLLECT_ALL = "collect_all"
 POLICIES = (FAIL_FAST, COLLECT_ALL)
 _RESULT_TYPES = (RESULT_SUCCEEDED, RESULT_FAILED)
 _PULL_CONCURRENCY = 32
+# How long a wait waits for the shared hub before it falls back to polling every this many seconds.
+_HUB_PATIENCE = 30.0
 
 
 class RelayResultTrigger(BaseTrigger):
-    """Fires once every correlation id in `waits` has a result (or one failed, under fail_fast), or at
-    `deadline` (epoch seconds, absolute so a restarted trigger keeps the original deadline).
+    """Fires once every correlation id in `waits` has a result (or one failed, under fail_fast),
+    or at `deadline` (epoch seconds, absolute so a restarted trigger keeps the original deadline).
 
     :param completion_topic: full path of the topic the results are published to (the replyto).
     :param waits: correlation id -> full path of its completion subscription.
@@ -44,7 +46,8 @@ class RelayResultTrigger(BaseTrigger):
         came (a safety net; wake-ups normally arrive within milliseconds).
     :param linger: seconds the shared hub stays up after its last wait left.
 
-    The event payload: {"status": "done" | "timeout" | "error", "results": {cid: {"type",
+    The event payload: {"status": "done" | "timeout" | "error", "waits": the waits,
+    "results": {cid: {"type",
     "message_id", "publish_time", "ce_id"}}, "pending": [cid...], "message": str}.
     """
 
@@ -60,7 +63,7 @@ class RelayResultTrigger(BaseTrigger):
         recheck_interval: float = 300.0,
         linger: float = 30.0,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if not waits:
@@ -97,7 +100,7 @@ class RelayResultTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait as described in the class docstring; yields exactly one event."""
         payload = await self.wait()
-        yield TriggerEvent(payload)
+        yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def wait(self) -> dict[str, Any]:
         """The waiting itself, returning the event payload (usable without a triggerer)."""
@@ -114,11 +117,16 @@ class RelayResultTrigger(BaseTrigger):
         results: dict[str, dict[str, Any]] = {}
         hub.add(waiter)
         try:
+            recheck_interval = self.recheck_interval
             remaining = self.deadline - time.time()
             try:
-                await asyncio.wait_for(hub.ready(), max(remaining, 0.001))
+                await asyncio.wait_for(hub.ready(), max(min(remaining, _HUB_PATIENCE), 0.001))
             except TimeoutError:
-                return self._payload("timeout", results)
+                if time.time() >= self.deadline:
+                    return await self._last_look(client, results, waiter, hub)
+                # No wake-ups yet (the hub keeps trying): poll often enough meanwhile.
+                self.log.warning("wake hub for %s not ready; polling", self.completion_topic)
+                recheck_interval = min(recheck_interval, _HUB_PATIENCE)
             # A result published before the hub existed is already in its subscription: read all.
             to_check: set[str] = set(waiter.pending)
             # One early re-check after a lease would have expired: covers a previous run of this
@@ -133,10 +141,12 @@ class RelayResultTrigger(BaseTrigger):
                     return self._payload("done", results)
                 now = time.time()
                 if now >= self.deadline:
-                    return self._payload("timeout", results)
+                    return await self._last_look(client, results, waiter, hub)
                 if now >= next_recheck:
                     to_check = set(waiter.pending)
-                    next_recheck = now + self.recheck_interval * random.uniform(0.8, 1.2)
+                    if recheck_interval < self.recheck_interval and hub.is_ready:
+                        recheck_interval = self.recheck_interval
+                    next_recheck = now + recheck_interval * random.uniform(0.8, 1.2)
                     continue
                 try:
                     await asyncio.wait_for(
@@ -148,6 +158,20 @@ class RelayResultTrigger(BaseTrigger):
                 to_check = waiter.take()
         finally:
             hub.remove(waiter)
+
+    async def _last_look(
+        self,
+        client: Any,
+        results: dict[str, dict[str, Any]],
+        waiter: _wakehub.Waiter,
+        hub: _wakehub.WakeHub,
+    ) -> dict[str, Any]:
+        """At the deadline: one more read of what is pending (a re-run that starts after the
+        deadline must still report a result that came in time), then done or timeout."""
+        error = await self._check(client, sorted(waiter.pending), results, waiter, hub)
+        if error is not None:
+            return self._payload("error", results, error)
+        return self._payload("done" if self._done(results) else "timeout", results)
 
     async def peek_once(self) -> dict[str, dict[str, Any]]:
         """Read every subscription once (no hub, no waiting): the results found so far."""
@@ -176,6 +200,7 @@ class RelayResultTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         return {
             "status": status,
+            "waits": dict(self.waits),
             "results": dict(results),
             "pending": [cid for cid in self.waits if cid not in results],
             "message": message,
@@ -189,8 +214,8 @@ class RelayResultTrigger(BaseTrigger):
         waiter: _wakehub.Waiter,
         hub: _wakehub.WakeHub | None,
     ) -> str | None:
-        """Peek into the subscriptions of `correlation_ids`; record first results. An error text if a
-        subscription is gone (its result can no longer arrive)."""
+        """Peek into the subscriptions of `correlation_ids`; record first results. An error
+        text if a subscription is gone (its result can no longer arrive)."""
         semaphore = asyncio.Semaphore(_PULL_CONCURRENCY)
 
         async def one(cid: str) -> str | None:
@@ -295,3 +320,23 @@ def _arrival(received: Any) -> tuple[datetime, str]:
 
 def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def wait_blocking(trigger: RelayResultTrigger) -> dict[str, Any]:
+    """Run a wait to its end in a fresh event loop (non-deferrable tasks), cleaning up after it."""
+    return asyncio.run(_then_close(trigger.wait()))
+
+
+def peek_blocking(trigger: RelayResultTrigger) -> dict[str, dict[str, Any]]:
+    """One peek at every subscription in a fresh event loop (sensor poke mode)."""
+    return asyncio.run(_then_close(trigger.peek_once()))
+
+
+async def _then_close(work: Any) -> Any:
+    from relay.airflow.hooks import RelayHook
+
+    try:
+        return await work
+    finally:
+        await _wakehub.close_all()
+        await RelayHook.close_async_clients()

@@ -1,5 +1,6 @@
-"""Worker side of a wait: take the results the trigger reported out of their completion subscriptions,
-decode them, turn them into the task's return value or a clear error, and delete the subscriptions.
+"""Worker side of a wait: take the results the trigger reported out of their completion
+subscriptions, decode them, turn them into the task's return value or a clear error, and delete
+the subscriptions.
 
 The trigger only peeks (pull + nack). Here, on the worker, the result is pulled again by the
 message id the trigger reported (so duplicates resolve to the same first result), decoded with
@@ -58,7 +59,7 @@ class Outcome:
 
 
 def xcom_data(event: Event) -> Any:
-    """Result data as an XCom-friendly value: JSON as is, text as str, other bytes as base64 text."""
+    """Result data for XCom: JSON as is, text as str, other bytes as base64 text."""
     data = event.data
     if not isinstance(data, bytes):
         return data
@@ -113,7 +114,8 @@ def fetch_event(hook: RelayHook, subscription: str, message_id: str) -> Event:
                 return from_message(found.data, dict(found.attributes))
             if time.monotonic() > deadline:
                 raise RelayResultLostError(
-                    f"result message {message_id} reported by the trigger is no longer in {subscription}"
+                    f"result message {message_id} reported by the trigger is no longer in "
+                    f"{subscription}"
                 )
             if not response.received_messages:
                 time.sleep(0.5)

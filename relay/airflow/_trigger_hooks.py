@@ -1,5 +1,5 @@
-"""RelayHook instances for triggers: built once per process in a worker thread (reading the connection
-blocks), with credentials loaded there too, so the event loop never blocks on it."""
+"""RelayHook instances for triggers: built once per process in a worker thread (reading the
+connection blocks), with credentials loaded there too, so the event loop never blocks on it."""
 
 from __future__ import annotations
 

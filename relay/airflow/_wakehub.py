@@ -13,6 +13,7 @@ here needs to survive a triggerer restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 import weakref
@@ -25,6 +26,8 @@ from relay.airflow._names import WAKE_SUBSCRIPTION_PREFIX
 log = logging.getLogger(__name__)
 
 _HEARTBEAT_SECONDS = 30.0
+_MIN_BACKOFF = 0.1
+_MAX_BACKOFF = 5.0
 _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], WakeHub]] = (
     weakref.WeakKeyDictionary()
 )
@@ -85,6 +88,7 @@ class WakeHub:
         self._created = False
         self._task: asyncio.Task[None] | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
+        self._backoff = _MIN_BACKOFF
 
     # -- registration -----------------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class WakeHub:
             )
 
     def remove(self, waiter: Waiter) -> None:
-        """Deregister a wait; the last one out schedules the hub's shutdown after the linger period."""
+        """Deregister a wait; the last one out schedules the hub's shutdown after `linger`."""
         for cid in waiter.ids:
             waiters = self._waits.get(cid)
             if waiters is not None:
@@ -128,6 +132,11 @@ class WakeHub:
     async def ready(self) -> None:
         """Return once the wake subscription exists: results published from then on wake us."""
         await self._ready.wait()
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the wake subscription exists."""
+        return self._ready.is_set()
 
     @property
     def waiting(self) -> int:
@@ -160,7 +169,7 @@ class WakeHub:
     async def _run(self) -> None:
         from google.api_core.exceptions import NotFound
 
-        backoff = 0.1
+        self._backoff = _MIN_BACKOFF
         try:
             while True:
                 try:
@@ -170,7 +179,6 @@ class WakeHub:
                             self._wake_all()
                         self._ready.set()
                     await self._stream()
-                    backoff = 0.1
                 except asyncio.CancelledError:
                     raise
                 except NotFound:
@@ -180,8 +188,8 @@ class WakeHub:
                     log.warning(
                         "wake stream on %s failed: %r; reconnecting", self.subscription, exc
                     )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
         finally:
             if self._created:
                 await self._delete()
@@ -189,7 +197,7 @@ class WakeHub:
     async def _create(self) -> None:
         from google.api_core.exceptions import AlreadyExists
 
-        try:
+        with contextlib.suppress(AlreadyExists):
             await self._client.create_subscription(
                 request={
                     "name": self.subscription,
@@ -201,8 +209,6 @@ class WakeHub:
                 },
                 timeout=30,
             )
-        except AlreadyExists:
-            pass
         self._created = True
 
     async def _delete(self) -> None:
@@ -236,8 +242,11 @@ class WakeHub:
                 except TimeoutError:
                     yield StreamingPullRequest()
 
-        stream = await self._client.streaming_pull(requests=requests(), timeout=None)
+        # retry=None: the client's default retry would back off up to 60 s between attempts; the
+        # loop in _run reconnects with its own, shorter backoff.
+        stream = await self._client.streaming_pull(requests=requests(), retry=None, timeout=None)
         self.streams_opened += 1
+        self._backoff = _MIN_BACKOFF
         async for response in stream:
             ack_ids = []
             for received in response.received_messages:

@@ -1,4 +1,4 @@
-"""RelayHook: credentials from an Airflow Google connection and Pub/Sub clients created once per process.
+"""RelayHook: credentials from an Airflow Google connection, Pub/Sub clients once per process.
 
 Credentials come from GoogleBaseHook (ADC, key file, impersonation chain, or anonymous through the
 connection extra `is_anonymous` for an emulator). The google-cloud-pubsub clients honour
@@ -70,7 +70,7 @@ class RelayHook(GoogleBaseHook):
     """Pub/Sub and ID-token access for relay, on the Google provider's credential handling.
 
     :param gcp_conn_id: Airflow connection of type google_cloud_platform.
-    :param impersonation_chain: service account (or chain) to impersonate with short-term credentials.
+    :param impersonation_chain: service account (or chain) to impersonate (short-term credentials).
     :param project_id: project for short topic/subscription names; defaults to the connection's.
     """
 
@@ -108,7 +108,8 @@ class RelayHook(GoogleBaseHook):
         project = self._project_override or self.project_id
         if not project:
             raise RelayConfigError(
-                f"no project: pass project_id or set the extra 'project' on connection {self.gcp_conn_id!r}"
+                f"no project: pass project_id or set the extra 'project' on connection "
+                f"{self.gcp_conn_id!r}"
             )
         return str(project)
 
@@ -145,7 +146,7 @@ class RelayHook(GoogleBaseHook):
         )
 
     def subscriber(self) -> Any:
-        """The process-wide synchronous google.cloud.pubsub_v1.SubscriberClient (admin, unary pull)."""
+        """The process-wide sync google.cloud.pubsub_v1.SubscriberClient (admin, unary pull)."""
         from google.cloud.pubsub_v1 import SubscriberClient
 
         return self._cached(
@@ -171,6 +172,14 @@ class RelayHook(GoogleBaseHook):
                     credentials=self.get_credentials(), client_options=self.get_client_options()
                 )
             return client
+
+    @staticmethod
+    async def close_async_clients() -> None:
+        """Close the running loop's asyncio clients (before a worker's asyncio.run ends)."""
+        with _LOCK:
+            clients = list(_ASYNC_CLIENTS.pop(asyncio.get_running_loop(), {}).values())
+        for client in clients:
+            await client.transport.close()
 
     # -- publishing -------------------------------------------------------------------------------
 
@@ -234,7 +243,7 @@ class RelayHook(GoogleBaseHook):
         *,
         ttl: timedelta = DEFAULT_SUBSCRIPTION_TTL,
     ) -> str:
-        """Create (idempotently) the filtered subscription that keeps the result for one correlation id.
+        """Create (idempotently) the filtered subscription keeping the result of one correlation id.
 
         Must run before the request is published: Pub/Sub only retains messages for subscriptions
         that exist when they are published. The expiration policy removes abandoned ones.
@@ -273,7 +282,7 @@ class RelayHook(GoogleBaseHook):
     # -- ID tokens for the direct HTTPS path ------------------------------------------------------
 
     def id_token_credentials(self, audience: str) -> Any | None:
-        """google-auth credentials minting OIDC ID tokens for `audience` from this connection's identity.
+        """Credentials minting OIDC ID tokens for `audience` as the connection's identity.
 
         None for an anonymous connection (local functions without auth). Impersonation uses the IAM
         credentials API; a metadata-server identity uses its identity endpoint; a service-account
@@ -299,24 +308,24 @@ class RelayHook(GoogleBaseHook):
         base = self.get_credentials()
         request = google.auth.transport.requests.Request()
         if isinstance(base, impersonated_credentials.Credentials):
-            return impersonated_credentials.IDTokenCredentials(
+            return impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
                 base, target_audience=audience, include_email=True
             )
         if isinstance(base, compute_engine.Credentials):
-            return compute_engine.IDTokenCredentials(
+            return compute_engine.IDTokenCredentials(  # type: ignore[no-untyped-call]
                 request, audience, use_metadata_identity_endpoint=True
             )
         if isinstance(base, service_account.Credentials):
-            return service_account.IDTokenCredentials(
+            return service_account.IDTokenCredentials(  # type: ignore[no-untyped-call]
                 base.signer,
                 base.service_account_email,
                 base._token_uri,  # no public accessor; the same token endpoint as the key's
                 target_audience=audience,
             )
-        return id_token.fetch_id_token_credentials(audience, request=request)
+        return id_token.fetch_id_token_credentials(audience, request=request)  # type: ignore[no-untyped-call]
 
     def fetch_id_token(self, audience: str) -> str | None:
-        """A currently valid ID token for `audience` (refreshed by google-auth when expired), or None."""
+        """A valid ID token for `audience` (google-auth refreshes it when expired), or None."""
         import google.auth.transport.requests
 
         credentials = self.id_token_credentials(audience)

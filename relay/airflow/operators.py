@@ -2,7 +2,8 @@
 
 - RelayPublishOperator: publish request(s); XCom event ids and correlation ids.
 - RelayCallOperator: publish one request and wait for its result in the same task (the common case).
-- RelayFanOutOperator: publish N requests and wait for all N in one deferral (fail fast or collect all).
+- RelayFanOutOperator: publish N requests and wait for all N in one deferral (fail fast or
+  collect all).
 - RelayHttpInvokeOperator (re-exported): POST a CloudEvent straight to a function's HTTPS URL.
 
 All follow the Google provider's conventions: gcp_conn_id, impersonation_chain, project_id,
@@ -11,7 +12,6 @@ templated fields and `deferrable`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -23,7 +23,13 @@ from airflow.sdk.configuration import conf
 
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
 from relay.airflow._publish import Published, build_requests, default_source, publish_requests
-from relay.airflow._result_trigger import COLLECT_ALL, FAIL_FAST, POLICIES, RelayResultTrigger
+from relay.airflow._result_trigger import (
+    COLLECT_ALL,
+    FAIL_FAST,
+    POLICIES,
+    RelayResultTrigger,
+    wait_blocking,
+)
 from relay.airflow._results import finish
 from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
@@ -136,8 +142,8 @@ class _RelayRequestOperator(BaseOperator):
 class RelayPublishOperator(_RelayRequestOperator):
     """Publish one request (`data`) or several (`items`) and return their correlation ids.
 
-    XCom: return value and key "correlation_ids" = list of correlation ids; key "event_ids" = list of
-    ce-ids; key "requests" = [{event_id, correlation_id, subscription, message_id}]. With
+    XCom: return value and key "correlation_ids" = list of correlation ids; key "event_ids" =
+    list of ce-ids; key "requests" = [{event_id, correlation_id, subscription, message_id}]. With
     `create_subscriptions` (default) each request's completion subscription exists before it is
     published, so a later RelayResultSensor cannot miss an early result.
 
@@ -226,19 +232,16 @@ class _RelayWaitingOperator(_RelayRequestOperator):
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
-                kwargs={"waits": waits},
                 timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
             )
-        trigger.linger = 0.0
-        payload = asyncio.run(trigger.wait())
-        return self.execute_complete(context, payload, waits)
+        return self.execute_complete(context, wait_blocking(trigger))
 
-    def execute_complete(self, context: Any, event: dict[str, Any], waits: dict[str, str]) -> Any:
-        """Resume on the worker: fetch and ack the results, delete the subscriptions, return data."""
+    def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
+        """Resume on the worker: fetch and ack results, delete the subscriptions, return data."""
         return finish(
             context,
             self.hook,
-            waits,
+            event["waits"],
             event,
             policy=self._wait_policy,
             timeout=self.timeout,

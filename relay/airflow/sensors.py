@@ -1,8 +1,7 @@
-"""RelayResultSensor: wait for the results of correlation ids published earlier (RelayPublishOperator)."""
+"""RelayResultSensor: wait for the results of correlation ids published earlier."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -13,7 +12,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 
 from relay.airflow._names import wait_subscription
-from relay.airflow._result_trigger import COLLECT_ALL, POLICIES, RelayResultTrigger
+from relay.airflow._result_trigger import COLLECT_ALL, POLICIES, RelayResultTrigger, peek_blocking
 from relay.airflow._results import finish
 from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import ImpersonationChain, RelayHook
@@ -115,28 +114,25 @@ class RelayResultSensor(BaseSensorOperator):
         self.defer(
             trigger=trigger,
             method_name="execute_complete",
-            kwargs={"waits": trigger.waits},
             timeout=timedelta(seconds=float(self.timeout)) + _DEFER_GRACE,
         )
 
     def poke(self, context: Any) -> PokeReturnValue:
         """One peek at every pending subscription (non-deferrable mode)."""
         trigger = self._trigger(time.time())
-        results = asyncio.run(trigger.peek_once())
+        results = peek_blocking(trigger)
         done = trigger.is_done(results)
         if not done:
             return PokeReturnValue(is_done=False)
-        payload = {"status": "done", "results": results, "pending": [], "message": ""}
-        return PokeReturnValue(
-            is_done=True, xcom_value=self.execute_complete(context, payload, trigger.waits)
-        )
+        payload = {"status": "done", "waits": trigger.waits, "results": results, "message": ""}
+        return PokeReturnValue(is_done=True, xcom_value=self.execute_complete(context, payload))
 
-    def execute_complete(self, context: Any, event: dict[str, Any], waits: dict[str, str]) -> Any:
-        """Resume on the worker: fetch and ack the results, delete the subscriptions, return data."""
+    def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
+        """Resume on the worker: fetch and ack results, delete the subscriptions, return data."""
         return finish(
             context,
             self.hook,
-            waits,
+            event["waits"],
             event,
             policy=self.policy,
             timeout=float(self.timeout),

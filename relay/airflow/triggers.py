@@ -1,6 +1,7 @@
 """relay's triggers (importable by the triggerer from the installed package).
 
-- RelayResultTrigger: wait for results by correlation id, woken by one shared subscriber per process.
+- RelayResultTrigger: wait for results by correlation id, woken by one shared subscriber per
+  process.
 - RelayHttpInvokeTrigger: POST a CloudEvent with retries; ID token minted in the triggerer.
 """
 

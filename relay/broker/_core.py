@@ -51,6 +51,7 @@ _SQL_INSERT_PENDING = "INSERT INTO pending (sub_id, seq) VALUES (?, ?)"
 _SQL_LAST_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)"
 _SQL_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
 _GC_INTERVAL = 600.0
+MAX_SUBSCRIPTIONS_PER_TOPIC = 10_000
 _PULL_WAIT = 90.0
 
 
@@ -126,8 +127,8 @@ class Broker:
                 continue
             msg = messages.get(seq)
             if msg is None:
-                pb = PubsubMessage.FromString(body)
-                msg = StoredMessage(seq, topic, pb, pb.ByteSize(), publish_ns)
+                key = PubsubMessage.FromString(body).ordering_key
+                msg = StoredMessage(seq, topic, body, publish_ns, key)
                 messages[seq] = msg
             if acked:
                 owning_sub.add_acked(msg)
@@ -189,7 +190,7 @@ class Broker:
             )
             sub.redeliver(entry, max(sub.backoff(entry.attempts), 1.0))
             return
-        source = entry.msg.pb
+        source = PubsubMessage.FromString(entry.msg.body)
         forwarded = PubsubMessage(data=source.data, ordering_key=source.ordering_key)
         forwarded.attributes.update(source.attributes)
         forwarded.attributes.update(
@@ -201,7 +202,7 @@ class Broker:
             }
         )
         try:
-            await self._publish(topic, [forwarded], [forwarded.ByteSize()])
+            await self._publish(topic, [forwarded])
         except Exception:
             _LOG.exception("dead-lettering to %s failed; redelivering", target)
             if entry.state == DEAD_LETTERING:
@@ -312,6 +313,12 @@ class Broker:
         if name in self.subs:
             raise already_exists("subscription", name)
         topic = self.topic(pb.topic)
+        if len(topic.subs) >= MAX_SUBSCRIPTIONS_PER_TOPIC:
+            raise BrokerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"The topic {topic.name} already has {MAX_SUBSCRIPTIONS_PER_TOPIC} subscriptions, "
+                "the maximum.",
+            )
         config = subscription_config(pb)
         if config.dead_letter_topic and config.dead_letter_topic not in self.topics:
             raise not_found("topic", config.dead_letter_topic)
@@ -423,10 +430,10 @@ class Broker:
     async def publish(self, topic_name: str, messages: Any) -> list[str]:
         """Publish: returns the message ids once the messages are committed."""
         topic = self.topic(topic_name)
-        sizes = check_publish(messages)
-        return await self._publish(topic, messages, sizes)
+        check_publish(messages)
+        return await self._publish(topic, messages)
 
-    async def _publish(self, topic: TopicState, messages: Any, sizes: list[int]) -> list[str]:
+    async def _publish(self, topic: TopicState, messages: Any) -> list[str]:
         publish_ns = time.time_ns()
         first = self.last_seq + 1
         self.last_seq += len(messages)
@@ -439,24 +446,28 @@ class Broker:
             secs, nanos = divmod(publish_ns, 1_000_000_000)
             rows = []
             name = topic.name
-            for seq, message, size, message_id in zip(
-                range(first, self.last_seq + 1), messages, sizes, ids, strict=True
+            for seq, message, message_id in zip(
+                range(first, self.last_seq + 1), messages, ids, strict=True
             ):
                 message.message_id = message_id
                 stamp = message.publish_time
                 stamp.seconds = secs
                 stamp.nanos = nanos
-                rows.append((seq, name, publish_ns, message.SerializeToString()))
-                stored.append(StoredMessage(seq, name, message, size, publish_ns))
+                body = message.SerializeToString()
+                rows.append((seq, name, publish_ns, body))
+                stored.append(StoredMessage(seq, name, body, publish_ns, message.ordering_key))
             statements.append((_SQL_INSERT_MESSAGE, rows))
             matched: list[tuple[SubState, list[StoredMessage]]] = []
             pending_rows: list[tuple[int, int]] = []
+            attributes: list[dict[str, str]] | None = None
             for sub in subs:
                 predicate = sub.config.predicate
                 if predicate is None:
                     chosen = stored
                 else:
-                    chosen = [m for m in stored if predicate(dict(m.pb.attributes))]
+                    if attributes is None:
+                        attributes = [dict(m.attributes) for m in messages]
+                    chosen = [m for m, a in zip(stored, attributes, strict=True) if predicate(a)]
                 matched.append((sub, chosen))
                 sub_id = sub.sub_id
                 pending_rows.extend((sub_id, m.seq) for m in chosen)
@@ -559,8 +570,8 @@ class Broker:
                     continue
                 msg = self.messages.get(seq)
                 if msg is None:
-                    pb = PubsubMessage.FromString(body)
-                    msg = StoredMessage(seq, topic.name, pb, pb.ByteSize(), publish_ns)
+                    key = PubsubMessage.FromString(body).ordering_key
+                    msg = StoredMessage(seq, topic.name, body, publish_ns, key)
                     self.messages[seq] = msg
                 back.append(msg)
         sub.unack(back, statements)
@@ -571,23 +582,26 @@ class Broker:
     # -- timers ----------------------------------------------------------------------------------
 
     def _arm_expiry(self, sub: SubState) -> None:
+        sub.expiry_token += 1
         ttl = sub.config.expiration_ttl
         if ttl is not None:
-            self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, ttl)
+            self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, sub.expiry_token)
 
-    def _check_expiry(self, sub: SubState, ttl: float) -> None:
-        if sub.deleted or sub.config.expiration_ttl != ttl:
+    def _check_expiry(self, sub: SubState, token: int) -> None:
+        ttl = sub.config.expiration_ttl
+        if sub.deleted or token != sub.expiry_token or ttl is None:
             return
-        now = self.loop.time()
-        if sub.consumers and any(not c.closed for c in sub.consumers):
-            sub.touch()  # open streams and push workers count as activity
-        if now - sub.last_activity >= ttl - 0.001:
+        if any(not c.closed for c in sub.consumers):
+            sub.touch()  # open streams count as activity
+        if self.loop.time() - sub.last_activity >= ttl - 0.001:
             _LOG.info("subscription %s expired after %gs without activity", sub.name, ttl)
             self.store.post(self._drop_subscription(sub))
             return
-        self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, ttl)
+        self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, token)
 
     def _arm_retention(self, sub: SubState) -> None:
+        """Schedule the next retention sweep: when the oldest held message runs out."""
+        sub.retention_token += 1
         retention = sub.config.retention_s
         oldest = min(
             (e.msg.publish_ns for e in sub.entries.values()),
@@ -597,17 +611,13 @@ class Broker:
         candidates = [x for x in (oldest, oldest_acked) if x is not None]
         wall = time.time()
         due = min(candidates) / 1e9 + retention if candidates else wall + retention
+        # At least 1 s apart, so a steady stream of expiring messages is swept in batches.
         when = self.loop.time() + max(due - wall, 1.0 if candidates else 0.0)
-        if when < sub.retention_armed_at - 0.5 or sub.retention_armed_at <= self.loop.time():
-            sub.retention_armed_at = when
-            self.scheduler.at(when, self._check_retention, sub)
+        self.scheduler.at(when, self._check_retention, sub, sub.retention_token)
 
-    def _check_retention(self, sub: SubState) -> None:
-        if sub.deleted:
+    def _check_retention(self, sub: SubState, token: int) -> None:
+        if sub.deleted or token != sub.retention_token:
             return
-        if self.loop.time() + 0.01 < sub.retention_armed_at:
-            return  # superseded by an earlier-armed check
-        sub.retention_armed_at = float("inf")
         cutoff = time.time_ns() - int(sub.config.retention_s * 1e9)
         statements: list[Statement] = []
         sub.drop_older_than(cutoff, statements)
@@ -616,14 +626,17 @@ class Broker:
         self._arm_retention(sub)
 
     async def _collect_garbage(self, keep: dict[str, int]) -> None:
+        """Sweep the whole store once, then expire topic-retained messages every 10 minutes."""
+        await self.store.collect_garbage(keep, everything=True)
         while True:
-            await self.store.collect_garbage(keep)
             await asyncio.sleep(_GC_INTERVAL)
             keep = {
                 t.name: time.time_ns() - int(t.retention_s * 1e9)
                 for t in self.topics.values()
                 if t.retention_s
             }
+            if keep:
+                await self.store.collect_garbage(keep, everything=False)
 
 
 def _page(names: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:

@@ -51,8 +51,10 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 class FilterError(ValueError):
     """A subscription filter that is not valid; the message says what is wrong and where.
 
-    `position` is the 0-based character offset of the problem in the filter text; the broker
-    reports the message as an INVALID_ARGUMENT status.
+    `str(error)` is the detail without a prefix, e.g. "cannot mix AND and OR without
+    parentheses; ... at position 20 (near 'OR attributes:c')", ready for the broker to send as
+    INVALID_ARGUMENT "Invalid filter: <detail>". `reason` is the detail without the position;
+    `position` is the 0-based character offset of the problem in `text`.
     """
 
     def __init__(self, message: str, *, text: str, position: int) -> None:
@@ -60,7 +62,7 @@ class FilterError(ValueError):
         self.position = position
         self.reason = message
         where = f"at position {position + 1}{_near(text, position)}"
-        super().__init__(f"invalid filter: {message} {where}")
+        super().__init__(f"{message} {where}")
 
 
 def _near(text: str, position: int) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from relay.broker._config import PUSH_CONCURRENCY_ATTRIBUTE
-from relay.broker._core import Broker
+from relay.broker._core import Broker, PubsubMessage
 from relay.broker._oidc import TokenSigner
 from relay.broker._push import PushRequest, push
 from relay.broker._state import Consumer, Entry, SubState, ack_id_of
@@ -47,7 +47,6 @@ class _Worker:
     async def _run(self) -> None:
         sub = self.sub
         consumer = self.consumer
-        sub.consumers.add(consumer)
         try:
             while not consumer.closed and not sub.deleted:
                 consumer.event.clear()
@@ -63,13 +62,12 @@ class _Worker:
                 sub.waiters.add(consumer)
                 await consumer.event.wait()
         finally:
-            sub.consumers.discard(consumer)
             sub.waiters.discard(consumer)
 
     async def _deliver(self, entry: Entry, ack_id: str) -> None:
         sub = self.sub
         config = sub.config
-        pb = entry.msg.pb
+        pb = PubsubMessage.FromString(entry.msg.body)
         push_config = sub.pb.push_config
         request = PushRequest(
             endpoint=config.push_endpoint,

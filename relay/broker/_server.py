@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import grpc
@@ -49,6 +50,7 @@ class BrokerServer:
         self._runner: Any = None
         self._session: aiohttp.ClientSession | None = None
         self._pushers: PushManager | None = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def ready_line(self) -> str:
@@ -63,6 +65,7 @@ class BrokerServer:
         """Load the store, bind both ports and start serving."""
         options = self.options
         options.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_data_dir(options.data_dir)
         broker = Broker(
             options.data_dir, push_concurrency=options.push_concurrency, fsync=options.fsync
         )
@@ -78,15 +81,23 @@ class BrokerServer:
             ]
         )
         self._server.add_generic_rpc_handlers(handlers(broker))
-        self.grpc_port = self._server.add_insecure_port(f"{options.host}:{options.port}")
-        if not self.grpc_port:
-            raise OSError(f"cannot listen on {options.host}:{options.port}")
+        try:
+            self.grpc_port = self._server.add_insecure_port(f"{options.host}:{options.port}")
+        except RuntimeError as exc:
+            raise OSError(
+                f"cannot listen on {options.host}:{options.port} (gRPC): the port is in use or "
+                "the address is not local"
+            ) from exc
         await self._server.start()
         http_port = options.http_port
         if http_port is None:
             http_port = options.port + 1 if options.port else 0
-        self._runner, self.http_port = await start_http(options.host, http_port, signer)
-        self._session = aiohttp.ClientSession()
+        try:
+            self._runner, self.http_port = await start_http(options.host, http_port, signer)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {options.host}:{http_port} (HTTP): {exc}") from exc
+        # No session-wide connection cap: each push subscription has its own concurrency cap.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._pushers = PushManager(broker, self._session, signer)
 
     async def stop(self) -> None:
@@ -107,6 +118,20 @@ class BrokerServer:
             await self._runner.cleanup()
         if broker is not None:
             await broker.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Hold an exclusive lock on the data dir: two brokers on one store would diverge."""
+    handle = (data_dir / "broker.lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise OSError(f"the data dir {data_dir} is in use by another relay broker") from exc
+    return handle
 
 
 async def run(options: ServerOptions) -> None:

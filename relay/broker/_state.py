@@ -42,29 +42,34 @@ _SQL_UNACKED = "INSERT OR REPLACE INTO pending (sub_id, seq, attempts, acked) VA
 
 
 class StoredMessage:
-    """A published message held in memory while any subscription still needs it."""
+    """A published message held in memory while any subscription still needs it.
 
-    __slots__ = ("ordering_key", "pb", "publish_ns", "refs", "seq", "size", "topic")
+    `body` is the serialized google.pubsub.v1.PubsubMessage (message_id and publish_time set):
+    the same bytes as in the store, parsed again only when delivered.
+    """
 
-    def __init__(self, seq: int, topic: str, pb: Any, size: int, publish_ns: int) -> None:
+    __slots__ = ("body", "ordering_key", "publish_ns", "refs", "seq", "size", "topic")
+
+    def __init__(
+        self, seq: int, topic: str, body: bytes, publish_ns: int, ordering_key: str = ""
+    ) -> None:
         self.seq = seq
         self.topic = topic
-        self.pb = pb  # google.pubsub.v1.PubsubMessage with message_id and publish_time set
-        self.size = size
+        self.body = body
+        self.size = len(body)
         self.publish_ns = publish_ns
-        self.ordering_key: str = pb.ordering_key
+        self.ordering_key = ordering_key
         self.refs = 0
 
 
 class Entry:
     """One message in one subscription: its state, delivery count and current lease."""
 
-    __slots__ = ("attempts", "deadline", "gen", "msg", "owner", "state")
+    __slots__ = ("attempts", "deadline", "msg", "owner", "state")
 
     def __init__(self, msg: StoredMessage, attempts: int = 0) -> None:
         self.msg = msg
-        self.attempts = attempts
-        self.gen = 0
+        self.attempts = attempts  # deliveries so far; also names the current delivery
         self.state = READY
         self.deadline = 0.0
         self.owner: Consumer | None = None
@@ -136,16 +141,19 @@ class SubConfig:
 
 
 def ack_id_of(entry: Entry) -> str:
-    """The ack id of the entry's current delivery: `<seq>-<lease generation>`."""
-    return f"{entry.msg.seq}-{entry.gen}"
+    """The ack id of the entry's current delivery: `<seq>-<delivery attempt>`.
+
+    Delivery counts are stored, so ack ids stay distinct across broker restarts too.
+    """
+    return f"{entry.msg.seq}-{entry.attempts}"
 
 
 def parse_ack_id(ack_id: str) -> tuple[int, int]:
-    """(seq, generation) of an ack id; INVALID_ARGUMENT for anything else."""
-    seq, sep, gen = ack_id.partition("-")
-    if not sep or not seq.isdigit() or not gen.isdigit():
+    """(seq, delivery attempt) of an ack id; INVALID_ARGUMENT for anything else."""
+    seq, sep, attempt = ack_id.partition("-")
+    if not sep or not seq.isdigit() or not attempt.isdigit():
         raise invalid(f"You have passed an invalid ack ID to the service (ack_id={ack_id}).")
-    return int(seq), int(gen)
+    return int(seq), int(attempt)
 
 
 class SubState:
@@ -176,7 +184,8 @@ class SubState:
         self.consumers: set[Consumer] = set()  # open streams and push workers
         self.last_activity = host.loop.time()
         self.deleted = False
-        self.retention_armed_at = float("inf")
+        self.expiry_token = 0  # bumped on every (re)arm: older timer items are ignored
+        self.retention_token = 0
 
     # -- adding ----------------------------------------------------------------------------------
 
@@ -233,7 +242,6 @@ class SubState:
             size_sum += size
             entry.state = LEASED
             entry.attempts += 1
-            entry.gen += 1
             entry.owner = consumer
             consumer.outstanding += 1
             consumer.outstanding_bytes += size
@@ -270,7 +278,7 @@ class SubState:
         parsed = [parse_ack_id(a) for a in ack_ids]
         deleted: list[tuple[int, int]] = []
         sub_id = self.sub_id
-        for seq, _gen in parsed:
+        for seq, _attempt in parsed:
             entry = self.entries.get(seq)
             if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
                 continue
@@ -282,7 +290,8 @@ class SubState:
                 self._drop_ref(entry.msg, statements)
         if deleted:
             statements.append((_SQL_ACKED if self.config.retain_acked else _SQL_DELETE, deleted))
-        self.notify()
+        if self.config.ordered:
+            self.notify()  # the next message of an ordering key may be ready now
 
     def ack_entry(self, entry: Entry, statements: list[Statement]) -> None:
         """Acknowledge one entry (dead-lettered or dropped), never retaining it."""
@@ -302,16 +311,16 @@ class SubState:
         parsed = [parse_ack_id(a) for a in ack_ids]
         entries = self.entries
         if seconds == 0:
-            for seq, gen in parsed:
+            for seq, attempt in parsed:
                 entry = entries.get(seq)
-                if entry is not None and entry.state == LEASED and entry.gen == gen:
+                if entry is not None and entry.state == LEASED and entry.attempts == attempt:
                     self.retry(entry)
             return
         deadline = self.host.loop.time() + seconds
         extended = []
-        for seq, gen in parsed:
+        for seq, attempt in parsed:
             entry = entries.get(seq)
-            if entry is not None and entry.state == LEASED and entry.gen == gen:
+            if entry is not None and entry.state == LEASED and entry.attempts == attempt:
                 entry.deadline = deadline
                 extended.append(entry)
         if extended:
@@ -341,12 +350,12 @@ class SubState:
     def backoff(self, attempts: int) -> float:
         """Seconds to wait before redelivering after `attempts` failed deliveries."""
         config = self.config
+        doublings = min(max(attempts - 1, 0), 30)  # bounded: attempts can grow without limit
         if config.min_backoff is None:
             if config.push_endpoint:  # Google's push backoff: 100 ms doubling up to 60 s
-                return float(min(0.1 * 2 ** max(attempts - 1, 0), 60.0))
+                return float(min(0.1 * 2**doublings, 60.0))
             return 0.0
-        delay = config.min_backoff * 2 ** max(attempts - 1, 0)
-        return float(min(delay, config.max_backoff))
+        return float(min(config.min_backoff * 2**doublings, config.max_backoff))
 
     def _undelay(self, entry: Entry) -> None:
         if entry.state == DELAYED and entry.deadline <= self.host.loop.time() + 0.001:
@@ -396,6 +405,7 @@ class SubState:
             del self.acked[seq]
             statements.append((_SQL_DELETE, [(self.sub_id, seq)]))
             self._drop_ref(msg, statements)
+        self.notify()  # ordering keys may have moved on
 
     def ack_older_than(self, cutoff_ns: int, statements: list[Statement]) -> None:
         """Seek: everything published before `cutoff_ns` counts as acknowledged."""
@@ -411,6 +421,7 @@ class SubState:
             marked.append((self.sub_id, entry.msg.seq))
         if marked:
             statements.append((_SQL_ACKED, marked))
+        self.notify()
 
     def unack(self, msgs: list[StoredMessage], statements: list[Statement]) -> None:
         """Seek: make these messages (retained acked ones, or ones read back) unacked again."""

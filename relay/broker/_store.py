@@ -77,7 +77,6 @@ class Store:
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._failed: BaseException | None = None
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -121,11 +120,15 @@ class Store:
 
         return await asyncio.get_running_loop().run_in_executor(None, read)
 
-    def collect_garbage(self, keep_topics: dict[str, int]) -> asyncio.Future[None]:
+    def collect_garbage(
+        self, keep_topics: dict[str, int], *, everything: bool
+    ) -> asyncio.Future[None]:
         """Delete messages no subscription holds, except those inside a topic's retention.
 
-        `keep_topics` maps topic name -> oldest publish_ns still retained for it. Runs in the
-        writer thread, inside its transaction.
+        `keep_topics` maps topic name -> oldest publish_ns still retained for it. With
+        `everything` all topics are swept (at start: rows a crash left behind), otherwise only
+        the retaining ones (the others lose their rows as soon as the last ack comes in). Runs
+        in the writer thread, inside its transaction.
         """
         keep = list(keep_topics.items())
 
@@ -133,10 +136,18 @@ class Store:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (topic TEXT PRIMARY KEY, since INT)")
             conn.execute("DELETE FROM keep")
             conn.executemany("INSERT INTO keep VALUES (?, ?)", keep)
-            conn.execute(
-                "DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM pending) AND publish_ns < "
-                "COALESCE((SELECT since FROM keep WHERE keep.topic = messages.topic), 1 << 62)"
-            )
+            if everything:
+                conn.execute(
+                    "DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM pending) AND "
+                    "publish_ns < COALESCE((SELECT since FROM keep "
+                    "WHERE keep.topic = messages.topic), 1 << 62)"
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM messages WHERE topic IN (SELECT topic FROM keep) AND "
+                    "publish_ns < (SELECT since FROM keep WHERE keep.topic = messages.topic) "
+                    "AND seq NOT IN (SELECT seq FROM pending)"
+                )
 
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -154,9 +165,6 @@ class Store:
         """Queue statements for the next transaction; the future resolves once it is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        if self._failed is not None:
-            future.set_exception(RuntimeError(f"the broker store failed: {self._failed}"))
-            return future
         self._queue.put(_Op(statements, future, loop))
         return future
 
@@ -179,7 +187,6 @@ class Store:
         self._reader.close()
 
     def _run(self) -> None:
-        conn = self._conn
         stop = False
         while not stop:
             first = self._queue.get()
@@ -199,25 +206,40 @@ class Store:
                 batch.append(nxt)
             if not batch:
                 continue
-            error: BaseException | None = None
             try:
-                conn.execute("BEGIN")
+                self._apply(batch)
+            except Exception:
+                # One bad operation must not fail the others: redo them one by one.
+                _LOG.warning("broker store batch failed; retrying its operations one by one")
                 for op in batch:
-                    if op.call is not None:
-                        op.call(conn)
-                    for sql, rows in op.statements:
-                        if len(rows) == 1:
-                            conn.execute(sql, rows[0])
-                        elif rows:
-                            conn.executemany(sql, rows)
-                conn.execute("COMMIT")
-            except BaseException as exc:  # report to every waiter; keep the thread alive
-                error = exc
-                _LOG.exception("broker store transaction failed")
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                self._failed = exc
-            self._resolve(batch, error)
+                    try:
+                        self._apply([op])
+                    except Exception as exc:
+                        _LOG.exception("broker store operation failed")
+                        self._resolve([op], exc)
+                    else:
+                        self._resolve([op], None)
+            else:
+                self._resolve(batch, None)
+
+    def _apply(self, batch: list[_Op]) -> None:
+        """Run `batch` in one transaction (rolled back if anything fails)."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for op in batch:
+                if op.call is not None:
+                    op.call(conn)
+                for sql, rows in op.statements:
+                    if len(rows) == 1:
+                        conn.execute(sql, rows[0])
+                    elif rows:
+                        conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _resolve(batch: list[_Op], error: BaseException | None) -> None:

@@ -31,7 +31,7 @@ def fill_received(received: Any, sub: SubState, entries: list[Entry]) -> None:
     for entry in entries:
         item = received.add()
         item.ack_id = ack_id_of(entry)
-        item.message.CopyFrom(entry.msg.pb)
+        item.message.MergeFromString(entry.msg.body)
         if with_attempts:
             item.delivery_attempt = entry.attempts
 

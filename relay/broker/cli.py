@@ -90,4 +90,7 @@ def broker(
         push_concurrency=push_concurrency,
         fsync=fsync,
     )
-    asyncio.run(run(options))
+    try:
+        asyncio.run(run(options))
+    except OSError as exc:
+        raise click.ClickException(f"cannot start the broker: {exc}") from exc

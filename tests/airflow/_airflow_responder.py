@@ -1,5 +1,5 @@
-"""A stand-in for a relay function in Airflow tests: answers requests from a Pub/Sub subscription with
-real relay.protocol results, published with the real PublisherClient to the request's replyto.
+"""A stand-in for a relay function in Airflow tests: answers requests from a Pub/Sub subscription
+with real relay.protocol results, published with the real PublisherClient to the request's replyto.
 
 Request data drives it: {"fail": msg} -> dev.relay.result.failed (EchoFailure, msg);
 {"silent": true} -> no answer; {"delay": s} -> answer after s seconds; {"twice": true} -> two
@@ -8,6 +8,7 @@ succeeded results ({"copy": 1} then {"copy": 2}); anything else is echoed back.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -21,7 +22,12 @@ def answer(publisher: Any, request: Event, data: Any = None, *, error: str | Non
     """Publish one result for `request`; returns its Pub/Sub message id."""
     if error is not None:
         result = failed(
-            request, error_type="EchoFailure", message=error, retryable=False, attempt=1, source=SOURCE
+            request,
+            error_type="EchoFailure",
+            message=error,
+            retryable=False,
+            attempt=1,
+            source=SOURCE,
         )
     else:
         result = succeeded(request, data, source=SOURCE)
@@ -48,10 +54,8 @@ class Responder:
 
     def __exit__(self, *exc: object) -> None:
         self._future.cancel()
-        try:
+        with contextlib.suppress(Exception):
             self._future.result(timeout=10)
-        except Exception:
-            pass
 
     def _handle(self, message: Any) -> None:
         try:

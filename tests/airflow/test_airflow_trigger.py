@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 import pytest
-
 from _airflow_responder import answer
+
 from relay.airflow import _wakehub
 from relay.airflow._publish import Published, build_requests, publish_requests
 from relay.airflow._results import collect, conclude, finish
@@ -30,7 +30,9 @@ def hook(broker: Any) -> RelayHook:
     return RelayHook()
 
 
-def send(hook: RelayHook, topics: dict[str, str], *items: Any) -> tuple[list[Event], list[Published]]:
+def send(
+    hook: RelayHook, topics: dict[str, str], *items: Any
+) -> tuple[list[Event], list[Published]]:
     """Build and publish requests the way the operators do (subscriptions first)."""
     events = build_requests(
         EXAMPLE_ECHO, list(items), source="/tests/airflow", reply_to=topics["results"]
@@ -53,8 +55,8 @@ def make_trigger(
     )
 
 
-async def first_event(trigger: RelayResultTrigger, timeout: float = 40.0) -> dict[str, Any]:
-    event = await asyncio.wait_for(anext(trigger.run()), timeout)
+async def first_event(trigger: RelayResultTrigger, limit: float = 40.0) -> dict[str, Any]:
+    event = await asyncio.wait_for(anext(trigger.run()), limit)
     return dict(event.payload)
 
 
@@ -78,8 +80,8 @@ async def test_result_published_before_the_wait_starts_is_not_lost(
     assert conclude(outcomes, policy="collect_all", timeout=30, single=True) == {"early": True}
 
 
-async def wait_for_hub(topic: str, timeout: float = 10.0) -> _wakehub.WakeHub:
-    deadline = time.monotonic() + timeout
+async def wait_for_hub(topic: str, limit: float = 10.0) -> _wakehub.WakeHub:
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         for hub in _wakehub.hubs():
             if hub.topic == topic and hub._ready.is_set():
@@ -125,8 +127,14 @@ async def test_a_triggerer_dying_mid_wait_loses_nothing(
     cid = str(events[0].correlationid)
     assert third_payload["results"][cid]["message_id"] == payload["results"][cid]["message_id"]
     value = await asyncio.to_thread(
-        finish, {}, hook, second.waits, third_payload,
-        policy="collect_all", timeout=30, single=True,
+        finish,
+        {},
+        hook,
+        second.waits,
+        third_payload,
+        policy="collect_all",
+        timeout=30,
+        single=True,
     )
     assert value == {"after": "restart"}
 
@@ -144,7 +152,9 @@ async def test_a_trigger_dying_while_holding_the_result_loses_nothing(
     assert len(leased.received_messages) == 1  # held, never acked or released
     payload = await first_event(make_trigger(topics, published, recheck_interval=3600), 40)
     assert payload["status"] == "done"
-    outcomes = await asyncio.to_thread(collect, hook, dict(make_trigger(topics, published).waits), payload)
+    outcomes = await asyncio.to_thread(
+        collect, hook, dict(make_trigger(topics, published).waits), payload
+    )
     assert outcomes[0].data == {"leased": True}
 
 
@@ -171,7 +181,9 @@ async def test_results_never_reach_another_correlation_id(
     broker: Any, hook: RelayHook, topics: dict[str, str]
 ) -> None:
     count = 300
-    events, published = await asyncio.to_thread(send, hook, topics, *({"i": i} for i in range(count)))
+    events, published = await asyncio.to_thread(
+        send, hook, topics, *({"i": i} for i in range(count))
+    )
     triggers = [make_trigger(topics, [p], recheck_interval=3600) for p in published]
     tasks = [asyncio.create_task(first_event(t, 60)) for t in triggers]
     hub = await wait_for_hub(topics["results"])
@@ -182,11 +194,15 @@ async def test_results_never_reach_another_correlation_id(
 
     def publish_all() -> dict[str, str]:
         answer(publisher, stranger, {"stranger": True})
-        return {str(e.correlationid): answer(publisher, e, {"cid": e.correlationid}) for e in reversed(events)}
+        return {
+            str(e.correlationid): answer(publisher, e, {"cid": e.correlationid})
+            for e in reversed(events)
+        }
 
     sent = await asyncio.to_thread(publish_all)
     payloads = await asyncio.gather(*tasks)
-    assert len(_wakehub.hubs()) <= 1 and hub.streams_opened == 1  # one shared stream for all
+    assert len(_wakehub.hubs()) <= 1
+    assert hub.streams_opened == 1
     for trigger, payload in zip(triggers, payloads, strict=True):
         ((cid, info),) = payload["results"].items()
         assert set(trigger.waits) == {cid}
@@ -194,8 +210,14 @@ async def test_results_never_reach_another_correlation_id(
     sample = [0, count // 2, count - 1]
     for index in sample:
         value = await asyncio.to_thread(
-            finish, {}, hook, triggers[index].waits, payloads[index],
-            policy="collect_all", timeout=30, single=True,
+            finish,
+            {},
+            hook,
+            triggers[index].waits,
+            payloads[index],
+            policy="collect_all",
+            timeout=30,
+            single=True,
         )
         assert value == {"cid": events[index].correlationid}
 
@@ -228,3 +250,163 @@ async def test_no_result_gives_a_clear_timeout(hook: RelayHook, topics: dict[str
         await asyncio.to_thread(
             finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=1.5, single=True
         )
+
+
+def subscription_exists(broker: Any, path: str) -> bool:
+    from google.api_core.exceptions import NotFound
+
+    try:
+        broker.subscriber().get_subscription(subscription=path, timeout=10)
+    except NotFound:
+        return False
+    return True
+
+
+async def test_fan_out_fail_fast_fires_at_the_first_failure(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    events, published = send(hook, topics, {"i": 0}, {"i": 1}, {"i": 2})
+    answer(broker.publisher(), events[1], error="item 1 is bad")
+    trigger = make_trigger(topics, published, policy="fail_fast")
+    payload = await first_event(trigger)  # without waiting for items 0 and 2
+    assert payload["status"] == "done"
+    assert sorted(payload["pending"]) == sorted(
+        str(e.correlationid) for e in (events[0], events[2])
+    )
+    with pytest.raises(RelayResultError, match="item 1 is bad"):
+        await asyncio.to_thread(
+            finish, {}, hook, trigger.waits, payload, policy="fail_fast", timeout=30, single=False
+        )
+    assert not any(subscription_exists(broker, s) for s in trigger.waits.values())
+
+
+async def test_fan_out_collect_all_names_what_failed(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    from relay.airflow.exceptions import RelayPartialFailureError
+
+    events, published = send(hook, topics, {"i": 0}, {"i": 1}, {"i": 2})
+    publisher = broker.publisher()
+    answer(publisher, events[0], {"ok": 0})
+    answer(publisher, events[1], error="item 1 is bad")
+    trigger = make_trigger(topics, published, policy="collect_all", timeout=3)
+    payload = await first_event(trigger)  # item 2 never answers: timeout after collecting
+    assert payload["status"] == "timeout"
+    with pytest.raises(RelayPartialFailureError) as raised:
+        await asyncio.to_thread(
+            finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=3, single=False
+        )
+    failed = raised.value.failed
+    assert failed == {
+        str(events[1].correlationid): "EchoFailure: item 1 is bad",
+        str(events[2].correlationid): "no result before the timeout",
+    }
+    assert [o["status"] for o in raised.value.outcomes] == ["succeeded", "failed", "timeout"]
+    assert raised.value.outcomes[0]["data"] == {"ok": 0}
+
+
+async def test_the_shared_hub_starts_lazily_and_leaves_with_the_last_wait(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    assert not [h for h in _wakehub.hubs() if h.topic == topics["results"]]
+    events, published = send(hook, topics, {"i": 0}, {"i": 1})
+    tasks = [
+        asyncio.create_task(first_event(make_trigger(topics, [p], recheck_interval=3600)))
+        for p in published
+    ]
+    hub = await wait_for_hub(topics["results"])
+    assert hub.waiting == 2
+    assert subscription_exists(broker, hub.subscription)
+    answer(broker.publisher(), events[0], {})
+    await tasks[0]
+    assert hub.waiting == 1
+    assert not hub.closing
+    answer(broker.publisher(), events[1], {})
+    await tasks[1]
+    assert hub.closing
+    assert hub not in _wakehub.hubs()
+    await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(hub._task, return_exceptions=True), 10)  # type: ignore[arg-type]
+    assert not subscription_exists(broker, hub.subscription)
+
+
+async def test_a_vanished_subscription_is_a_clear_error(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    from relay.airflow.exceptions import RelayResultLostError
+
+    _, published = send(hook, topics, {"i": 0})
+    hook.delete_subscriptions([str(published[0].subscription)])
+    trigger = make_trigger(topics, published)
+    payload = await first_event(trigger)
+    assert payload["status"] == "error"
+    assert str(published[0].subscription) in payload["message"]
+    with pytest.raises(RelayResultLostError, match="does not exist"):
+        await asyncio.to_thread(
+            finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=30, single=True
+        )
+
+
+def test_serialized_kwargs_hold_no_credentials(topics: dict[str, str]) -> None:
+    trigger = RelayResultTrigger(
+        completion_topic=topics["results"],
+        waits={"abc": "projects/relay-test/subscriptions/relay-wait-x"},
+        deadline=time.time() + 60,
+        gcp_conn_id="google_cloud_default",
+        impersonation_chain=["a@p.iam.gserviceaccount.com", "b@p.iam.gserviceaccount.com"],
+    )
+    classpath, kwargs = trigger.serialize()
+    assert set(kwargs) == {
+        "completion_topic",
+        "waits",
+        "deadline",
+        "policy",
+        "gcp_conn_id",
+        "impersonation_chain",
+        "recheck_interval",
+        "linger",
+    }
+    text = json.dumps(kwargs)  # JSON-serialisable, as the metadata DB needs
+    for secret_marker in ("token", "Bearer", "private_key", "authorization", "credentials"):
+        assert secret_marker.lower() not in text.lower()
+    assert RelayResultTrigger(**json.loads(text)).serialize() == (classpath, kwargs)
+
+
+async def test_the_hub_reconnects_after_the_broker_restarts(
+    start_broker: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, project: str, unique: Any
+) -> None:
+    own = start_broker(tmp_path / "own")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", own.host)
+    topics = {
+        "requests": f"projects/{project}/topics/{unique('requests')}",
+        "results": f"projects/{project}/topics/{unique('results')}",
+    }
+    for path in topics.values():
+        own.publisher().create_topic(name=path)
+    hook = RelayHook()
+    events, published = send(hook, topics, {"n": 1})
+    trigger = make_trigger(topics, published, timeout=60, recheck_interval=3600)
+    task = asyncio.create_task(first_event(trigger, 60))
+    hub = await wait_for_hub(topics["results"])
+    await asyncio.to_thread(own.restart, kill=True)  # the stream breaks; data survives
+    await asyncio.to_thread(answer, own.publisher(), events[0], {"after": "broker restart"})
+    payload = await task
+    assert payload["status"] == "done"
+    assert hub.streams_opened >= 2  # woken through a new stream, not by a re-check
+    value = await asyncio.to_thread(
+        finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=60, single=True
+    )
+    assert value == {"after": "broker restart"}
+    await _wakehub.close_all()
+
+
+async def test_a_rerun_after_the_deadline_still_reports_a_result_that_came_in_time(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    events, published = send(hook, topics, {"n": 1})
+    answer(broker.publisher(), events[0], {"in": "time"})
+    late = make_trigger(topics, published, timeout=-5)  # the triggerer came back too late
+    payload = await first_event(late)
+    assert payload["status"] == "done"
+    empty = make_trigger(topics, send(hook, topics, {"n": 2})[1], timeout=-5)
+    assert (await first_event(empty))["status"] == "timeout"

@@ -29,8 +29,11 @@ def test_topic_lifecycle(publisher: Any, project: str, unique: Callable[[str], s
 def test_update_topic(publisher: Any, topic: str) -> None:
     updated = publisher.update_topic(
         request={
-            "topic": {"name": topic, "labels": {"a": "1"},
-                      "message_retention_duration": duration_pb2.Duration(seconds=3600)},
+            "topic": {
+                "name": topic,
+                "labels": {"a": "1"},
+                "message_retention_duration": duration_pb2.Duration(seconds=3600),
+            },
             "update_mask": field_mask_pb2.FieldMask(paths=["labels", "message_retention_duration"]),
         }
     )
@@ -62,7 +65,9 @@ def test_invalid_topic_names(publisher: Any, project: str, topic_id: str) -> Non
         publisher.create_topic(name=f"projects/{project}/topics/{topic_id}")
 
 
-def test_valid_unusual_topic_names(publisher: Any, project: str, unique: Callable[[str], str]) -> None:
+def test_valid_unusual_topic_names(
+    publisher: Any, project: str, unique: Callable[[str], str]
+) -> None:
     for topic_id in [unique("a.b~c+d%e_f"), "A" + "x" * 254]:
         name = f"projects/{project}/topics/{topic_id}"
         assert publisher.create_topic(name=name).name == name
@@ -80,7 +85,8 @@ def test_subscription_lifecycle(
     assert created.message_retention_duration.total_seconds() == 7 * 24 * 3600
     assert created.expiration_policy.ttl.total_seconds() == 31 * 24 * 3600
     got = subscriber.get_subscription(subscription=name)
-    assert got.topic == topic and got.labels == {"x": "y"}
+    assert got.topic == topic
+    assert got.labels == {"x": "y"}
     assert name in [s.name for s in subscriber.list_subscriptions(project=f"projects/{project}")]
     assert list(publisher.list_topic_subscriptions(topic=topic)) == [name]
     with pytest.raises(exceptions.AlreadyExists):
@@ -98,7 +104,9 @@ def test_default_ack_deadline_and_bounds(make_sub: Callable[..., str], subscribe
             make_sub(ack_deadline_seconds=bad)
 
 
-def test_subscription_needs_topic(subscriber: Any, project: str, unique: Callable[[str], str]) -> None:
+def test_subscription_needs_topic(
+    subscriber: Any, project: str, unique: Callable[[str], str]
+) -> None:
     name = subscriber.subscription_path(project, unique("sub"))
     with pytest.raises(exceptions.NotFound, match="not found"):
         subscriber.create_subscription(name=name, topic=f"projects/{project}/topics/nope-nope")
@@ -114,7 +122,8 @@ def test_update_subscription(make_sub: Callable[..., str], subscriber: Any) -> N
             "update_mask": field_mask_pb2.FieldMask(paths=["ack_deadline_seconds", "labels"]),
         }
     )
-    assert updated.ack_deadline_seconds == 42 and updated.labels == {"k": "v"}
+    assert updated.ack_deadline_seconds == 42
+    assert updated.labels == {"k": "v"}
     assert subscriber.get_subscription(subscription=name).ack_deadline_seconds == 42
     for field in ("filter", "enable_message_ordering"):
         with pytest.raises(exceptions.InvalidArgument, match="cannot be updated"):
@@ -162,13 +171,24 @@ def test_invalid_subscription_settings(make_sub: Callable[..., str], topic: str)
     cases: list[tuple[dict[str, Any], str]] = [
         ({"filter": "attributes.x = "}, "filter"),
         ({"filter": 'attributes.k = "' + "v" * 260 + '"'}, "256"),
-        ({"dead_letter_policy": {"dead_letter_topic": topic, "max_delivery_attempts": 4}},
-         "max_delivery_attempts"),
-        ({"dead_letter_policy": {"dead_letter_topic": topic, "max_delivery_attempts": 101}},
-         "max_delivery_attempts"),
+        (
+            {"dead_letter_policy": {"dead_letter_topic": topic, "max_delivery_attempts": 4}},
+            "max_delivery_attempts",
+        ),
+        (
+            {"dead_letter_policy": {"dead_letter_topic": topic, "max_delivery_attempts": 101}},
+            "max_delivery_attempts",
+        ),
         ({"retry_policy": {"minimum_backoff": {"seconds": 700}}}, "retry_policy"),
-        ({"retry_policy": {"minimum_backoff": {"seconds": 5}, "maximum_backoff": {"seconds": 1}}},
-         "minimum_backoff"),
+        (
+            {
+                "retry_policy": {
+                    "minimum_backoff": {"seconds": 5},
+                    "maximum_backoff": {"seconds": 1},
+                }
+            },
+            "minimum_backoff",
+        ),
         ({"message_retention_duration": {"seconds": 40 * 24 * 3600}}, "retention"),
     ]
     for fields, words in cases:

@@ -106,7 +106,9 @@ def test_lease_expiry_and_extension(
     leased = _pull(subscriber, sub)
     assert len(leased) == 2
     by_data = {m.message.data: m.ack_id for m in leased}
-    subscriber.modify_ack_deadline(subscription=sub, ack_ids=[by_data[b"a"]], ack_deadline_seconds=1)
+    subscriber.modify_ack_deadline(
+        subscription=sub, ack_ids=[by_data[b"a"]], ack_deadline_seconds=1
+    )
     subscriber.modify_ack_deadline(
         subscription=sub, ack_ids=[by_data[b"b"]], ack_deadline_seconds=60
     )
@@ -135,6 +137,15 @@ def test_pull_errors(subscriber: Any, make_sub: Callable[..., str], project: str
         subscriber.modify_ack_deadline(subscription=sub, ack_ids=["1-1"], ack_deadline_seconds=601)
     with pytest.raises(exceptions.InvalidArgument, match="ack ids"):
         subscriber.acknowledge(subscription=sub, ack_ids=[])
+    with pytest.raises(exceptions.InvalidArgument, match="subscriptions"):
+        subscriber.pull(subscription="subscriptions/x", max_messages=1)
+    with pytest.raises(exceptions.InvalidArgument, match="topics"):
+        subscriber.pull(subscription=f"projects/{project}/topics/not-a-sub", max_messages=1)
+
+
+def test_publish_to_malformed_topic_name(publisher: Any) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match="Invalid \\[topics\\] name"):
+        publisher.api.publish(topic="projects/p/topics/x", messages=[{"data": b"x"}])
 
 
 def _publish_raw(publisher: Any, topic: str, messages: list[dict[str, Any]]) -> Any:
@@ -154,8 +165,17 @@ def _publish_raw(publisher: Any, topic: str, messages: list[dict[str, Any]]) -> 
         ([{"data": b"x" * (6 * 1024 * 1024)}, {"data": b"y" * (5 * 1024 * 1024)}], "payload size"),
         ([], "at least one message"),
     ],
-    ids=["message-size", "attr-count", "key-size", "value-size", "goog-key", "empty", "count",
-         "request-size", "no-messages"],
+    ids=[
+        "message-size",
+        "attr-count",
+        "key-size",
+        "value-size",
+        "goog-key",
+        "empty",
+        "count",
+        "request-size",
+        "no-messages",
+    ],
 )
 def test_publish_limits(
     publisher: Any, topic: str, messages: list[dict[str, Any]], words: str

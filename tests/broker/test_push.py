@@ -614,9 +614,14 @@ def test_e2e_nack_is_redelivered_with_backoff(
     assert len(target.received) == 4  # acked on the fourth attempt
 
 
-def test_e2e_refused_connection_is_redelivered(
-    admin: tuple[Any, Any], project: str, unique: Callable[[str], str]
-) -> None:
+def _refused_then_up(
+    admin: tuple[Any, Any],
+    project: str,
+    unique: Callable[[str], str],
+    retry_policy: dict[str, Any],
+    down_for: float,
+) -> Received:
+    """Push to a closed port for `down_for` seconds, then open it; return what arrives."""
     publisher, subscriber = admin
     port = free_port()
     topic = _create_topic(publisher, project, unique)
@@ -626,17 +631,34 @@ def test_e2e_refused_connection_is_redelivered(
         unique,
         topic,
         {"push_endpoint": f"http://127.0.0.1:{port}/late"},
-        retry_policy={"minimum_backoff": {"seconds": 0}, "maximum_backoff": {"seconds": 1}},
+        retry_policy=retry_policy,
     )
     _publish(publisher, topic, b"are you there")
-    time.sleep(1.5)  # attempts against a closed port fail meanwhile
+    time.sleep(down_for)  # attempts against the closed port fail meanwhile
     late = Receiver(port=port).start()
     try:
-        (got,) = late.wait_for(1, timeout=20)[:1]
-        assert got.path == "/late"
-        assert base64.b64decode(json.loads(got.body)["message"]["data"]) == b"are you there"
+        got = late.wait_for(1, timeout=20)[0]
     finally:
         late.stop()
+    assert got.path == "/late"
+    assert base64.b64decode(json.loads(got.body)["message"]["data"]) == b"are you there"
+    return got
+
+
+def test_e2e_refused_connection_is_redelivered(
+    admin: tuple[Any, Any], project: str, unique: Callable[[str], str]
+) -> None:
+    policy = {"minimum_backoff": {"nanos": 200_000_000}, "maximum_backoff": {"seconds": 1}}
+    _refused_then_up(admin, project, unique, policy, down_for=1.5)
+
+
+def test_e2e_zero_backoff_survives_many_fast_failures(
+    admin: tuple[Any, Any], project: str, unique: Callable[[str], str]
+) -> None:
+    # minimum_backoff 0 is valid on Google; a refused endpoint then fails ~1,000 times a second
+    # and the attempt count must not break the backoff arithmetic.
+    policy = {"minimum_backoff": {"seconds": 0}, "maximum_backoff": {"seconds": 0}}
+    _refused_then_up(admin, project, unique, policy, down_for=2.5)
 
 
 def test_e2e_dead_letter_after_max_attempts(

@@ -113,7 +113,8 @@ def test_subscribe_nack_redelivers(
     finally:
         future.cancel()
         future.result(10)
-    assert len(set(attempts)) == 1 and len(attempts) == 3
+    assert len(set(attempts)) == 1
+    assert len(attempts) == 3
 
 
 def test_stream_on_missing_subscription_is_not_found(subscriber: Any, project: str) -> None:
@@ -122,9 +123,7 @@ def test_stream_on_missing_subscription_is_not_found(subscriber: Any, project: s
         future.result(20)
 
 
-def test_deleting_subscription_ends_stream(
-    subscriber: Any, make_sub: Callable[..., str]
-) -> None:
+def test_deleting_subscription_ends_stream(subscriber: Any, make_sub: Callable[..., str]) -> None:
     sub = make_sub()
     future = subscriber.subscribe(sub, lambda m: None)
     time.sleep(0.5)
@@ -245,9 +244,7 @@ def test_subscribe_preserves_order_per_key(
     ordered = broker.publisher(
         publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
     )
-    futures = [
-        ordered.publish(topic, f"{i}".encode(), ordering_key=f"k{i % 3}") for i in range(60)
-    ]
+    futures = [ordered.publish(topic, f"{i}".encode(), ordering_key=f"k{i % 3}") for i in range(60)]
     for future in futures:
         future.result(10)
     ordered.stop()

@@ -1,0 +1,119 @@
+"""DAGs for tests/airflow/test_airflow_dags.py: topics come from the environment at parse time
+(RELAY_TEST_REQUESTS, RELAY_TEST_RESULTS), so each test run points them at its own topics."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator, RelayPublishOperator
+from relay.airflow.sensors import RelayResultSensor
+
+TIMEOUT = timedelta(seconds=60)  # dag.test() runs triggers with no timeout of its own
+COMMON = {
+    "topic": os.environ.get("RELAY_TEST_REQUESTS", "requests"),
+    "reply_topic": os.environ.get("RELAY_TEST_RESULTS", "results"),
+    "event_type": "dev.relay.example.echo",
+}
+
+with DAG(
+    "relay_happy_path", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as happy:
+    call = RelayCallOperator(
+        task_id="call",
+        data={"text": "{{ dag.dag_id }}"},
+        timeout=TIMEOUT,
+        deferrable=True,
+        **COMMON,
+    )
+    mapped = RelayCallOperator.partial(
+        task_id="mapped", timeout=TIMEOUT, deferrable=True, **COMMON
+    ).expand(data=[{"n": 1}, {"n": 2}])
+    fan = RelayFanOutOperator(
+        task_id="fan",
+        items=[{"i": i} for i in range(5)],
+        timeout=TIMEOUT,
+        deferrable=True,
+        **COMMON,
+    )
+    publish = RelayPublishOperator(task_id="publish", data={"sensed": True}, **COMMON)
+    sense = RelayResultSensor(
+        task_id="sense",
+        reply_topic=COMMON["reply_topic"],
+        correlation_ids=publish.output,
+        timeout=TIMEOUT,
+        deferrable=True,
+    )
+    call >> mapped >> fan >> publish >> sense
+    # the same without deferring: waiting in the worker, and a sensor in poke mode
+    call_sync = RelayCallOperator(task_id="call_sync", data={"sync": 1}, timeout=TIMEOUT, **COMMON)
+    publish_two = RelayPublishOperator(task_id="publish_two", items=[{"p": 1}, {"p": 2}], **COMMON)
+    poke = RelayResultSensor(
+        task_id="poke",
+        reply_topic=COMMON["reply_topic"],
+        correlation_ids=publish_two.output,
+        timeout=TIMEOUT,
+        poke_interval=0.2,
+        policy="fail_fast",
+    )
+    sense >> call_sync >> publish_two >> poke
+
+with DAG(
+    "relay_failures", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as failures:
+    RelayCallOperator(
+        task_id="fails", data={"fail": "no such file"}, timeout=TIMEOUT, deferrable=True, **COMMON
+    )
+    RelayFanOutOperator(
+        task_id="partial",
+        items=[{"i": 0}, {"fail": "item 1"}, {"i": 2}],
+        policy="collect_all",
+        timeout=TIMEOUT,
+        deferrable=True,
+        **COMMON,
+    )
+    RelayCallOperator(
+        task_id="times_out", data={"silent": True}, timeout=3, deferrable=True, **COMMON
+    )
+    RelayCallOperator(task_id="invalid", data={"crash": -1}, timeout=TIMEOUT, **COMMON)
+
+with DAG("relay_direct", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as direct:
+    from relay.airflow.operators import RelayHttpInvokeOperator
+
+    FUNCTION_URL = os.environ.get("RELAY_TEST_FUNCTION_URL", "http://127.0.0.1:1")
+    RelayHttpInvokeOperator(
+        task_id="invoke",
+        url=FUNCTION_URL,
+        audience=FUNCTION_URL,
+        event_type="dev.relay.example.echo",
+        reply_topic=COMMON["reply_topic"],
+        data={"direct": "{{ task.task_id }}"},
+        gcp_conn_id="relay_adc",
+        timeout=TIMEOUT,
+        deferrable=True,
+    )
+    RelayHttpInvokeOperator(
+        task_id="answer_only",
+        url=FUNCTION_URL,
+        audience=FUNCTION_URL,
+        event_type="dev.relay.example.echo",
+        reply_topic=COMMON["reply_topic"],
+        data={"direct": "sync"},
+        gcp_conn_id="relay_adc",
+        wait_for_result=False,
+        timeout=TIMEOUT,
+    )
+    RelayHttpInvokeOperator(
+        task_id="gives_up",
+        url=os.environ.get("RELAY_TEST_FLAKY_URL", "http://127.0.0.1:1"),
+        event_type="dev.relay.example.echo",
+        reply_topic=COMMON["reply_topic"],
+        data={},
+        gcp_conn_id="relay_adc",
+        max_attempts=2,
+        backoff=0.05,
+        timeout=TIMEOUT,
+        deferrable=True,
+    )

@@ -1,0 +1,143 @@
+"""Real Airflow: DAGs with relay operators run by dag.test() (deferred tasks' triggers run inline)
+against the real broker and a stand-in function."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _airflow_responder import Responder
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.filterwarnings("ignore:The return_immediately flag is deprecated"),
+]
+
+DAG_FILE = Path(__file__).parent / "_dag_files" / "relay_test_dags.py"
+
+
+def _states(run: Any) -> dict[tuple[str, int], str]:
+    return {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+
+
+def _xcom(run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    (ti,) = [
+        t for t in run.get_task_instances() if t.task_id == task_id and t.map_index == map_index
+    ]
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(
+                dag_id=ti.dag_id, run_id=ti.run_id, task_id=task_id, map_index=map_index, key=key
+            )
+            .one()
+        )
+        return XComModel.deserialize_value(row)
+
+
+def load_dag(dag_id: str, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Parse the test DAG file with this test's topics (dag.test() re-parses the DAGs folder)."""
+    monkeypatch.setenv("RELAY_TEST_REQUESTS", topics["requests"])
+    monkeypatch.setenv("RELAY_TEST_RESULTS", topics["results"])
+    spec = importlib.util.spec_from_file_location(f"relay_test_dags_{uuid.uuid4().hex}", DAG_FILE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from airflow.sdk import DAG
+
+    (dag,) = [v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id]
+    return dag
+
+
+def test_call_fan_out_mapped_and_publish_then_sense(
+    airflow_db: Any, topics: dict[str, str], responder: Responder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = load_dag("relay_happy_path", topics, monkeypatch).test()
+    assert set(_states(run).values()) == {"success"}, _states(run)
+    assert _xcom(run, "call") == {"text": "relay_happy_path"}  # templated data, echoed
+    assert _xcom(run, "mapped", map_index=0) == {"n": 1}
+    assert _xcom(run, "mapped", map_index=1) == {"n": 2}
+    assert _xcom(run, "fan") == [{"i": i} for i in range(5)]
+    assert _xcom(run, "sense") == [{"sensed": True}]
+    assert _xcom(run, "call_sync") == {"sync": 1}
+    assert _xcom(run, "poke") == [{"p": 1}, {"p": 2}]
+    event_ids = _xcom(run, "call", key="event_ids")
+    assert event_ids[0] in {r.id for r in responder.requests}
+    assert not responder.errors
+
+
+def test_failures_fail_the_task_with_the_function_error(
+    airflow_db: Any,
+    topics: dict[str, str],
+    responder: Responder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = load_dag("relay_failures", topics, monkeypatch).test()
+    log = capsys.readouterr().out  # the task logs carry each task's exception
+    assert "RelayResultError: function failed for correlation id" in log
+    assert "EchoFailure: no such file (retryable=False, attempt=1)" in log
+    assert "RelayTimeoutError: no result within 3 s for 1 correlation id(s)" in log
+    assert "SchemaValidationError: data of 'dev.relay.example.echo' is invalid at $.crash" in log
+    assert "RelayPartialFailureError: 1 of 3 requests did not succeed" in log
+    assert _states(run) == {
+        ("fails", -1): "failed",
+        ("partial", -1): "failed",
+        ("times_out", -1): "failed",
+        ("invalid", -1): "failed",
+    }
+    outcomes = _xcom(run, "partial", key="outcomes")
+    assert [o["status"] for o in outcomes] == ["succeeded", "failed", "succeeded"]
+    assert outcomes[1]["error"]["type"] == "EchoFailure"
+    # invalid data never left the worker: the schema check runs before publishing
+    assert all(r.data != {"crash": -1} for r in responder.requests)
+
+
+def test_direct_https_path_with_an_oidc_token(
+    airflow_db: Any,
+    topics: dict[str, str],
+    echo_function: str,
+    fake_google: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real echo function, which verifies the ID token, answers through the completion topic."""
+    monkeypatch.setenv("RELAY_TEST_FUNCTION_URL", echo_function)
+    monkeypatch.setenv("RELAY_TEST_FLAKY_URL", f"{fake_google.url}/flaky")
+    fake_google.flaky_statuses = [503] * 5
+    run = load_dag("relay_direct", topics, monkeypatch).test()
+    log = capsys.readouterr().out
+    assert _states(run) == {
+        ("invoke", -1): "success",
+        ("answer_only", -1): "success",
+        ("gives_up", -1): "failed",
+    }, log[-5000:]
+    assert _xcom(run, "invoke") == {"direct": "invoke"}
+    assert _xcom(run, "answer_only")["outcome"] == "succeeded"
+    assert "RelayHttpError: POST" in log
+    assert "failed after 2 attempt(s): HTTP 503" in log
+    assert {audience for audience, _ in fake_google.minted} >= {echo_function}
+
+
+def test_example_dags_parse(airflow_db: Any) -> None:
+    """Every DAG in dags/ imports cleanly with the operators' arguments validated."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    root = Path(__file__).resolve().parents[2] / "dags"
+    bag = DagBag(dag_folder=str(root))
+    assert not bag.import_errors, bag.import_errors
+    assert {
+        "relay_csv_pipeline",
+        "relay_echo_call",
+        "relay_echo_mapped",
+        "relay_echo_publish_sense",
+        "relay_echo_failure",
+        "relay_echo_http",
+    } <= set(bag.dag_ids)

@@ -1,0 +1,96 @@
+"""Publishing: checks before anything is sent, retries that keep the ce-id, clean-up on failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.airflow._publish import build_requests, publish_requests
+from relay.airflow.exceptions import RelayConfigError, RelayPublishError
+from relay.airflow.hooks import RelayHook
+from relay.protocol import EXAMPLE_ECHO, SchemaValidationError, from_message, to_binary
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.filterwarnings("ignore:The return_immediately flag is deprecated"),
+]
+REPLY = "projects/relay-test/topics/results"
+
+
+def test_bad_input_is_refused_before_anything_is_sent() -> None:
+    with pytest.raises(SchemaValidationError, match=r"\$\.crash"):
+        build_requests(EXAMPLE_ECHO, [{"crash": "x"}], source="/t", reply_to=REPLY)
+    with pytest.raises(RelayConfigError, match="correlation id"):
+        build_requests(EXAMPLE_ECHO, [{}], source="/t", reply_to=REPLY, correlation_ids=['a" OR'])
+    with pytest.raises(RelayConfigError, match="unique"):
+        build_requests(
+            EXAMPLE_ECHO, [{}, {}], source="/t", reply_to=REPLY, correlation_ids=["a", "a"]
+        )
+    with pytest.raises(RelayConfigError, match="one per item"):
+        build_requests(EXAMPLE_ECHO, [{}, {}], source="/t", reply_to=REPLY, correlation_ids=["a"])
+
+
+def test_publish_retries_keep_the_ce_id(
+    start_broker: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    project: str,
+    unique: Any,
+) -> None:
+    own = start_broker(tmp_path / "own")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", own.host)
+    topic = f"projects/{project}/topics/{unique('requests')}"
+    subscription = f"projects/{project}/subscriptions/{unique('function')}"
+    own.publisher().create_topic(name=topic)
+    own.subscriber().create_subscription(name=subscription, topic=topic)
+    (event,) = build_requests(EXAMPLE_ECHO, [{"retry": True}], source="/t", reply_to=REPLY)
+    own.kill()  # the first attempts fail: nobody listens
+    restart = threading.Timer(2.0, own.start)
+    restart.start()
+    started = time.monotonic()
+    try:
+        (message_id,) = RelayHook().publish(
+            topic, [to_binary(event)], attempts=10, timeout=1.5, backoff=0.2
+        )
+    finally:
+        restart.join()
+    assert time.monotonic() - started > 1.5  # it did have to retry
+    received = []
+    deadline = time.monotonic() + 20
+    while not received and time.monotonic() < deadline:
+        response = own.subscriber().pull(subscription=subscription, max_messages=10, timeout=5)
+        received += list(response.received_messages)
+    assert received
+    # however many copies the retries produced, each is the same CloudEvent
+    ids = {from_message(r.message.data, dict(r.message.attributes)).id for r in received}
+    assert ids == {event.id}
+    assert message_id
+
+
+def test_a_failed_publish_removes_the_subscriptions_it_created(
+    broker: Any, project: str, unique: Any
+) -> None:
+    from google.api_core.exceptions import NotFound
+
+    results = f"projects/{project}/topics/{unique('results')}"
+    broker.publisher().create_topic(name=results)
+    hook = RelayHook()
+    events = build_requests(EXAMPLE_ECHO, [{"i": 1}], source="/t", reply_to=results)
+    with pytest.raises(RelayPublishError, match="could not publish"):
+        publish_requests(
+            hook,
+            topic=f"projects/{project}/topics/{unique('missing')}",  # no such topic
+            reply_topic=results,
+            events=events,
+            attempts=2,
+            timeout=5,
+        )
+    from relay.airflow._names import wait_subscription
+
+    path = wait_subscription(project, results, str(events[0].correlationid))
+    with pytest.raises(NotFound):
+        broker.subscriber().get_subscription(subscription=path, timeout=10)

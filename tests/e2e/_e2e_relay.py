@@ -1,0 +1,225 @@
+"""relay's side of the deployment: `relay broker`, every function of relay.yaml, the topology.
+
+Like `relay.up.stack_up()` (same commands, same push OIDC settings), but each part is a `Proc` the
+fault tests can kill and start again on the same port: stack_up() keeps its children private and
+has no restart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+
+from _e2e_procs import E2EError, Proc, answers_http, free_port, stop_all, wait_until
+
+from relay.provision import provision
+from relay.topology import Function, Topology, load_topology
+
+REPO = Path(__file__).resolve().parents[2]
+_READY = "relay broker ready "
+
+
+class RelayStack:
+    """The broker and the functions, each restartable; `topology` has the local function URLs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.logs = root / "logs"
+        self.broker_port = free_port()
+        self.http_port = free_port()
+        self.broker = Proc(
+            "relay-broker",
+            [
+                sys.executable,
+                "-m",
+                "relay.broker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.broker_port),
+                "--http-port",
+                str(self.http_port),
+                "--data-dir",
+                str(root / "broker"),
+            ],
+            log=self.logs / "broker.log",
+            env=clean_env(),
+        )
+        base = load_topology(REPO / "relay.yaml")
+        urls = {name: f"http://127.0.0.1:{free_port()}/" for name in base.functions}
+        self.topology: Topology = replace(
+            base,
+            functions=MappingProxyType(
+                {name: replace(f, url=urls[name]) for name, f in base.functions.items()}
+            ),
+        )
+        self.functions = {
+            name: self._function_proc(function)
+            for name, function in self.topology.functions.items()
+        }
+
+    @property
+    def host(self) -> str:
+        """What PUBSUB_EMULATOR_HOST takes."""
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def certs_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/certs"
+
+    @property
+    def procs(self) -> list[Proc]:
+        return [self.broker, *self.functions.values()]
+
+    def function_named(self, source_dir: str) -> Proc:
+        """The Proc serving functions/<source_dir>."""
+        for name, function in self.topology.functions.items():
+            if function.source.name == source_dir:
+                return self.functions[name]
+        raise KeyError(source_dir)
+
+    def topic_of(self, source_dir: str) -> str:
+        for function in self.topology.functions.values():
+            if function.source.name == source_dir:
+                return function.topic
+        raise KeyError(source_dir)
+
+    def _function_proc(self, function: Function) -> Proc:
+        env = clean_env()
+        env.update(
+            {
+                "PUBSUB_EMULATOR_HOST": self.host,
+                "GOOGLE_CLOUD_PROJECT": self.topology.project,
+                "K_SERVICE": function.name,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        account = self.topology.push_service_account(function)
+        if account is not None:  # verify every push as Cloud Run would
+            env.update(
+                {
+                    "RELAY_PUSH_AUDIENCE": function.url,
+                    "RELAY_PUSH_CERTS_URL": self.certs_url,
+                    "RELAY_PUSH_ALLOWED_EMAILS": account,
+                }
+            )
+        env.update(function.environment)
+        port = function.url.rstrip("/").rsplit(":", 1)[1]
+        argv = [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            function.entry_point,
+            "--source",
+            str(function.source_file),
+            "--signature-type",
+            "cloudevent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+        ]
+        return Proc(function.name, argv, log=self.logs / f"{function.name}.log", env=env, cwd=REPO)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start_broker(self, timeout: float = 60.0) -> None:
+        self.broker.start()
+        wait_until(
+            "relay broker ready", lambda: _READY in self.broker.text(), timeout, procs=[self.broker]
+        )
+
+    def start_function(self, proc: Proc, timeout: float = 60.0) -> None:
+        proc.start()
+        url = self._url_of(proc)
+        wait_until(f"{proc.name} serving {url}", lambda: answers_http(url), timeout, procs=[proc])
+
+    def _url_of(self, proc: Proc) -> str:
+        for name, candidate in self.functions.items():
+            if candidate is proc:
+                return self.topology.functions[name].url
+        raise KeyError(proc.name)
+
+    def start(self) -> None:
+        """Broker, then every function (started together), then provision the topology."""
+        self.start_broker()
+        for proc in self.functions.values():
+            proc.start()
+        for proc in self.functions.values():
+            url = self._url_of(proc)
+            wait_until(
+                f"{proc.name} serving {url}", lambda u=url: answers_http(u), 90, procs=[proc]
+            )
+        previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.host
+        try:
+            provision(self.topology)
+        except Exception as exc:
+            raise E2EError(f"provisioning failed: {exc}\n{self.broker.describe()}") from exc
+        finally:
+            if previous is None:
+                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            else:
+                os.environ["PUBSUB_EMULATOR_HOST"] = previous
+
+    def stop(self) -> None:
+        stop_all(list(self.functions.values()))
+        self.broker.stop()
+
+    @contextmanager
+    def google_push_wrapper(self, source_dir: str) -> Iterator[None]:
+        """Push to functions/<source_dir> in Google's JSON wrapper instead of Eventarc style.
+
+        relay.yaml's push subscriptions get `x-relay-push-format: cloudevent` on the broker; in
+        that format (as on Eventarc) no delivery attempt reaches the function. The wrapper
+        carries `deliveryAttempt`, which echo's {"crash": n} needs. Restored afterwards.
+        """
+        from google.cloud import pubsub_v1
+
+        function = next(f for f in self.topology.functions.values() if f.source.name == source_dir)
+        path = f"projects/{self.topology.project}/subscriptions/{function.subscription}"
+        previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.host
+        try:
+            client = pubsub_v1.SubscriberClient()
+        finally:
+            if previous is None:
+                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            else:
+                os.environ["PUBSUB_EMULATOR_HOST"] = previous
+        with client:
+            original = client.get_subscription(subscription=path).push_config
+            wrapper = type(original)()
+            wrapper._pb.CopyFrom(original._pb)
+            wrapper._pb.attributes.clear()
+            client.modify_push_config(subscription=path, push_config=wrapper)
+            try:
+                yield
+            finally:
+                client.modify_push_config(subscription=path, push_config=original)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without Airflow or Pub/Sub settings other tests may have set."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW", "PUBSUB_EMULATOR_HOST", "RELAY_"))
+    }
+
+
+@contextmanager
+def relay_stack(root: Path) -> Iterator[RelayStack]:
+    """A started RelayStack, stopped (functions first) at the end."""
+    stack = RelayStack(root)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,56 @@
+"""relay_e2e_echo: the end-to-end tests' small DAG, one deferred RelayCallOperator per item.
+
+    requests ──▶ call[0..n-1] (RelayCallOperator.expand, echo function)
+
+Run conf `items` chooses the requests: echo returns each item's data; {"crash": n} makes echo fail
+retryably on delivery attempts 1..n, {"fail": "msg"} fails non-retryably (the task fails with that
+message).
+
+Two DAGs: relay_e2e_echo allows one task retry, only so that a run survives Airflow 3.3.2's
+resume-after-defer race (docs/e2e.md; the tests check that every retry was caused by it);
+relay_e2e_echo_no_retry has none (a failed request fails its task at once).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, task
+
+from relay.airflow.operators import RelayCallOperator
+
+
+def _echo_dag(dag_id: str, retries: int) -> DAG:
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        params={
+            "items": [{"i": 0}],
+            "request_topic": "relay-echo-requests",
+            "completion_topic": "relay-results",
+        },
+        default_args={"retries": retries, "retry_delay": timedelta(seconds=1)},
+        tags=["relay", "e2e"],
+    ) as dag:
+
+        @task
+        def requests(params: dict[str, Any] | None = None) -> list[Any]:
+            """The items of the run conf, one request each."""
+            return list((params or {})["items"])
+
+        RelayCallOperator.partial(
+            task_id="call",
+            topic="{{ params.request_topic }}",
+            reply_topic="{{ params.completion_topic }}",
+            event_type="dev.relay.example.echo",
+            timeout=timedelta(minutes=3),
+            deferrable=True,
+        ).expand(data=requests())
+    return dag
+
+
+relay_e2e_echo = _echo_dag("relay_e2e_echo", retries=1)
+relay_e2e_echo_no_retry = _echo_dag("relay_e2e_echo_no_retry", retries=0)
