@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import re
 from pathlib import Path
@@ -117,8 +118,8 @@ class GcsBlobStore:
     def client(self) -> Any:
         """The google.cloud.storage.Client, made on first use."""
         if self._client is None:
-            from google.cloud import storage
-
+            # import_module: google.cloud.storage ships no type information for mypy
+            storage: Any = importlib.import_module("google.cloud.storage")
             self._client = storage.Client()
         return self._client
 

@@ -1,4 +1,4 @@
-"""What provisioning asks for depends on where it points: the Eventarc-style push only for the broker."""
+"""Provisioning asks for Eventarc-style pushes only from the local broker."""
 
 from __future__ import annotations
 
