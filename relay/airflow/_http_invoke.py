@@ -28,7 +28,7 @@ from relay.airflow._http import (
     post_sync,
     response_json,
 )
-from relay.airflow._publish import build_requests, default_source
+from relay.airflow._publish import build_requests, default_source, task_request_ids
 from relay.airflow._result_trigger import COLLECT_ALL, RelayResultTrigger, wait_blocking
 from relay.airflow._results import finish
 from relay.airflow._trigger_hooks import trigger_hook
@@ -212,6 +212,7 @@ class RelayHttpInvokeOperator(BaseOperator):
             source=self.source or default_source(self.dag_id, self.task_id),
             reply_to=hook.topic_path(self.reply_topic),
             correlation_ids=[self.correlation_id] if self.correlation_id else None,
+            ids=task_request_ids(context, 1),
             validate=self.validate,
         )
         cid = str(event.correlationid)

@@ -4,6 +4,7 @@ completion subscription is created before the first request goes out."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -30,6 +31,21 @@ class Published:
         return asdict(self)
 
 
+# Fixed namespace of relay's task-instance request ids (uuid5).
+_REQUEST_IDS = uuid.UUID("6b3f0a52-8f4e-4d1c-9a57-0c2d1e7b9f10")
+
+
+def task_request_ids(context: Any, count: int) -> list[str]:
+    """Request ids that are stable for one task instance (dag, run, task, map index, item index).
+
+    A retried or resumed task re-sends the same requests (same ce-id and correlation id), so a
+    retained result, or a function with an idempotency store, answers it instead of a second run.
+    """
+    ti = context["ti"]
+    base = f"{ti.dag_id}\0{ti.run_id}\0{ti.task_id}\0{ti.map_index}"
+    return [str(uuid.uuid5(_REQUEST_IDS, f"{base}\0{index}")) for index in range(count)]
+
+
 def default_source(dag_id: str, task_id: str) -> str:
     """The ce-source of requests from an Airflow task."""
     return f"/airflow/dags/{dag_id}/tasks/{task_id}"
@@ -42,14 +58,19 @@ def build_requests(
     source: str,
     reply_to: str,
     correlation_ids: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
     expiry: datetime | timedelta | None = None,
     validate: bool = True,
 ) -> list[Event]:
-    """One request event per item; SchemaValidationError (JSON path) before anything is sent."""
-    if correlation_ids is not None and len(correlation_ids) != len(items):
-        raise RelayConfigError(
-            f"got {len(correlation_ids)} correlation ids for {len(items)} items; give one per item"
-        )
+    """One request event per item; SchemaValidationError (JSON path) before anything is sent.
+
+    `ids` are the ce-ids (default: random); a correlation id defaults to its request's ce-id.
+    """
+    for name, given in (("correlation ids", correlation_ids), ("ids", ids)):
+        if given is not None and len(given) != len(items):
+            raise RelayConfigError(
+                f"got {len(given)} {name} for {len(items)} items; give one per item"
+            )
     if isinstance(expiry, timedelta):
         expiry = datetime.now(UTC) + expiry
     registry = default_registry() if validate else None
@@ -59,7 +80,13 @@ def build_requests(
             registry.validate(event_type, data)
         cid = check_correlation_id(correlation_ids[index]) if correlation_ids is not None else None
         event = new_request(
-            event_type, data, source=source, reply_to=reply_to, correlation_id=cid, expiry=expiry
+            event_type,
+            data,
+            source=source,
+            reply_to=reply_to,
+            correlation_id=cid,
+            id=ids[index] if ids is not None else None,
+            expiry=expiry,
         )
         check_correlation_id(event.correlationid)
         events.append(event)

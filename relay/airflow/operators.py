@@ -22,7 +22,13 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
-from relay.airflow._publish import Published, build_requests, default_source, publish_requests
+from relay.airflow._publish import (
+    Published,
+    build_requests,
+    default_source,
+    publish_requests,
+    task_request_ids,
+)
 from relay.airflow._result_trigger import (
     COLLECT_ALL,
     FAIL_FAST,
@@ -105,7 +111,12 @@ class _RelayRequestOperator(BaseOperator):
         )
 
     def _publish(
-        self, items: Sequence[Any], correlation_ids: Sequence[str] | None, *, subscribe: bool
+        self,
+        context: Any,
+        items: Sequence[Any],
+        correlation_ids: Sequence[str] | None,
+        *,
+        subscribe: bool,
     ) -> list[Published]:
         hook = self.hook
         events = build_requests(
@@ -114,6 +125,7 @@ class _RelayRequestOperator(BaseOperator):
             source=self.source or default_source(self.dag_id, self.task_id),
             reply_to=hook.topic_path(self.reply_topic),
             correlation_ids=correlation_ids,
+            ids=task_request_ids(context, len(items)),
             expiry=self.expiry,
             validate=self.validate,
         )
@@ -187,7 +199,7 @@ class RelayPublishOperator(_RelayRequestOperator):
             if isinstance(self.correlation_ids, str)
             else self.correlation_ids
         )
-        published = self._publish(items, cids, subscribe=self.create_subscriptions)
+        published = self._publish(context, items, cids, subscribe=self.create_subscriptions)
         self._push_ids(context, published)
         context["ti"].xcom_push(key="requests", value=[p.to_dict() for p in published])
         return [p.correlation_id for p in published]
@@ -216,7 +228,7 @@ class _RelayWaitingOperator(_RelayRequestOperator):
 
     def _wait(self, context: Any, items: Sequence[Any], cids: Sequence[str] | None) -> Any:
         deadline = time.time() + self.timeout
-        published = self._publish(items, cids, subscribe=True)
+        published = self._publish(context, items, cids, subscribe=True)
         self._push_ids(context, published)
         waits = {p.correlation_id: str(p.subscription) for p in published}
         trigger = RelayResultTrigger(

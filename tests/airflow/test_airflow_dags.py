@@ -6,10 +6,13 @@ from __future__ import annotations
 import importlib.util
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from _airflow_responder import Responder
+
+from relay.airflow._publish import task_request_ids
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -71,6 +74,13 @@ def test_call_fan_out_mapped_and_publish_then_sense(
     event_ids = _xcom(run, "call", key="event_ids")
     assert event_ids[0] in {r.id for r in responder.requests}
     assert not responder.errors
+    # ids are the task instance's own: a retry of the same task re-sends the same requests
+    for task_id, map_index, count in (("call", -1, 1), ("mapped", 1, 1), ("fan", -1, 5)):
+        ti = SimpleNamespace(
+            dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, map_index=map_index
+        )
+        ids = _xcom(run, task_id, key="event_ids", map_index=map_index)
+        assert ids == task_request_ids({"ti": ti}, count)
 
 
 def test_failures_fail_the_task_with_the_function_error(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from relay.airflow._publish import build_requests, publish_requests
+from relay.airflow._publish import build_requests, publish_requests, task_request_ids
 from relay.airflow.exceptions import RelayConfigError, RelayPublishError
 from relay.airflow.hooks import RelayHook
 from relay.protocol import EXAMPLE_ECHO, SchemaValidationError, from_message, to_binary
@@ -32,6 +33,19 @@ def test_bad_input_is_refused_before_anything_is_sent() -> None:
         )
     with pytest.raises(RelayConfigError, match="one per item"):
         build_requests(EXAMPLE_ECHO, [{}, {}], source="/t", reply_to=REPLY, correlation_ids=["a"])
+
+
+def test_request_ids_belong_to_the_task_instance() -> None:
+    def ids(run_id: str = "r1", map_index: int = -1, count: int = 2) -> list[str]:
+        ti = SimpleNamespace(dag_id="d", run_id=run_id, task_id="t", map_index=map_index)
+        return task_request_ids({"ti": ti}, count)
+
+    assert ids() == ids()  # a retry of the same task instance re-sends the same requests
+    assert len(set(ids())) == 2
+    assert not set(ids()) & set(ids(run_id="r2"))
+    assert not set(ids()) & set(ids(map_index=0))
+    (event,) = build_requests(EXAMPLE_ECHO, [{}], source="/t", reply_to=REPLY, ids=ids(count=1))
+    assert event.id == event.correlationid == ids()[0]
 
 
 def test_publish_retries_keep_the_ce_id(
