@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types
 
 from relay.broker._config import subscription_config, topic_retention
@@ -30,12 +31,13 @@ from relay.broker._names import (
 )
 from relay.broker._state import (
     DEAD_LETTERING,
+    BatchRef,
     Consumer,
     Entry,
     StoredMessage,
     SubState,
 )
-from relay.broker._store import Statement, Store
+from relay.broker._store import Statement, Store, pack, unpack
 from relay.broker._timers import Scheduler
 
 __all__ = ["Broker", "TopicState"]
@@ -46,10 +48,12 @@ PubsubMessage: Any = types.PubsubMessage.pb()
 Topic: Any = types.Topic.pb()
 Subscription: Any = types.Subscription.pb()
 
-_SQL_INSERT_MESSAGE = "INSERT INTO messages (seq, topic, publish_ns, body) VALUES (?, ?, ?, ?)"
+_SQL_INSERT_BATCH = (
+    "INSERT INTO batches (first_seq, last_seq, topic, publish_ns, body) VALUES (?, ?, ?, ?, ?)"
+)
 _SQL_INSERT_PENDING = "INSERT INTO pending (sub_id, seq) VALUES (?, ?)"
 _SQL_LAST_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)"
-_SQL_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
+_SQL_DELETE_BATCH = "DELETE FROM batches WHERE first_seq = ?"
 _GC_INTERVAL = 600.0
 MAX_SUBSCRIPTIONS_PER_TOPIC = 10_000
 _PULL_WAIT = 90.0
@@ -85,6 +89,7 @@ class Broker:
         self.topics: dict[str, TopicState] = {}
         self.subs: dict[str, SubState] = {}
         self.messages: dict[int, StoredMessage] = {}
+        self.batches: dict[int, BatchRef] = {}  # stored batches with messages in memory
         self.last_seq = 0
         self._next_topic_id = 1
         self._next_sub_id = 1
@@ -120,30 +125,45 @@ class Broker:
             owner = self.topics.get(topic)
             if owner is not None:
                 owner.subs[name] = sub
+        pending = self.store.pending_rows()
+        self._load_messages(sorted({seq for _, seq, _, _ in pending}))
         messages = self.messages
-        for sub_id, seq, attempts, acked, topic, publish_ns, body in self.store.pending_rows():
+        for sub_id, seq, attempts, acked in pending:
             owning_sub = by_id.get(sub_id)
-            if owning_sub is None:
-                continue
             msg = messages.get(seq)
-            if msg is None:
-                key = PubsubMessage.FromString(body).ordering_key
-                msg = StoredMessage(seq, topic, body, publish_ns, key)
-                messages[seq] = msg
+            if owning_sub is None or msg is None:
+                continue  # a row a crash left behind; swept below
             if acked:
                 owning_sub.add_acked(msg)
             else:
                 owning_sub.add(msg, attempts)
-        keep = {
-            t.name: time.time_ns() - int(t.retention_s * 1e9)
-            for t in self.topics.values()
-            if t.retention_s
-        }
         self.store.start()
-        self._spawn(self._collect_garbage(keep))
+        self._spawn(self._collect_garbage())
         for sub in self.subs.values():
             self._arm_expiry(sub)
             self._arm_retention(sub)
+
+    def _load_messages(self, needed: list[int]) -> None:
+        """Read the batches holding the `needed` seqs (sorted) and keep those messages."""
+        index = 0
+        for first, last, topic, publish_ns in self.store.batch_index():
+            while index < len(needed) and needed[index] < first:
+                index += 1  # pending rows without a batch: nothing to deliver
+            start = index
+            while index < len(needed) and needed[index] <= last:
+                index += 1
+            if start == index:
+                continue
+            bodies = unpack(self.store.batch_body(first))
+            batch = BatchRef(first)
+            self.batches[first] = batch
+            for seq in needed[start:index]:
+                offset = seq - first
+                if offset >= len(bodies):
+                    continue
+                body = bodies[offset]
+                key = PubsubMessage.FromString(body).ordering_key
+                self.messages[seq] = StoredMessage(seq, topic, body, publish_ns, key, batch)
 
     async def close(self) -> None:
         """Stop timers and background tasks, commit what is queued and close the store."""
@@ -171,11 +191,19 @@ class Broker:
         self.store.post(statements)
 
     def release_message(self, msg: StoredMessage, statements: list[Statement]) -> None:
-        """No subscription needs `msg` any more: forget it, drop it unless its topic retains it."""
-        self.messages.pop(msg.seq, None)
+        """No subscription needs `msg` any more: forget it; once its whole batch is released,
+        delete the batch unless its topic retains messages."""
+        if self.messages.get(msg.seq) is msg:
+            del self.messages[msg.seq]
+        batch = msg.batch
+        batch.live -= 1
+        if batch.live > 0:
+            return
+        if self.batches.get(batch.first_seq) is batch:
+            del self.batches[batch.first_seq]
         topic = self.topics.get(msg.topic)
         if topic is None or not topic.retention_s:
-            _merge(statements, _SQL_DELETE_MESSAGE, (msg.seq,))
+            _merge(statements, _SQL_DELETE_BATCH, (batch.first_seq,))
 
     def dead_letter(self, sub: SubState, entry: Entry) -> None:
         """Forward a message that reached max_delivery_attempts, then ack it on `sub`."""
@@ -202,7 +230,7 @@ class Broker:
             }
         )
         try:
-            await self._publish(topic, [forwarded])
+            await self._publish(topic, [forwarded], [forwarded.SerializeToString()])
         except Exception:
             _LOG.exception("dead-lettering to %s failed; redelivering", target)
             if entry.state == DEAD_LETTERING:
@@ -430,10 +458,11 @@ class Broker:
     async def publish(self, topic_name: str, messages: Any) -> list[str]:
         """Publish: returns the message ids once the messages are committed."""
         topic = self.topic(topic_name)
-        check_publish(messages)
-        return await self._publish(topic, messages)
+        bodies = check_publish(messages)
+        return await self._publish(topic, messages, bodies)
 
-    async def _publish(self, topic: TopicState, messages: Any) -> list[str]:
+    async def _publish(self, topic: TopicState, messages: Any, bodies: list[bytes]) -> list[str]:
+        """Store and deliver checked messages; `bodies` are the serialized `messages`."""
         publish_ns = time.time_ns()
         first = self.last_seq + 1
         self.last_seq += len(messages)
@@ -443,20 +472,26 @@ class Broker:
         statements: list[Statement] = [(_SQL_LAST_SEQ, [(self.last_seq,)])]
         stored: list[StoredMessage] = []
         if keep:
-            secs, nanos = divmod(publish_ns, 1_000_000_000)
-            rows = []
+            # message_id (field 3) and publish_time (field 4) appended to the publisher's bytes:
+            # protobuf reads concatenated fields as one message, so nothing is re-serialized.
+            stamp = PubsubMessage(publish_time=_timestamp(publish_ns)).SerializeToString()
             name = topic.name
-            for seq, message, message_id in zip(
-                range(first, self.last_seq + 1), messages, ids, strict=True
-            ):
-                message.message_id = message_id
-                stamp = message.publish_time
-                stamp.seconds = secs
-                stamp.nanos = nanos
-                body = message.SerializeToString()
-                rows.append((seq, name, publish_ns, body))
-                stored.append(StoredMessage(seq, name, body, publish_ns, message.ordering_key))
-            statements.append((_SQL_INSERT_MESSAGE, rows))
+            batch = BatchRef(first)
+            full = [
+                body + b"\x1a%c%b%b" % (len(message_id), message_id, stamp)
+                for body, message_id in zip(
+                    bodies, [b"%d" % seq for seq in range(first, self.last_seq + 1)], strict=True
+                )
+            ]
+            stored = [
+                StoredMessage(seq, name, body, publish_ns, message.ordering_key, batch)
+                for seq, message, body in zip(
+                    range(first, self.last_seq + 1), messages, full, strict=True
+                )
+            ]
+            statements.append(
+                (_SQL_INSERT_BATCH, [(first, self.last_seq, name, publish_ns, pack(full))])
+            )
             matched: list[tuple[SubState, list[StoredMessage]]] = []
             pending_rows: list[tuple[int, int]] = []
             attributes: list[dict[str, str]] | None = None
@@ -483,6 +518,8 @@ class Broker:
         messages = self.messages
         for msg in stored:
             messages[msg.seq] = msg
+        if stored:
+            self.batches[stored[0].batch.first_seq] = stored[0].batch
         for sub, chosen in matched:
             if sub.deleted:
                 continue
@@ -563,17 +600,26 @@ class Broker:
         back = [m for m in sub.acked.values() if m.publish_ns >= cutoff]
         topic = self.topics.get(sub.topic)
         if topic is not None and topic.retention_s:
-            for seq, publish_ns, body in await self.store.retained_rows(
+            for first, publish_ns, blob in await self.store.retained_batches(
                 topic.name, cutoff, sub.start_seq
             ):
-                if seq in sub.entries or seq in sub.acked:
-                    continue
-                msg = self.messages.get(seq)
-                if msg is None:
-                    key = PubsubMessage.FromString(body).ordering_key
-                    msg = StoredMessage(seq, topic.name, body, publish_ns, key)
-                    self.messages[seq] = msg
-                back.append(msg)
+                for seq, body in enumerate(unpack(blob), start=first):
+                    if seq <= sub.start_seq or seq in sub.entries or seq in sub.acked:
+                        continue
+                    pb = PubsubMessage.FromString(body)
+                    predicate = sub.config.predicate
+                    if predicate is not None and not predicate(dict(pb.attributes)):
+                        continue  # never delivered to this subscription: not replayed either
+                    msg = self.messages.get(seq)
+                    if msg is None:
+                        batch = self.batches.get(first)
+                        if batch is None:
+                            batch = self.batches[first] = BatchRef(first)
+                        msg = StoredMessage(
+                            seq, topic.name, body, publish_ns, pb.ordering_key, batch
+                        )
+                        self.messages[seq] = msg
+                    back.append(msg)
         sub.unack(back, statements)
         sub.touch()
         if statements:
@@ -625,18 +671,19 @@ class Broker:
             self.store.post(statements)
         self._arm_retention(sub)
 
-    async def _collect_garbage(self, keep: dict[str, int]) -> None:
+    async def _collect_garbage(self) -> None:
         """Sweep the whole store once, then expire topic-retained messages every 10 minutes."""
-        await self.store.collect_garbage(keep, everything=True)
+        everything = True
         while True:
-            await asyncio.sleep(_GC_INTERVAL)
             keep = {
                 t.name: time.time_ns() - int(t.retention_s * 1e9)
                 for t in self.topics.values()
                 if t.retention_s
             }
-            if keep:
-                await self.store.collect_garbage(keep, everything=False)
+            if keep or everything:
+                await self.store.collect_garbage(keep, set(self.batches), everything=everything)
+            everything = False
+            await asyncio.sleep(_GC_INTERVAL)
 
 
 def _page(names: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
@@ -671,6 +718,11 @@ def _safe_retention(pb: Any) -> float | None:
         return topic_retention(pb)
     except BrokerError:
         return None
+
+
+def _timestamp(publish_ns: int) -> Any:
+    secs, nanos = divmod(publish_ns, 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=secs, nanos=nanos)
 
 
 def _rfc3339(publish_ns: int) -> str:

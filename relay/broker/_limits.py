@@ -26,8 +26,12 @@ MAX_ATTRIBUTE_VALUE_BYTES = 1024
 MAX_ORDERING_KEY_BYTES = 1024
 
 
-def check_publish(messages: Any) -> list[int]:
-    """Check the messages of one Publish request; return each message's size in bytes."""
+def check_publish(messages: Any) -> list[bytes]:
+    """Check the messages of one Publish request; return each message serialized.
+
+    Serializing is the size check too (one pass over each message); message_id and publish_time
+    are the service's to set, so values a publisher put there are dropped.
+    """
     count = len(messages)
     if count == 0:
         raise invalid("The publish request must contain at least one message.")
@@ -36,10 +40,14 @@ def check_publish(messages: Any) -> list[int]:
             f"The value for message_count is too large. You passed {count} in the request, "
             f"but the maximum value is {MAX_MESSAGES_PER_PUBLISH}."
         )
-    sizes = []
+    bodies = []
     total = 0
     for index, message in enumerate(messages):
-        size = message.ByteSize()
+        if message.message_id or message.HasField("publish_time"):
+            message.ClearField("message_id")
+            message.ClearField("publish_time")
+        body = message.SerializeToString()
+        size = len(body)
         attributes = message.attributes
         if size > MAX_MESSAGE_BYTES:
             raise invalid(
@@ -58,13 +66,13 @@ def check_publish(messages: Any) -> list[int]:
                 f"Message {index}: the ordering_key is longer than {MAX_ORDERING_KEY_BYTES} bytes."
             )
         total += size
-        sizes.append(size)
+        bodies.append(body)
     if total > MAX_PUBLISH_BYTES:
         raise invalid(
             f"Request payload size exceeds the limit: {MAX_PUBLISH_BYTES} bytes "
             f"(this request has {total} bytes of messages)."
         )
-    return sizes
+    return bodies
 
 
 def _check_attributes(index: int, attributes: Any) -> None:

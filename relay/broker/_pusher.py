@@ -61,6 +61,7 @@ class _Worker:
                     continue
                 sub.waiters.add(consumer)
                 await consumer.event.wait()
+                sub.waiters.discard(consumer)
         finally:
             sub.waiters.discard(consumer)
 

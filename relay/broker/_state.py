@@ -18,6 +18,7 @@ from relay.broker._store import Statement
 from relay.broker._timers import Scheduler
 
 __all__ = [
+    "BatchRef",
     "Consumer",
     "Entry",
     "Host",
@@ -41,17 +42,34 @@ _SQL_ACKED = "UPDATE pending SET acked = 1 WHERE sub_id = ? AND seq = ?"
 _SQL_UNACKED = "INSERT OR REPLACE INTO pending (sub_id, seq, attempts, acked) VALUES (?, ?, ?, 0)"
 
 
+class BatchRef:
+    """A stored batch (the messages of one Publish call): how many of them are still held."""
+
+    __slots__ = ("first_seq", "live")
+
+    def __init__(self, first_seq: int) -> None:
+        self.first_seq = first_seq
+        self.live = 0
+
+
 class StoredMessage:
     """A published message held in memory while any subscription still needs it.
 
     `body` is the serialized google.pubsub.v1.PubsubMessage (message_id and publish_time set):
-    the same bytes as in the store, parsed again only when delivered.
+    the same bytes as in the store, parsed again only when delivered. Creating one counts it
+    as live in its batch; `Host.release_message` uncounts it.
     """
 
-    __slots__ = ("body", "ordering_key", "publish_ns", "refs", "seq", "size", "topic")
+    __slots__ = ("batch", "body", "ordering_key", "publish_ns", "refs", "seq", "size", "topic")
 
     def __init__(
-        self, seq: int, topic: str, body: bytes, publish_ns: int, ordering_key: str = ""
+        self,
+        seq: int,
+        topic: str,
+        body: bytes,
+        publish_ns: int,
+        ordering_key: str,
+        batch: BatchRef,
     ) -> None:
         self.seq = seq
         self.topic = topic
@@ -60,6 +78,8 @@ class StoredMessage:
         self.publish_ns = publish_ns
         self.ordering_key = ordering_key
         self.refs = 0
+        self.batch = batch
+        batch.live += 1
 
 
 class Entry:
@@ -210,11 +230,13 @@ class SubState:
         msg.refs += 1
 
     def notify(self) -> None:
-        """Wake every consumer waiting for messages."""
+        """Wake every consumer waiting for messages.
+
+        Woken consumers stay in `waiters` until they run (they remove themselves), so `take` can
+        leave a fair share of a burst to the others.
+        """
         if self.ready and self.waiters:
-            waiters = self.waiters
-            self.waiters = set()
-            for consumer in waiters:
+            for consumer in self.waiters:
                 consumer.wake()
 
     def touch(self) -> None:
@@ -228,6 +250,9 @@ class SubState:
         ready = self.ready
         if not ready:
             return []
+        others = len(self.waiters) - (consumer in self.waiters)
+        if others > 0:  # consumers woken for the same messages get their share
+            limit = min(limit, -(-len(ready) // (others + 1)))
         out: list[Entry] = []
         size_sum = 0
         while ready and len(out) < limit:

@@ -5,9 +5,11 @@ All writes go through `Store.submit` (awaitable: resolves once committed) or `St
 into one transaction, so concurrent publishes share one commit. Reads happen once, at start
 (`Store.load`); at run time the broker serves from memory and never queries SQLite.
 
-Tables: topics, subscriptions (the protobuf as a blob), messages (global `seq`, the published
-PubsubMessage as a blob) and pending (one row per subscription and unacked message with its
-delivery count; `acked=1` rows are acked messages kept for Seek when retain_acked_messages is set).
+Tables: topics, subscriptions (the protobuf as a blob), batches (the messages of one Publish
+call, seqs first_seq..last_seq, as one blob of length-prefixed serialized PubsubMessages: one row
+per request keeps the writer fast) and pending (one row per subscription and unacked message with
+its delivery count; `acked=1` rows are acked messages kept for Seek when retain_acked_messages is
+set).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import contextlib
 import logging
 import queue
 import sqlite3
+import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadedState", "Statement", "Store"]
+__all__ = ["LoadedState", "Statement", "Store", "pack", "unpack"]
 
 _LOG = logging.getLogger("relay.broker.store")
 
@@ -35,12 +38,35 @@ CREATE TABLE IF NOT EXISTS topics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UN
     body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL, start_seq INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL,
-    publish_ns INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL,
+    topic TEXT NOT NULL, publish_ns INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (sub_id INTEGER NOT NULL, seq INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sub_id, seq)) WITHOUT ROWID;
 """
+
+
+_LENGTH = struct.Struct(">I")
+
+
+def pack(bodies: list[bytes]) -> bytes:
+    """One blob of length-prefixed message bodies (a batch row)."""
+    length = _LENGTH.pack
+    return b"".join([length(len(body)) + body for body in bodies])
+
+
+def unpack(blob: bytes) -> list[bytes]:
+    """The message bodies of a batch blob, in order."""
+    bodies = []
+    view = memoryview(blob)
+    offset = 0
+    size = len(blob)
+    while offset < size:
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        bodies.append(bytes(view[offset : offset + length]))
+        offset += length
+    return bodies
 
 
 @dataclass
@@ -92,28 +118,42 @@ class Store:
             conn.execute("SELECT id, name, topic, start_seq, body FROM subscriptions ORDER BY id")
         )
         row = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
-        top = conn.execute("SELECT MAX(seq) FROM messages").fetchone()
+        top = conn.execute("SELECT MAX(last_seq) FROM batches").fetchone()
         state.last_seq = max(row[0] if row else 0, top[0] or 0)
         return state
 
-    def pending_rows(self) -> Iterator[tuple[int, int, int, int, str, int, bytes]]:
-        """(sub_id, seq, attempts, acked, topic, publish_ns, body) of every pending row, by seq."""
-        yield from self._conn.execute(
-            "SELECT p.sub_id, p.seq, p.attempts, p.acked, m.topic, m.publish_ns, m.body "
-            "FROM pending p JOIN messages m ON m.seq = p.seq ORDER BY p.seq"
+    def pending_rows(self) -> list[tuple[int, int, int, int]]:
+        """(sub_id, seq, attempts, acked) of every pending row, by seq."""
+        return list(
+            self._conn.execute("SELECT sub_id, seq, attempts, acked FROM pending ORDER BY seq")
         )
 
-    async def retained_rows(
+    def batch_index(self) -> list[tuple[int, int, str, int]]:
+        """(first_seq, last_seq, topic, publish_ns) of every stored batch, by first_seq."""
+        return list(
+            self._conn.execute(
+                "SELECT first_seq, last_seq, topic, publish_ns FROM batches ORDER BY first_seq"
+            )
+        )
+
+    def batch_body(self, first_seq: int) -> bytes:
+        """The blob of one batch (at start, before the writer runs)."""
+        row = self._conn.execute(
+            "SELECT body FROM batches WHERE first_seq = ?", (first_seq,)
+        ).fetchone()
+        return bytes(row[0]) if row else b""
+
+    async def retained_batches(
         self, topic: str, since_ns: int, after_seq: int
     ) -> list[tuple[int, int, bytes]]:
-        """(seq, publish_ns, body) of stored messages of `topic` published at/after `since_ns`."""
+        """(first_seq, publish_ns, blob) of `topic`'s batches published at/after `since_ns`."""
 
         def read() -> list[tuple[int, int, bytes]]:
             with self._reader_lock:
                 return list(
                     self._reader.execute(
-                        "SELECT seq, publish_ns, body FROM messages WHERE topic = ? "
-                        "AND publish_ns >= ? AND seq > ? ORDER BY seq",
+                        "SELECT first_seq, publish_ns, body FROM batches WHERE topic = ? "
+                        "AND publish_ns >= ? AND last_seq > ? ORDER BY first_seq",
                         (topic, since_ns, after_seq),
                     )
                 )
@@ -121,33 +161,33 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(None, read)
 
     def collect_garbage(
-        self, keep_topics: dict[str, int], *, everything: bool
+        self, keep_topics: dict[str, int], live: set[int], *, everything: bool
     ) -> asyncio.Future[None]:
-        """Delete messages no subscription holds, except those inside a topic's retention.
+        """Delete batches no subscription holds, except those inside a topic's retention.
 
-        `keep_topics` maps topic name -> oldest publish_ns still retained for it. With
-        `everything` all topics are swept (at start: rows a crash left behind), otherwise only
-        the retaining ones (the others lose their rows as soon as the last ack comes in). Runs
-        in the writer thread, inside its transaction.
+        `live` holds the first_seq of every batch with a message still in memory (a subscription
+        needs it); `keep_topics` maps topic name -> oldest publish_ns still retained for it. With
+        `everything` all topics are swept (at start: rows a crash or a deletion left behind),
+        otherwise only the retaining ones (the others lose their rows when the last message is
+        acked). Runs in the writer thread, inside its transaction, so publishes queued later are
+        never touched.
         """
         keep = list(keep_topics.items())
+        alive = [(first,) for first in live]
 
         def collect(conn: sqlite3.Connection) -> None:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (topic TEXT PRIMARY KEY, since INT)")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS live (first_seq INTEGER PRIMARY KEY)")
             conn.execute("DELETE FROM keep")
+            conn.execute("DELETE FROM live")
             conn.executemany("INSERT INTO keep VALUES (?, ?)", keep)
-            if everything:
-                conn.execute(
-                    "DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM pending) AND "
-                    "publish_ns < COALESCE((SELECT since FROM keep "
-                    "WHERE keep.topic = messages.topic), 1 << 62)"
-                )
-            else:
-                conn.execute(
-                    "DELETE FROM messages WHERE topic IN (SELECT topic FROM keep) AND "
-                    "publish_ns < (SELECT since FROM keep WHERE keep.topic = messages.topic) "
-                    "AND seq NOT IN (SELECT seq FROM pending)"
-                )
+            conn.executemany("INSERT INTO live VALUES (?)", alive)
+            scope = "" if everything else "topic IN (SELECT topic FROM keep) AND "
+            conn.execute(
+                f"DELETE FROM batches WHERE {scope}first_seq NOT IN (SELECT first_seq FROM live) "
+                "AND publish_ns < COALESCE((SELECT since FROM keep "
+                "WHERE keep.topic = batches.topic), 1 << 62)"
+            )
 
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()

@@ -153,3 +153,30 @@ def test_no_published_message_is_lost(
         assert len(published) > before  # publishing went on after the restart
     publisher.stop()
     subscriber.close()
+
+
+def test_store_is_emptied_by_acks(
+    start_broker: Callable[[Path], Any], tmp_path: Path, project: str
+) -> None:
+    import sqlite3
+
+    broker = start_broker(tmp_path / "data")
+    publisher, subscriber = broker.publisher(), broker.subscriber()
+    topic = publisher.topic_path(project, "gc-topic")
+    subs = [subscriber.subscription_path(project, f"gc-sub-{i}") for i in range(2)]
+    publisher.create_topic(name=topic)
+    for sub in subs:
+        subscriber.create_subscription(name=sub, topic=topic)
+    for i in range(3):
+        publisher.api.publish(
+            topic=topic, messages=[{"data": b"%d" % j} for j in range(10 * i + 1)]
+        )
+    got = _pull_all(subscriber, subs[0], 33)
+    subscriber.acknowledge(subscription=subs[0], ack_ids=[m.ack_id for m in got])
+    subscriber.delete_subscription(subscription=subs[1])
+    assert broker.stop() == 0
+    with sqlite3.connect(broker.data_dir / "broker.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM pending").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM batches").fetchone() == (0,)
+    publisher.stop()
+    subscriber.close()

@@ -171,9 +171,12 @@ def test_seek_replays_topic_retention(
     topic = publisher.topic_path(project, unique("retained"))
     publisher.create_topic(request={"name": topic, "message_retention_duration": {"seconds": 600}})
     sub = subscriber.subscription_path(project, unique("sub"))
-    subscriber.create_subscription(name=sub, topic=topic)
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic, "filter": "attributes:keep"}
+    )
     before = time.time() - 0.5
-    publisher.publish(topic, b"kept by the topic").result(10)
+    publisher.publish(topic, b"kept by the topic", keep="1").result(10)
+    publisher.publish(topic, b"never matched the filter").result(10)
     got = _pull(subscriber, sub)
     subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in got])
     subscriber.seek(request={"subscription": sub, "time": _stamp(before)})

@@ -267,3 +267,20 @@ def test_subscribe_preserves_order_per_key(
         future.result(10)
     for key, values in got.items():
         assert values == sorted(values), key
+
+
+def test_burst_is_shared_between_streams(
+    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+) -> None:
+    sub = make_sub()
+    streams = [RawStream(subscriber, sub) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # both streams open and waiting
+        publisher.api.publish(topic=topic, messages=[{"data": b"%d" % i} for i in range(100)])
+        time.sleep(0.5)
+        counts = [s.received.qsize() for s in streams]
+        assert sum(counts) == 100
+        assert min(counts) >= 25, counts
+    finally:
+        for s in streams:
+            s.close()
