@@ -23,7 +23,7 @@ _PG_ETC = Path("/etc/postgresql")
 
 
 def _connect(user: str, dbname: str = "postgres") -> Any:
-    import psycopg2
+    import psycopg2  # type: ignore[import-untyped]
 
     return psycopg2.connect(host=HOST, port=PORT, user=user, dbname=dbname, connect_timeout=3)
 
@@ -31,7 +31,7 @@ def _connect(user: str, dbname: str = "postgres") -> Any:
 def _try_users() -> tuple[str | None, list[str]]:
     import psycopg2
 
-    errors = []
+    errors: list[str] = []
     for user in USERS:
         try:
             _connect(user).close()

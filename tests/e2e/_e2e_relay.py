@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 
@@ -153,9 +154,7 @@ class RelayStack:
             proc.start()
         for proc in self.functions.values():
             url = self._url_of(proc)
-            wait_until(
-                f"{proc.name} serving {url}", lambda u=url: answers_http(u), 90, procs=[proc]
-            )
+            wait_until(f"{proc.name} serving {url}", partial(answers_http, url), 90, procs=[proc])
         previous = os.environ.get("PUBSUB_EMULATOR_HOST")
         os.environ["PUBSUB_EMULATOR_HOST"] = self.host
         try:

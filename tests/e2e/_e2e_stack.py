@@ -12,7 +12,7 @@ DAG_FILES = (
     REPO / "dags" / "relay_csv_pipeline.py",
     Path(__file__).resolve().parent / "dags" / "relay_e2e_echo.py",
 )
-DAG_IDS = ("relay_csv_pipeline", "relay_e2e_echo", "relay_e2e_echo_no_retry")
+DAG_IDS = ("relay_csv_pipeline", "relay_e2e_echo")
 
 
 @dataclass

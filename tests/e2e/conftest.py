@@ -21,6 +21,7 @@ from _e2e_stack import DAG_FILES, E2E
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+    """The running deployment; everything stopped and the database dropped after the module."""
     root = tmp_path_factory.mktemp("e2e")
     started = time.monotonic()
     db_url = create_database(server_user())
@@ -45,12 +46,12 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
                 }
             )
             with airflow_deployment(root / "airflow", dags, db_url, env) as deployment:
-                env_ready = E2E(root, stack, deployment)
-                env_ready.timings = {
+                running = E2E(root, stack, deployment)
+                running.timings = {
                     "relay stack up": relay_ready,
                     "airflow migrated and healthy": time.monotonic() - started - relay_ready,
                 }
-                print(f"e2e start-up: {env_ready.timings}")
-                yield env_ready
+                print(f"e2e start-up: {running.timings}")
+                yield running
     finally:
         drop_database(db_url)

@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from _e2e_airflow import AirflowApi
 from _e2e_procs import E2EError, wait_until
 from _e2e_stack import DAG_IDS, E2E
 
 from relay.demo import Expected, generate_csvs
 
 ECHO = "relay_e2e_echo"
-ECHO_NO_RETRY = "relay_e2e_echo_no_retry"
 PIPELINE = "relay_csv_pipeline"
 RUN_TIMEOUT = 240.0
+# The first test also pays for the module's start-up (PostgreSQL DB, migrate, four components).
+pytestmark = pytest.mark.timeout(600)
 # Airflow 3.3.2 race (docs/e2e.md): a trigger firing before the scheduler has processed the
 # executor's "success" event of the deferring worker can get the resumed try marked failed.
 # Airflow records that as a "state mismatch" event log; only such tries may be retried.
@@ -35,7 +37,7 @@ RACE_EVENT = "state mismatch"
 
 
 @pytest.fixture(scope="module")
-def api(e2e: E2E) -> Any:
+def api(e2e: E2E) -> AirflowApi:
     """The REST client, once the DAG processor has parsed every DAG of the test's dags folder."""
     client = e2e.airflow.api
     started = time.monotonic()
@@ -91,12 +93,13 @@ def _unfinished(states: dict[str, str | None]) -> list[str]:
     return [name for name, state in states.items() if state not in ("success", "failed")]
 
 
-def _tries_explained(e2e: E2E, dag_id: str, run_id: str) -> None:
-    """Every retried task instance was retried because of Airflow's own race (RACE_EVENT)."""
+def _tries_explained(e2e: E2E, dag_id: str, run_id: str, *, skip: tuple[int, ...] = ()) -> None:
+    """Every retried task instance (map indexes in `skip` aside) was retried because of Airflow's
+    own race (RACE_EVENT), never because relay failed it."""
     api = e2e.airflow.api
     for ti in api.task_instances(dag_id, run_id):
         retries = int(ti["try_number"]) - 1
-        if retries <= 0:
+        if retries <= 0 or ti["map_index"] in skip:
             continue
         logs = api.json(
             "GET",
@@ -136,11 +139,18 @@ def _check_echoed_exactly_once(
 
 
 def _run_with_fault(
-    e2e: E2E, api: Any, name: str, fault: Callable[[], None], count: int = 4, **extra: Any
+    e2e: E2E,
+    api: AirflowApi,
+    name: str,
+    fault: Callable[[], None],
+    count: int = 4,
+    started: Callable[[str], None] | None = None,
 ) -> None:
     """Trigger, wait for a deferred call, apply the fault, then check the run end to end."""
-    items = _items(name, count, **extra)
+    items = _items(name, count)
     run_id = _trigger_echo(e2e, items)
+    if started is not None:
+        started(run_id)
     states = _wait_for_deferred(e2e, run_id)
     assert _unfinished(states), f"the run finished before the fault: {states}"
     print(f"{name}: fault while {states}")
@@ -163,7 +173,9 @@ class PipelineRun:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(e2e: E2E, api: Any, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+def pipeline_run(
+    e2e: E2E, api: AirflowApi, tmp_path_factory: pytest.TempPathFactory
+) -> PipelineRun:
     """dags/relay_csv_pipeline.py triggered over REST on 100 fresh CSV files, run to its end."""
     folder = tmp_path_factory.mktemp("pipeline") / "csv"
     expected = generate_csvs(folder, 100)
@@ -178,7 +190,9 @@ def pipeline_run(e2e: E2E, api: Any, tmp_path_factory: pytest.TempPathFactory) -
     return PipelineRun(run_id, state, uris, expected)
 
 
-def test_pipeline_dag_through_the_rest_api(e2e: E2E, api: Any, pipeline_run: PipelineRun) -> None:
+def test_pipeline_dag_through_the_rest_api(
+    e2e: E2E, api: AirflowApi, pipeline_run: PipelineRun
+) -> None:
     """The pipeline succeeds; each file's profile is in XCom exactly once; the sums are right."""
     run_id = pipeline_run.run_id
     assert pipeline_run.state == "success", _context(e2e, PIPELINE, run_id)
@@ -195,7 +209,7 @@ def test_pipeline_dag_through_the_rest_api(e2e: E2E, api: Any, pipeline_run: Pip
     _tries_explained(e2e, PIPELINE, run_id)
 
 
-def test_pipeline_results_in_item_order(api: Any, pipeline_run: PipelineRun) -> None:
+def test_pipeline_results_in_item_order(api: AirflowApi, pipeline_run: PipelineRun) -> None:
     """RelayFanOutOperator returns results in item order (its docstring), on PostgreSQL too."""
     profiles = api.xcom(PIPELINE, pipeline_run.run_id, "profile", "return_value")
     got = [p["uri"].rsplit("/", 1)[1] for p in profiles]
@@ -206,7 +220,7 @@ def test_pipeline_results_in_item_order(api: Any, pipeline_run: PipelineRun) -> 
 # -- faults: each run must still succeed, every result in XCom exactly once -----------------------
 
 
-def test_broker_killed_and_restarted_mid_run(e2e: E2E, api: Any) -> None:
+def test_broker_killed_and_restarted_mid_run(e2e: E2E, api: AirflowApi) -> None:
     """kill -9 of relay broker while tasks publish and wait; same ports and data dir after."""
 
     def fault() -> None:
@@ -218,7 +232,7 @@ def test_broker_killed_and_restarted_mid_run(e2e: E2E, api: Any) -> None:
     assert e2e.relay.broker.starts >= 2
 
 
-def test_function_server_killed_and_restarted_mid_run(e2e: E2E, api: Any) -> None:
+def test_function_server_killed_and_restarted_mid_run(e2e: E2E, api: AirflowApi) -> None:
     """kill -9 of the echo function's server (gunicorn and workers); pushes fail meanwhile."""
     echo = e2e.relay.function_named("echo")
 
@@ -231,20 +245,35 @@ def test_function_server_killed_and_restarted_mid_run(e2e: E2E, api: Any) -> Non
     assert echo.starts >= 2
 
 
-def test_triggerer_killed_and_restarted_while_deferred(e2e: E2E, api: Any) -> None:
-    """kill -9 of the triggerer while tasks are deferred; results arrive while it is down."""
+def test_triggerer_killed_and_restarted_while_deferred(e2e: E2E, api: AirflowApi) -> None:
+    """kill -9 of the triggerer while tasks are deferred; results arrive while it is down.
+
+    No trigger can fire while the triggerer is dead, so every call still deferred when it comes
+    back must be resumed by the new triggerer, from results kept in its wait subscription.
+    """
     triggerer = e2e.airflow.procs["triggerer"]
+    left_deferred: list[str] = []
 
     def fault() -> None:
         triggerer.kill()
-        time.sleep(5)
+        time.sleep(5)  # tasks keep publishing and deferring; echo answers meanwhile
+        states = api.task_states(ECHO, triggerer_run[0])
+        left_deferred.extend(name for name, state in states.items() if state == "deferred")
         e2e.airflow.restart("triggerer")
 
-    _run_with_fault(e2e, api, "triggerer-kill", fault)
+    triggerer_run: list[str] = []
+    _run_with_fault(e2e, api, "triggerer-kill", fault, started=triggerer_run.append)
     assert triggerer.starts >= 2
+    assert left_deferred, "no task was deferred while the triggerer was down"
+    # Those tasks' triggers ran in the new triggerer: their trigger logs carry its job id.
+    jobs = api.json("GET", "/jobs", params={"job_type": "TriggererJob", "limit": 100})["jobs"]
+    newest = max(int(job["id"]) for job in jobs)
+    run_logs = e2e.airflow.home / "logs" / f"dag_id={ECHO}" / f"run_id={triggerer_run[0]}"
+    resumed = list(run_logs.glob(f"task_id=call/map_index=*/attempt=*.log.trigger.{newest}.log"))
+    assert resumed, f"no trigger of this run ran in triggerer job {newest} ({left_deferred})"
 
 
-def test_retryable_failures_are_redelivered(e2e: E2E, api: Any) -> None:
+def test_retryable_failures_are_redelivered(e2e: E2E, api: AirflowApi) -> None:
     """echo {"crash": 2} fails retryably on delivery attempts 1 and 2; attempt 3 answers.
 
     Through Google's push wrapper: relay.yaml's Eventarc-style push carries no delivery attempt,
@@ -273,23 +302,24 @@ def test_retryable_failures_are_redelivered(e2e: E2E, api: Any) -> None:
         assert len(crashes) >= 2, f"request {cid}: {crashes}"
 
 
-def test_non_retryable_failure_fails_only_its_task(e2e: E2E, api: Any) -> None:
+def test_non_retryable_failure_fails_only_its_task(e2e: E2E, api: AirflowApi) -> None:
     """echo {"fail": msg} in one request: that task fails with msg in its log; the rest succeed."""
     message = f"e2e refuses {uuid.uuid4().hex[:6]}"
     items = _items("fail", 3)
     items[1]["fail"] = message
-    run_id = api.trigger(ECHO_NO_RETRY, {"items": items})
-    state = _finish(e2e, ECHO_NO_RETRY, run_id)
-    assert state == "failed", _context(e2e, ECHO_NO_RETRY, run_id)
-    states = api.task_states(ECHO_NO_RETRY, run_id)
+    run_id = api.trigger(ECHO, {"items": items})
+    state = _finish(e2e, ECHO, run_id)
+    assert state == "failed", _context(e2e, ECHO, run_id)
+    states = api.task_states(ECHO, run_id)
     assert states == {
         "requests": "success",
         "call[0]": "success",
         "call[1]": "failed",
         "call[2]": "success",
-    }, _context(e2e, ECHO_NO_RETRY, run_id)
-    _check_echoed_exactly_once(e2e, run_id, items, failed=(1,), dag_id=ECHO_NO_RETRY)
-    failed = next(ti for ti in api.task_instances(ECHO_NO_RETRY, run_id) if ti["map_index"] == 1)
-    log = api.task_log(ECHO_NO_RETRY, run_id, "call", int(failed["try_number"]), 1)
+    }, _context(e2e, ECHO, run_id)
+    _check_echoed_exactly_once(e2e, run_id, items, failed=(1,))
+    _tries_explained(e2e, ECHO, run_id, skip=(1,))  # call[1] is retried: a relay design question
+    failed = next(ti for ti in api.task_instances(ECHO, run_id) if ti["map_index"] == 1)
+    log = api.task_log(ECHO, run_id, "call", int(failed["try_number"]), 1)
     assert message in log, log[-3000:]
     assert "EchoFailure" in log, log[-3000:]
