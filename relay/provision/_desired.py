@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from relay.topology import PUSH_FORMAT_ATTRIBUTE, Function, RetryPolicy, Subscription, Topology
+from relay.topology import Function, RetryPolicy, Subscription, Topology
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _for_function(topology: Topology, function: Function) -> SubscriptionSetting
             endpoint=function.url,
             service_account=topology.push_service_account(function) or "",
             audience=function.url,
-            attributes=_push_attributes(),
+            attributes=(),
         )
     return SubscriptionSettings(
         name=subscription_path(topology.project, function.subscription),
@@ -135,18 +134,6 @@ def _for_function(topology: Topology, function: Function) -> SubscriptionSetting
         ),
         max_delivery_attempts=function.max_delivery_attempts if function.dead_letter_topic else 0,
     )
-
-
-def _push_attributes() -> tuple[tuple[str, str], ...]:
-    """Eventarc-style pushes from the local broker, Google's own push format on Google Cloud.
-
-    A deployed 2nd-gen function receives Eventarc CloudEvents; `relay broker` imitates that when the
-    subscription asks for it. Google knows no `x-relay-*` attribute, so it is set only where the
-    client talks to an emulator (PUBSUB_EMULATOR_HOST, the same switch the Google client uses).
-    """
-    if os.environ.get("PUBSUB_EMULATOR_HOST"):
-        return ((PUSH_FORMAT_ATTRIBUTE, "cloudevent"),)
-    return ()
 
 
 def _for_completion(topology: Topology, subscription: Subscription) -> SubscriptionSettings:

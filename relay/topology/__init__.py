@@ -13,7 +13,6 @@ from relay.topology._load import (
     parse_topology,
 )
 from relay.topology._model import (
-    PUSH_FORMAT_ATTRIBUTE,
     Delivery,
     Function,
     Identity,
@@ -24,7 +23,6 @@ from relay.topology._model import (
 
 __all__ = [
     "DEFAULT_FILE",
-    "PUSH_FORMAT_ATTRIBUTE",
     "Delivery",
     "Function",
     "Identity",

@@ -10,9 +10,6 @@ from typing import Literal
 
 Delivery = Literal["push", "pull"]
 
-PUSH_FORMAT_ATTRIBUTE = "x-relay-push-format"
-"""The push_config attribute that makes `relay broker` push an Eventarc-style binary CloudEvent."""
-
 
 def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping or {}))

@@ -171,38 +171,6 @@ class RelayStack:
         stop_all(list(self.functions.values()))
         self.broker.stop()
 
-    @contextmanager
-    def google_push_wrapper(self, source_dir: str) -> Iterator[None]:
-        """Push to functions/<source_dir> in Google's JSON wrapper instead of Eventarc style.
-
-        relay.yaml's push subscriptions get `x-relay-push-format: cloudevent` on the broker; in
-        that format (as on Eventarc) no delivery attempt reaches the function. The wrapper
-        carries `deliveryAttempt`, which echo's {"crash": n} needs. Restored afterwards.
-        """
-        from google.cloud import pubsub_v1
-
-        function = next(f for f in self.topology.functions.values() if f.source.name == source_dir)
-        path = f"projects/{self.topology.project}/subscriptions/{function.subscription}"
-        previous = os.environ.get("PUBSUB_EMULATOR_HOST")
-        os.environ["PUBSUB_EMULATOR_HOST"] = self.host
-        try:
-            client = pubsub_v1.SubscriberClient()
-        finally:
-            if previous is None:
-                os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-            else:
-                os.environ["PUBSUB_EMULATOR_HOST"] = previous
-        with client:
-            original = client.get_subscription(subscription=path).push_config
-            wrapper = type(original)()
-            wrapper._pb.CopyFrom(original._pb)
-            wrapper._pb.attributes.clear()
-            client.modify_push_config(subscription=path, push_config=wrapper)
-            try:
-                yield
-            finally:
-                client.modify_push_config(subscription=path, push_config=original)
-
 
 def clean_env() -> dict[str, str]:
     """This process's environment without Airflow or Pub/Sub settings other tests may have set."""

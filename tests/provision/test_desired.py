@@ -1,4 +1,4 @@
-"""Provisioning asks for Eventarc-style pushes only from the local broker."""
+"""Provisioning asks for the same push format from the local broker and from Google Cloud."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from relay.topology import load_topology
 _TOPOLOGY = Path(__file__).resolve().parents[2] / "relay.yaml"
 
 
-def _push_attributes() -> set[tuple[tuple[str, str], ...]]:
+@pytest.mark.parametrize("emulator", [None, "127.0.0.1:1"])
+def test_pushes_use_googles_wrapper_everywhere(
+    monkeypatch: pytest.MonkeyPatch, emulator: str | None
+) -> None:
+    """Google's JSON wrapper carries deliveryAttempt; no broker-only push attribute is asked for."""
+    if emulator is None:
+        monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    else:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
     settings = desired_subscriptions(load_topology(_TOPOLOGY))
-    return {s.push.attributes for s in settings if s.push is not None}
-
-
-def test_google_cloud_gets_only_googles_own_push_format(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
-    assert _push_attributes() == {()}
-
-
-def test_local_broker_gets_eventarc_style_pushes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
-    assert _push_attributes() == {(("x-relay-push-format", "cloudevent"),)}
+    pushes = [s.push for s in settings if s.push is not None]
+    assert pushes
+    assert {push.attributes for push in pushes} == {()}

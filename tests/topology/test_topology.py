@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from relay.topology import (
-    PUSH_FORMAT_ATTRIBUTE,
     RetryPolicy,
     Topology,
     TopologyError,
@@ -116,7 +115,6 @@ def test_valid_file_loads_into_frozen_dataclasses(base: Path) -> None:
     assert airflow.waits_on == ("results",)
     assert topology.identities["ops"].service_account is None
     assert topology.path == base / "relay.yaml"
-    assert PUSH_FORMAT_ATTRIBUTE == "x-relay-push-format"
     with pytest.raises(dataclasses.FrozenInstanceError):
         echo.topic = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
