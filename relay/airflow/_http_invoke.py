@@ -29,8 +29,14 @@ from relay.airflow._http import (
     response_json,
 )
 from relay.airflow._publish import build_requests, default_source, task_request_ids
-from relay.airflow._result_trigger import COLLECT_ALL, RelayResultTrigger, wait_blocking
+from relay.airflow._result_trigger import (
+    COLLECT_ALL,
+    RelayResultTrigger,
+    wait_blocking,
+    wait_pairs,
+)
 from relay.airflow._results import finish
+from relay.airflow._settle import not_before, resolve_settle, sleep_until
 from relay.airflow._trigger_hooks import trigger_hook
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
 from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
@@ -44,7 +50,8 @@ class RelayHttpInvokeTrigger(BaseTrigger):
     Kwargs hold the URL, the CloudEvent headers and body, the audience and the connection id: never
     a token or an Authorization header. `carry` (plain data for the resumed task) is echoed back in
     the event. Re-running it (triggerer failover) re-sends the same ce-id,
-    which relay functions answer as a duplicate.
+    which relay functions answer as a duplicate. The event is not yielded before `not_before`
+    (epoch seconds: the deferring task's settle delay, see relay.airflow._settle).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class RelayHttpInvokeTrigger(BaseTrigger):
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         carry: dict[str, Any] | None = None,
+        not_before: float = 0.0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if any(k.lower() == "authorization" for k in headers):
@@ -82,6 +90,7 @@ class RelayHttpInvokeTrigger(BaseTrigger):
             else list(impersonation_chain)
         )
         self.carry = dict(carry or {})
+        self.not_before = float(not_before)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and kwargs (no credentials)."""
@@ -101,6 +110,7 @@ class RelayHttpInvokeTrigger(BaseTrigger):
                 "gcp_conn_id": self.gcp_conn_id,
                 "impersonation_chain": self.impersonation_chain,
                 "carry": dict(self.carry),
+                "not_before": self.not_before,
             },
         )
 
@@ -116,6 +126,7 @@ class RelayHttpInvokeTrigger(BaseTrigger):
             policy=self.policy,
             deadline=self.deadline,
         )
+        await sleep_until(self.not_before)
         yield TriggerEvent({**payload, "carry": self.carry})  # type: ignore[no-untyped-call]
 
 
@@ -134,6 +145,8 @@ class RelayHttpInvokeOperator(BaseOperator):
     :param url: the function's HTTPS URL (templated).
     :param reply_topic: completion topic for the result (the function publishes there).
     :param audience: ID token audience; default: the URL's scheme and host.
+    :param settle: deferrable only: seconds after each deferral before its trigger may fire
+        (default `[workers] min_heartbeat_interval` + 3; works around apache/airflow#72716).
     """
 
     template_fields: Sequence[str] = (
@@ -168,12 +181,14 @@ class RelayHttpInvokeOperator(BaseOperator):
         validate: bool = True,
         recheck_interval: float = 300.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        settle: float | None = None,
         project_id: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.settle = None if settle is None else resolve_settle(settle)
         self.url = url
         self.event_type = event_type
         self.reply_topic = reply_topic
@@ -219,11 +234,12 @@ class RelayHttpInvokeOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key="event_ids", value=[event.id])
         ti.xcom_push(key="correlation_ids", value=[cid])
-        waits: dict[str, str] = {}
+        waits: list[list[str]] = []  # [[correlation id, subscription]]: pairs survive JSONB
         if self.wait_for_result:
-            waits[cid] = hook.create_wait_subscription(
+            subscription = hook.create_wait_subscription(
                 self.reply_topic, cid, ttl=DEFAULT_SUBSCRIPTION_TTL
             )
+            waits.append([cid, subscription])
         headers, body = http_parts(event)
         audience = self.audience or default_audience(self.url)
         if self.deferrable:
@@ -242,6 +258,7 @@ class RelayHttpInvokeOperator(BaseOperator):
                     gcp_conn_id=self.gcp_conn_id,
                     impersonation_chain=self.impersonation_chain,
                     carry={"waits": waits, "deadline": deadline},
+                    not_before=not_before(self.settle),
                 ),
                 method_name="execute_posted",
                 timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
@@ -256,10 +273,10 @@ class RelayHttpInvokeOperator(BaseOperator):
     def execute_posted(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """After the POST: fail with the HTTP error, or wait for / return the result."""
         hook = self._hook()
-        waits: dict[str, str] = dict(event["carry"]["waits"])
+        waits = wait_pairs(event["carry"]["waits"])
         deadline = float(event["carry"]["deadline"])
         if event.get("status") != "ok":
-            hook.delete_subscriptions(list(waits.values()))
+            hook.delete_subscriptions([subscription for _, subscription in waits])
             raise RelayHttpError(
                 self.url,
                 int(event.get("attempts") or 0),
@@ -285,6 +302,7 @@ class RelayHttpInvokeOperator(BaseOperator):
             recheck_interval=self.recheck_interval,
         )
         if self.deferrable:
+            trigger.not_before = not_before(self.settle)
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",

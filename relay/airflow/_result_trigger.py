@@ -15,13 +15,15 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from relay.airflow import _wakehub
 from relay.airflow._names import check_correlation_id, project_of
+from relay.airflow._settle import sleep_until
 from relay.airflow._trigger_hooks import trigger_hook
+from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import WAIT_ACK_DEADLINE_SECONDS, ImpersonationChain
 from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED
 
@@ -33,20 +35,53 @@ _PULL_CONCURRENCY = 32
 # How long a wait waits for the shared hub before it falls back to polling every this many seconds.
 _HUB_PATIENCE = 30.0
 
+# Waits as given: correlation id -> subscription, or [[correlation id, subscription], ...] (what
+# crosses Airflow's serialization boundaries: PostgreSQL stores trigger kwargs and events as JSONB,
+# which reorders object keys, so item order must travel as a list).
+Waits: TypeAlias = Mapping[str, str] | Sequence[Sequence[str]]
+
+
+def wait_pairs(waits: Waits) -> list[list[str]]:
+    """`waits` as [[correlation id, subscription], ...] in item order: JSON-safe, order-keeping."""
+    items = waits.items() if isinstance(waits, Mapping) else waits
+    pairs: list[list[str]] = []
+    seen: set[str] = set()
+    for pair in items:
+        if isinstance(pair, str) or len(pair) != 2:
+            raise RelayConfigError(
+                f"waits must be [correlation id, subscription] pairs, got {pair!r}"
+            )
+        cid, subscription = check_correlation_id(pair[0]), pair[1]
+        if not isinstance(subscription, str) or not subscription:
+            raise RelayConfigError(f"subscription for correlation id {cid} must be a path")
+        if cid in seen:
+            raise RelayConfigError(f"correlation id {cid} appears twice in waits")
+        seen.add(cid)
+        pairs.append([cid, subscription])
+    return pairs
+
+
+def wait_map(waits: Waits) -> dict[str, str]:
+    """`waits` as an (insertion-ordered) dict, correlation id -> subscription, in item order."""
+    return dict((cid, subscription) for cid, subscription in wait_pairs(waits))
+
 
 class RelayResultTrigger(BaseTrigger):
     """Fires once every correlation id in `waits` has a result (or one failed, under fail_fast),
     or at `deadline` (epoch seconds, absolute so a restarted trigger keeps the original deadline).
 
     :param completion_topic: full path of the topic the results are published to (the replyto).
-    :param waits: correlation id -> full path of its completion subscription.
+    :param waits: [[correlation id, full path of its completion subscription], ...] in item order
+        (a dict is accepted too; serialize() and the event always carry the list, see `Waits`).
     :param deadline: epoch seconds after which the trigger reports a timeout.
     :param policy: "fail_fast" (fire at the first failed result) or "collect_all".
     :param recheck_interval: seconds between re-reads of every pending subscription when no wake-up
         came (a safety net; wake-ups normally arrive within milliseconds).
     :param linger: seconds the shared hub stays up after its last wait left.
+    :param not_before: epoch seconds before which the event is not yielded (the deferring task's
+        settle delay, see relay.airflow._settle); 0 = no delay.
 
-    The event payload: {"status": "done" | "timeout" | "error", "waits": the waits,
+    The event payload: {"status": "done" | "timeout" | "error", "waits": the waits as pairs,
     "results": {cid: {"type",
     "message_id", "publish_time", "ce_id"}}, "pending": [cid...], "message": str}.
     """
@@ -55,13 +90,14 @@ class RelayResultTrigger(BaseTrigger):
         self,
         *,
         completion_topic: str,
-        waits: Mapping[str, str],
+        waits: Waits,
         deadline: float,
         policy: str = COLLECT_ALL,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         recheck_interval: float = 300.0,
         linger: float = 30.0,
+        not_before: float = 0.0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if policy not in POLICIES:
@@ -69,7 +105,7 @@ class RelayResultTrigger(BaseTrigger):
         if not waits:
             raise ValueError("waits must name at least one correlation id")
         self.completion_topic = completion_topic
-        self.waits = {check_correlation_id(cid): sub for cid, sub in waits.items()}
+        self.waits = wait_map(waits)
         self.deadline = float(deadline)
         self.policy = policy
         self.gcp_conn_id = gcp_conn_id
@@ -80,6 +116,7 @@ class RelayResultTrigger(BaseTrigger):
         )
         self.recheck_interval = float(recheck_interval)
         self.linger = float(linger)
+        self.not_before = float(not_before)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and kwargs: names and numbers only, never credentials."""
@@ -87,19 +124,22 @@ class RelayResultTrigger(BaseTrigger):
             "relay.airflow.triggers.RelayResultTrigger",
             {
                 "completion_topic": self.completion_topic,
-                "waits": dict(self.waits),
+                "waits": wait_pairs(self.waits),
                 "deadline": self.deadline,
                 "policy": self.policy,
                 "gcp_conn_id": self.gcp_conn_id,
                 "impersonation_chain": self.impersonation_chain,
                 "recheck_interval": self.recheck_interval,
                 "linger": self.linger,
+                "not_before": self.not_before,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Wait as described in the class docstring; yields exactly one event."""
+        """Wait as described in the class docstring; yields exactly one event, not before
+        `not_before` (the results stay where they are meanwhile)."""
         payload = await self.wait()
+        await sleep_until(self.not_before)
         yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def wait(self) -> dict[str, Any]:
@@ -200,7 +240,7 @@ class RelayResultTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         return {
             "status": status,
-            "waits": dict(self.waits),
+            "waits": wait_pairs(self.waits),
             "results": dict(results),
             "pending": [cid for cid in self.waits if cid not in results],
             "message": message,

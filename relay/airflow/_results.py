@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from relay.airflow._result_trigger import FAIL_FAST
+from relay.airflow._result_trigger import FAIL_FAST, Waits, wait_pairs
 from relay.airflow.exceptions import (
+    RelayNonRetryablePartialFailureError,
     RelayPartialFailureError,
-    RelayResultError,
     RelayResultLostError,
     RelayTimeoutError,
+    result_error,
 )
 from relay.airflow.hooks import WAIT_ACK_DEADLINE_SECONDS, RelayHook
 from relay.protocol import RESULT_FAILED, ErrorInfo, Event, ProtocolError, from_message
@@ -129,14 +130,15 @@ def fetch_event(hook: RelayHook, subscription: str, message_id: str) -> Event:
                 hook.log.info("could not ack in %s: %r", subscription, exc)
 
 
-def collect(hook: RelayHook, waits: Mapping[str, str], payload: Mapping[str, Any]) -> list[Outcome]:
-    """Outcomes in `waits` order from a RelayResultTrigger payload."""
+def collect(hook: RelayHook, waits: Waits, payload: Mapping[str, Any]) -> list[Outcome]:
+    """Outcomes in `waits` order (item order when given as pairs, as the trigger event carries
+    them) from a RelayResultTrigger payload."""
     if payload.get("status") == "error":
         raise RelayResultLostError(str(payload.get("message") or "the wait failed"))
     reported: Mapping[str, Mapping[str, Any]] = payload.get("results") or {}
     missing = TIMEOUT if payload.get("status") == TIMEOUT else CANCELLED
     outcomes = []
-    for cid, subscription in waits.items():
+    for cid, subscription in wait_pairs(waits):
         info = reported.get(cid)
         if info is None:
             outcomes.append(Outcome(cid, missing))
@@ -176,18 +178,24 @@ def conclude(outcomes: Sequence[Outcome], *, policy: str, timeout: float, single
         if failed is not None:
             _raise_for(failed, [], timeout)
         raise RelayTimeoutError([o.correlation_id for o in bad if o.status == TIMEOUT], timeout)
-    raise RelayPartialFailureError(
-        {o.correlation_id: o.reason() for o in bad}, [o.to_dict() for o in outcomes]
-    )
+    # Only non-retryable failures: an Airflow retry would re-send the same requests for nothing.
+    final = all(o.status == FAILED and not _retryable(o) for o in bad)
+    cls = RelayNonRetryablePartialFailureError if final else RelayPartialFailureError
+    raise cls({o.correlation_id: o.reason() for o in bad}, [o.to_dict() for o in outcomes])
+
+
+def _retryable(outcome: Outcome) -> bool:
+    return bool(outcome.error is not None and outcome.error.get("retryable"))
 
 
 def _raise_for(outcome: Outcome, pending: list[str], timeout: float) -> None:
     if outcome.status == FAILED and outcome.error is not None:
-        raise RelayResultError(
+        # Non-retryable -> RelayNonRetryableResultError, an AirflowFailException: no task retries.
+        raise result_error(
             outcome.correlation_id,
             str(outcome.error["type"]),
             str(outcome.error["message"]),
-            retryable=bool(outcome.error.get("retryable")),
+            retryable=_retryable(outcome),
             attempt=int(outcome.error.get("attempt") or 0),
         )
     raise RelayTimeoutError(pending or [outcome.correlation_id], timeout)
@@ -196,7 +204,7 @@ def _raise_for(outcome: Outcome, pending: list[str], timeout: float) -> None:
 def finish(
     context: Mapping[str, Any],
     hook: RelayHook,
-    waits: Mapping[str, str],
+    waits: Waits,
     payload: Mapping[str, Any],
     *,
     policy: str,
@@ -214,4 +222,4 @@ def finish(
         return conclude(outcomes, policy=policy, timeout=timeout, single=single)
     finally:
         if delete:
-            hook.delete_subscriptions(list(waits.values()))
+            hook.delete_subscriptions([subscription for _, subscription in wait_pairs(waits)])

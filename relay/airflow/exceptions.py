@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 
 class RelayAirflowError(Exception):
     """Base class of every error relay.airflow raises."""
@@ -44,6 +46,32 @@ class RelayResultError(RelayAirflowError):
         )
 
 
+class RelayNonRetryableResultError(RelayResultError, AirflowFailException):
+    """A RelayResultError whose failure the function marked non-retryable (retryable=False).
+
+    Also an AirflowFailException, so Airflow fails the task without using its retries: a retry
+    re-sends the same request (same ce-id) and would only get the same answer. Catch it as
+    RelayResultError like any other function failure.
+    """
+
+    def serialize(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """Airflow's exception serialization: the constructor's own arguments."""
+        cls = type(self)
+        return (
+            f"{cls.__module__}.{cls.__name__}",
+            (self.correlation_id, self.error_type, self.error_message),
+            {"retryable": self.retryable, "attempt": self.attempt},
+        )
+
+
+def result_error(
+    correlation_id: str, error_type: str, message: str, *, retryable: bool, attempt: int
+) -> RelayResultError:
+    """The error for a failed result: RelayNonRetryableResultError when not retryable."""
+    cls = RelayResultError if retryable else RelayNonRetryableResultError
+    return cls(correlation_id, error_type, message, retryable=retryable, attempt=attempt)
+
+
 class RelayTimeoutError(RelayAirflowError, TimeoutError):
     """No result arrived before the wait's deadline; names the correlation ids still pending."""
 
@@ -70,6 +98,18 @@ class RelayPartialFailureError(RelayAirflowError):
         super().__init__(
             f"{len(self.failed)} of {len(self.outcomes)} requests did not succeed: {lines}{more}"
         )
+
+
+class RelayNonRetryablePartialFailureError(RelayPartialFailureError, AirflowFailException):
+    """A RelayPartialFailureError where every request that did not succeed failed non-retryably
+    (no timeouts, no retryable failures): Airflow fails the task without retrying it, since a retry
+    re-sends the same requests and would get the same answers. Catch it as RelayPartialFailureError.
+    """
+
+    def serialize(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """Airflow's exception serialization: the constructor's own arguments."""
+        cls = type(self)
+        return f"{cls.__module__}.{cls.__name__}", (self.failed, self.outcomes), {}
 
 
 class RelayResultLostError(RelayAirflowError):

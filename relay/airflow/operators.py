@@ -37,6 +37,7 @@ from relay.airflow._result_trigger import (
     wait_blocking,
 )
 from relay.airflow._results import finish
+from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
 
@@ -214,9 +215,12 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         timeout: timedelta | float = timedelta(hours=1),
         recheck_interval: float = 300.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        settle: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
+        self.settle = None if settle is None else resolve_settle(settle)
         self.timeout = _seconds(timeout)
         if self.timeout <= 0:
             raise RelayConfigError("timeout must be positive: every wait needs a deadline")
@@ -230,7 +234,7 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         deadline = time.time() + self.timeout
         published = self._publish(context, items, cids, subscribe=True)
         self._push_ids(context, published)
-        waits = {p.correlation_id: str(p.subscription) for p in published}
+        waits = [[p.correlation_id, str(p.subscription)] for p in published]  # item order
         trigger = RelayResultTrigger(
             completion_topic=self.hook.topic_path(self.reply_topic),
             waits=waits,
@@ -241,6 +245,7 @@ class _RelayWaitingOperator(_RelayRequestOperator):
             recheck_interval=self.recheck_interval,
         )
         if self.deferrable:
+            trigger.not_before = not_before(self.settle)  # apache/airflow#72716, see _settle
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
@@ -264,14 +269,17 @@ class _RelayWaitingOperator(_RelayRequestOperator):
 class RelayCallOperator(_RelayWaitingOperator):
     """Publish one request and wait for its result in the same task; returns the result data.
 
-    Raises RelayResultError (the function's error type and message) on dev.relay.result.failed and
-    RelayTimeoutError when no result arrives within `timeout`. Map it with
+    Raises RelayResultError (the function's error type and message) on dev.relay.result.failed
+    (RelayNonRetryableResultError, which Airflow fails without retries, when the failure is not
+    retryable) and RelayTimeoutError when no result arrives within `timeout`. Map it with
     `RelayCallOperator.partial(...).expand(data=[...])`: one request per mapped task.
 
     :param data: the request data (templated).
     :param correlation_id: optional explicit correlation id (templated; default: the ce-id).
     :param timeout: how long to wait for the result (seconds or timedelta).
     :param deferrable: wait in the triggerer (recommended) instead of holding a worker slot.
+    :param settle: deferrable only: seconds after the deferral before the trigger may fire
+        (default `[workers] min_heartbeat_interval` + 3, for apache/airflow#72716; 0 = off).
     """
 
     template_fields: Sequence[str] = (
@@ -299,7 +307,8 @@ class RelayFanOutOperator(_RelayWaitingOperator):
 
     Returns the result data in item order. `policy="fail_fast"` raises RelayResultError at the first
     failed result; `policy="collect_all"` waits for every result (or the timeout) and raises
-    RelayPartialFailureError naming each request that failed or timed out. Either way XCom key
+    RelayPartialFailureError naming each request that failed or timed out (the non-retryable
+    subclass, failing without task retries, when all of them failed non-retryably). XCom key
     "outcomes" holds [{correlation_id, status, data, error, result_id}] in item order. Works under
     `.expand(items=[[...], [...]])` (one fan-out per mapped task).
 

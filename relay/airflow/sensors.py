@@ -12,8 +12,15 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 
 from relay.airflow._names import wait_subscription
-from relay.airflow._result_trigger import COLLECT_ALL, POLICIES, RelayResultTrigger, peek_blocking
+from relay.airflow._result_trigger import (
+    COLLECT_ALL,
+    POLICIES,
+    RelayResultTrigger,
+    peek_blocking,
+    wait_pairs,
+)
 from relay.airflow._results import finish
+from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import ImpersonationChain, RelayHook
 
@@ -35,6 +42,8 @@ class RelayResultSensor(BaseSensorOperator):
     :param policy: "fail_fast" or "collect_all" (several ids).
     :param delete_subscriptions: delete the completion subscriptions when done (default).
     :param deferrable: wait in the triggerer.
+    :param settle: deferrable only: seconds after the deferral before the trigger may fire
+        (default `[workers] min_heartbeat_interval` + 3, for apache/airflow#72716; 0 = off).
     """
 
     template_fields: Sequence[str] = (
@@ -53,6 +62,7 @@ class RelayResultSensor(BaseSensorOperator):
         delete_subscriptions: bool = True,
         recheck_interval: float = 300.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        settle: float | None = None,
         project_id: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
@@ -68,6 +78,8 @@ class RelayResultSensor(BaseSensorOperator):
         self.delete_subscriptions = delete_subscriptions
         self.recheck_interval = recheck_interval
         self.deferrable = deferrable
+        # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
+        self.settle = None if settle is None else resolve_settle(settle)
         self.project_id = project_id
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
@@ -89,11 +101,12 @@ class RelayResultSensor(BaseSensorOperator):
             raise RelayConfigError("correlation_ids is empty")
         return [str(i) for i in ids]
 
-    def _waits(self) -> dict[str, str]:
+    def _waits(self) -> list[list[str]]:
+        """[[correlation id, subscription], ...] in the order of `correlation_ids`."""
         topic = self.hook.topic_path(self.reply_topic)
-        return {
-            cid: wait_subscription(self.hook.relay_project_id, topic, cid) for cid in self._ids()
-        }
+        return [
+            [cid, wait_subscription(self.hook.relay_project_id, topic, cid)] for cid in self._ids()
+        ]
 
     def _trigger(self, deadline: float) -> RelayResultTrigger:
         return RelayResultTrigger(
@@ -111,6 +124,7 @@ class RelayResultSensor(BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         trigger = self._trigger(time.time() + float(self.timeout))
+        trigger.not_before = not_before(self.settle)  # apache/airflow#72716, see _settle
         self.defer(
             trigger=trigger,
             method_name="execute_complete",
@@ -124,7 +138,12 @@ class RelayResultSensor(BaseSensorOperator):
         done = trigger.is_done(results)
         if not done:
             return PokeReturnValue(is_done=False)
-        payload = {"status": "done", "waits": trigger.waits, "results": results, "message": ""}
+        payload = {
+            "status": "done",
+            "waits": wait_pairs(trigger.waits),
+            "results": results,
+            "message": "",
+        }
         return PokeReturnValue(is_done=True, xcom_value=self.execute_complete(context, payload))
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:

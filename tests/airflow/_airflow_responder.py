@@ -1,7 +1,8 @@
 """A stand-in for a relay function in Airflow tests: answers requests from a Pub/Sub subscription
 with real relay.protocol results, published with the real PublisherClient to the request's replyto.
 
-Request data drives it: {"fail": msg} -> dev.relay.result.failed (EchoFailure, msg);
+Request data drives it: {"fail": msg} -> dev.relay.result.failed (EchoFailure, msg, not retryable;
+with "retryable": true retryable, as a dead-lettered request's result);
 {"silent": true} -> no answer; {"delay": s} -> answer after s seconds; {"twice": true} -> two
 succeeded results ({"copy": 1} then {"copy": 2}); anything else is echoed back.
 """
@@ -18,14 +19,21 @@ from relay.protocol import Event, failed, from_message, succeeded, to_binary
 SOURCE = "/functions/test-responder"
 
 
-def answer(publisher: Any, request: Event, data: Any = None, *, error: str | None = None) -> str:
+def answer(
+    publisher: Any,
+    request: Event,
+    data: Any = None,
+    *,
+    error: str | None = None,
+    retryable: bool = False,
+) -> str:
     """Publish one result for `request`; returns its Pub/Sub message id."""
     if error is not None:
         result = failed(
             request,
             error_type="EchoFailure",
             message=error,
-            retryable=False,
+            retryable=retryable,
             attempt=1,
             source=SOURCE,
         )
@@ -68,7 +76,12 @@ class Responder:
             if data.get("silent"):
                 pass
             elif "fail" in data:
-                answer(self.publisher, request, error=str(data["fail"]))
+                answer(
+                    self.publisher,
+                    request,
+                    error=str(data["fail"]),
+                    retryable=bool(data.get("retryable")),
+                )
             elif data.get("twice"):
                 answer(self.publisher, request, {"copy": 1})
                 answer(self.publisher, request, {"copy": 2})

@@ -26,6 +26,12 @@ def _states(run: Any) -> dict[tuple[str, int], str]:
     return {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
 
 
+def _tries(run: Any) -> dict[str, int]:
+    """Try number of each task that has retries (1 = failed without a retry)."""
+    retried = ("fails", "partial", "fails_retryable")
+    return {ti.task_id: ti.try_number for ti in run.get_task_instances() if ti.task_id in retried}
+
+
 def _xcom(run: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
     (ti,) = [
         t for t in run.get_task_instances() if t.task_id == task_id and t.map_index == map_index
@@ -92,17 +98,22 @@ def test_failures_fail_the_task_with_the_function_error(
 ) -> None:
     run = load_dag("relay_failures", topics, monkeypatch).test()
     log = capsys.readouterr().out  # the task logs carry each task's exception
-    assert "RelayResultError: function failed for correlation id" in log
+    assert "RelayNonRetryableResultError: function failed for correlation id" in log
     assert "EchoFailure: no such file (retryable=False, attempt=1)" in log
+    assert "RelayResultError: function failed for correlation id" in log
+    assert "EchoFailure: dead-lettered (retryable=True, attempt=1)" in log
     assert "RelayTimeoutError: no result within 3 s for 1 correlation id(s)" in log
     assert "SchemaValidationError: data of 'dev.relay.example.echo' is invalid at $.crash" in log
-    assert "RelayPartialFailureError: 1 of 3 requests did not succeed" in log
+    assert "RelayNonRetryablePartialFailureError: 1 of 3 requests did not succeed" in log
     assert _states(run) == {
         ("fails", -1): "failed",
+        ("fails_retryable", -1): "failed",
         ("partial", -1): "failed",
         ("times_out", -1): "failed",
         ("invalid", -1): "failed",
     }
+    # retries=1 each: non-retryable failures fail at the first try, a retryable one is retried
+    assert _tries(run) == {"fails": 1, "partial": 1, "fails_retryable": 2}
     outcomes = _xcom(run, "partial", key="outcomes")
     assert [o["status"] for o in outcomes] == ["succeeded", "failed", "succeeded"]
     assert outcomes[1]["error"]["type"] == "EchoFailure"

@@ -100,3 +100,14 @@ async def test_trigger_arguments_never_carry_a_token(fake_google: FakeGoogle) ->
     with pytest.raises(ValueError, match="must not carry credentials"):
         RelayHttpInvokeTrigger(**{**kwargs, "headers": {"Authorization": "Bearer x"}})
     assert asyncio.get_running_loop()  # ran inside the loop, like a triggerer
+
+
+async def test_the_http_trigger_fires_no_earlier_than_not_before(fake_google: FakeGoogle) -> None:
+    """A fast POST still waits for the deferral's settle moment (apache/airflow#72716)."""
+    fake_google.flaky_statuses = []
+    moment = time.time() + 1.5
+    trigger = http_trigger(fake_google, "https://fn.example", not_before=moment)
+    assert trigger.serialize()[1]["not_before"] == moment
+    payload = (await anext(trigger.run())).payload
+    assert time.time() >= moment
+    assert payload["status"] == "ok"

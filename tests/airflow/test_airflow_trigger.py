@@ -365,6 +365,7 @@ def test_serialized_kwargs_hold_no_credentials(topics: dict[str, str]) -> None:
         "impersonation_chain",
         "recheck_interval",
         "linger",
+        "not_before",
     }
     text = json.dumps(kwargs)  # JSON-serialisable, as the metadata DB needs
     for secret_marker in ("token", "Bearer", "private_key", "authorization", "credentials"):
@@ -410,3 +411,147 @@ async def test_a_rerun_after_the_deadline_still_reports_a_result_that_came_in_ti
     assert payload["status"] == "done"
     empty = make_trigger(topics, send(hook, topics, {"n": 2})[1], timeout=-5)
     assert (await first_event(empty))["status"] == "timeout"
+
+
+def jsonb(value: Any) -> Any:
+    """What PostgreSQL's JSONB does to trigger kwargs and events: object keys come back reordered
+    (sorted here, which is enough to break anything that relies on key order)."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+class _RecordingTi:
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
+async def test_fan_out_results_keep_item_order_through_a_key_reordering_store(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    from relay.airflow.operators import RelayFanOutOperator
+
+    cids = ["c-zulu", "b-yankee", "a-xray", "d-whiskey"]  # sorting changes their order
+    assert sorted(cids) != cids
+    events = build_requests(
+        EXAMPLE_ECHO,
+        [{"i": i} for i in range(len(cids))],
+        source="/tests/airflow",
+        reply_to=topics["results"],
+        correlation_ids=cids,
+    )
+    published = publish_requests(
+        hook, topic=topics["requests"], reply_topic=topics["results"], events=events
+    )
+    publisher = broker.publisher()
+    for event in reversed(events):
+        answer(publisher, event, event.data)
+    deferred = make_trigger(topics, published, recheck_interval=3600)
+    _, kwargs = deferred.serialize()
+    stored = jsonb(kwargs)  # the trigger row, as the triggerer reads it back
+    assert [cid for cid, _ in stored["waits"]] == cids
+    payload = jsonb(await first_event(RelayResultTrigger(**stored)))  # the stored event
+    assert payload["status"] == "done"
+    assert [cid for cid, _ in payload["waits"]] == cids
+    operator = RelayFanOutOperator(
+        task_id="fan",
+        topic=topics["requests"],
+        reply_topic=topics["results"],
+        event_type=EXAMPLE_ECHO,
+        items=[{"i": i} for i in range(len(cids))],
+        policy="collect_all",
+        deferrable=True,
+    )
+    ti = _RecordingTi()
+    value = await asyncio.to_thread(operator.execute_complete, {"ti": ti}, payload)
+    assert value == [{"i": i} for i in range(len(cids))]
+    assert [o["correlation_id"] for o in ti.xcom["outcomes"]] == cids
+    assert [o["data"] for o in ti.xcom["outcomes"]] == [{"i": i} for i in range(len(cids))]
+
+
+def test_waits_are_checked_pairs() -> None:
+    from relay.airflow._result_trigger import wait_pairs
+    from relay.airflow.exceptions import RelayConfigError
+
+    sub = "projects/relay-test/subscriptions/relay-wait-x"
+    assert wait_pairs({"b": sub, "a": sub}) == [["b", sub], ["a", sub]]
+    assert wait_pairs((("b", sub), ("a", sub))) == [["b", sub], ["a", sub]]
+    for bad in ([["a", sub], ["a", sub]], [["a"]], ["ab"], [["bad id", sub]], [["a", ""]]):
+        with pytest.raises(RelayConfigError):
+            wait_pairs(bad)
+
+
+def test_non_retryable_failures_fail_without_airflow_retries() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from relay.airflow._results import FAILED, SUCCEEDED, TIMEOUT, Outcome
+    from relay.airflow.exceptions import (
+        RelayNonRetryablePartialFailureError,
+        RelayNonRetryableResultError,
+        RelayPartialFailureError,
+    )
+
+    def failure(cid: str, retryable: bool) -> Outcome:
+        error = {"type": "Boom", "message": "m", "retryable": retryable, "attempt": 3}
+        return Outcome(cid, FAILED, error=error)
+
+    with pytest.raises(RelayNonRetryableResultError) as final:
+        conclude([failure("a", False)], policy="collect_all", timeout=1, single=True)
+    assert isinstance(final.value, RelayResultError)
+    assert isinstance(final.value, AirflowFailException)
+    assert "Boom: m (retryable=False, attempt=3)" in str(final.value)
+    name, args, kwargs = final.value.serialize()  # Airflow rebuilds it as cls(*args, **kwargs)
+    assert name == "relay.airflow.exceptions.RelayNonRetryableResultError"
+    assert str(RelayNonRetryableResultError(*args, **kwargs)) == str(final.value)
+    with pytest.raises(RelayResultError) as retried:
+        conclude([failure("a", True)], policy="fail_fast", timeout=1, single=False)
+    assert not isinstance(retried.value, AirflowFailException)
+    ok = Outcome("ok", SUCCEEDED, data=1)
+    with pytest.raises(RelayNonRetryablePartialFailureError) as partial:
+        conclude([ok, failure("b", False)], policy="collect_all", timeout=1, single=False)
+    assert isinstance(partial.value, AirflowFailException)
+    name, args, kwargs = partial.value.serialize()
+    assert str(RelayNonRetryablePartialFailureError(*args, **kwargs)) == str(partial.value)
+    retryable_too = [failure("b", False), failure("c", True)]
+    timed_out_too = [failure("b", False), Outcome("t", TIMEOUT)]
+    for mixed in (retryable_too, timed_out_too):
+        with pytest.raises(RelayPartialFailureError) as raised:
+            conclude([ok, *mixed], policy="collect_all", timeout=1, single=False)
+        assert not isinstance(raised.value, AirflowFailException)
+
+
+async def test_the_event_is_not_yielded_before_not_before(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    """apache/airflow#72716: a result already there still waits for the deferral's settle moment,
+    and only for that: a trigger whose moment is past (re-run after a restart) fires at once."""
+    events, published = send(hook, topics, {"n": 1})
+    answer(broker.publisher(), events[0], {"early": True})
+    moment = time.time() + 2.0
+    settled = make_trigger(topics, published, recheck_interval=3600, not_before=moment)
+    rebuilt = fresh(settled)  # not_before survives serialization
+    assert rebuilt.not_before == moment
+    payload = await first_event(rebuilt)
+    assert time.time() >= moment
+    assert payload["status"] == "done"
+    past = make_trigger(topics, published, recheck_interval=3600, not_before=time.time() - 60)
+    started = time.monotonic()
+    assert (await first_event(past))["status"] == "done"
+    assert time.monotonic() - started < 1.5
+
+
+def test_settle_defaults_to_the_heartbeat_interval_plus_a_margin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.airflow._settle import not_before, resolve_settle
+    from relay.airflow.exceptions import RelayConfigError
+    from relay.airflow.operators import RelayCallOperator
+
+    assert resolve_settle(None) == 8.0  # [workers] min_heartbeat_interval 5 + 3
+    monkeypatch.setenv("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "2")
+    assert resolve_settle(None) == 5.0  # read when deferring: the worker's own config
+    assert resolve_settle(0) == 0.0
+    assert 4.0 < not_before(None) - time.time() <= 5.0
+    with pytest.raises(RelayConfigError, match="settle"):
+        RelayCallOperator(task_id="t", topic="t", reply_topic="r", event_type="e", settle=-1)

@@ -12,6 +12,10 @@ from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator, Rela
 from relay.airflow.sensors import RelayResultSensor
 
 TIMEOUT = timedelta(seconds=60)  # dag.test() runs triggers with no timeout of its own
+# Deferring tasks wait `settle` seconds after deferring before their trigger fires (apache/airflow
+# #72716; default [workers] min_heartbeat_interval + 3 = 8 s). dag.test() runs triggers inline, so
+# it has no such race: 1 s keeps the delay exercised without adding 8 s per deferral to the suite.
+SETTLE = 1.0
 COMMON = {
     "topic": os.environ.get("RELAY_TEST_REQUESTS", "requests"),
     "reply_topic": os.environ.get("RELAY_TEST_RESULTS", "results"),
@@ -26,16 +30,18 @@ with DAG(
         data={"text": "{{ dag.dag_id }}"},
         timeout=TIMEOUT,
         deferrable=True,
+        settle=SETTLE,
         **COMMON,
     )
     mapped = RelayCallOperator.partial(
-        task_id="mapped", timeout=TIMEOUT, deferrable=True, **COMMON
+        task_id="mapped", timeout=TIMEOUT, deferrable=True, settle=SETTLE, **COMMON
     ).expand(data=[{"n": 1}, {"n": 2}])
     fan = RelayFanOutOperator(
         task_id="fan",
         items=[{"i": i} for i in range(5)],
         timeout=TIMEOUT,
         deferrable=True,
+        settle=SETTLE,
         **COMMON,
     )
     publish = RelayPublishOperator(task_id="publish", data={"sensed": True}, **COMMON)
@@ -45,6 +51,7 @@ with DAG(
         correlation_ids=publish.output,
         timeout=TIMEOUT,
         deferrable=True,
+        settle=SETTLE,
     )
     call >> mapped >> fan >> publish >> sense
     # the same without deferring: waiting in the worker, and a sensor in poke mode
@@ -63,8 +70,26 @@ with DAG(
 with DAG(
     "relay_failures", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
 ) as failures:
+    # retries=1: a non-retryable failure must fail the task at once (one try), a retryable one
+    # (a dead-lettered request's result) keeps Airflow's retries (two tries).
+    RETRY_ONCE = {"retries": 1, "retry_delay": timedelta(0)}
     RelayCallOperator(
-        task_id="fails", data={"fail": "no such file"}, timeout=TIMEOUT, deferrable=True, **COMMON
+        task_id="fails",
+        data={"fail": "no such file"},
+        timeout=TIMEOUT,
+        deferrable=True,
+        settle=SETTLE,
+        **RETRY_ONCE,
+        **COMMON,
+    )
+    RelayCallOperator(
+        task_id="fails_retryable",
+        data={"fail": "dead-lettered", "retryable": True},
+        timeout=TIMEOUT,
+        deferrable=True,
+        settle=SETTLE,
+        **RETRY_ONCE,
+        **COMMON,
     )
     RelayFanOutOperator(
         task_id="partial",
@@ -72,10 +97,17 @@ with DAG(
         policy="collect_all",
         timeout=TIMEOUT,
         deferrable=True,
+        settle=SETTLE,
+        **RETRY_ONCE,
         **COMMON,
     )
     RelayCallOperator(
-        task_id="times_out", data={"silent": True}, timeout=3, deferrable=True, **COMMON
+        task_id="times_out",
+        data={"silent": True},
+        timeout=3,
+        deferrable=True,
+        settle=SETTLE,
+        **COMMON,
     )
     RelayCallOperator(task_id="invalid", data={"crash": -1}, timeout=TIMEOUT, **COMMON)
 
@@ -93,6 +125,7 @@ with DAG("relay_direct", schedule=None, start_date=datetime(2026, 1, 1), catchup
         gcp_conn_id="relay_adc",
         timeout=TIMEOUT,
         deferrable=True,
+        settle=SETTLE,
     )
     RelayHttpInvokeOperator(
         task_id="answer_only",
@@ -116,4 +149,5 @@ with DAG("relay_direct", schedule=None, start_date=datetime(2026, 1, 1), catchup
         backoff=0.05,
         timeout=TIMEOUT,
         deferrable=True,
+        settle=SETTLE,
     )
