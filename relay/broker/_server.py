@@ -24,6 +24,7 @@ __all__ = ["BrokerServer", "ServerOptions", "run"]
 _LOG = logging.getLogger("relay.broker")
 _MAX_GRPC_MESSAGE = 64 * 1024 * 1024
 _SHUTDOWN_GRACE = 5.0
+_MAX_PENDING_CALLS = 100_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class BrokerServer:
                 ("grpc.max_send_message_length", _MAX_GRPC_MESSAGE),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_concurrent_streams", 100_000),
+                # Core queues calls that arrive before the event loop has asked for them and, past
+                # 1,000 queued (the default), cancels new ones at random: a burst of StreamingPull
+                # streams (subscribers reconnecting) on a busy broker would lose streams.
+                ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
             ]
         )
         self._server.add_generic_rpc_handlers(handlers(broker))

@@ -1,9 +1,10 @@
-"""Idle StreamingPull streams are cheap: 2,000 open streams, near-zero broker CPU while idle."""
+"""Many StreamingPull streams: 2,000 idle ones cost no CPU; a burst on a busy broker all open."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,52 @@ async def test_two_thousand_idle_streams(
         await asyncio.sleep(0.2)  # a second delivery would show up now
         # Each subscription delivers the message to exactly one of its streams.
         assert received == [response.message_ids[0]] * SUBSCRIPTIONS
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_burst_of_streams_on_a_stalled_broker(
+    start_broker: Callable[[Path], Any], tmp_path: Path, project: str, monkeypatch: Any
+) -> None:
+    """Streams opened while the broker is busy all survive (gRPC drops calls queued past 1,000)."""
+    broker = start_broker(tmp_path / "data")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", broker.host)
+    publisher = PublisherAsyncClient()
+    subscriber = SubscriberAsyncClient()
+    topic = f"projects/{project}/topics/burst"
+    await publisher.create_topic(name=topic)
+    subs = [f"projects/{project}/subscriptions/burst-{i}" for i in range(SUBSCRIPTIONS)]
+    for sub in subs:
+        await subscriber.create_subscription(name=sub, topic=topic)
+
+    stop = asyncio.Event()
+
+    async def requests(sub: str) -> AsyncIterator[Any]:
+        yield types.StreamingPullRequest(subscription=sub, stream_ack_deadline_seconds=60)
+        await stop.wait()
+
+    async def stream(sub: str) -> None:
+        responses = await subscriber.streaming_pull(requests=requests(sub))
+        async for _ in responses:
+            pass
+
+    tasks = [asyncio.create_task(stream(subs[0]))]  # connects the channel
+    await asyncio.sleep(1)
+    # A stopped broker stands for one whose event loop is busy: every stream opened meanwhile
+    # reaches gRPC at once on resume, far faster than the loop accepts calls one by one.
+    os.kill(broker.proc.pid, signal.SIGSTOP)
+    try:
+        tasks += [asyncio.create_task(stream(subs[i % SUBSCRIPTIONS])) for i in range(STREAMS)]
+        await asyncio.sleep(2)  # every stream's headers are sent
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    try:
+        await asyncio.sleep(5)  # the broker accepts the backlog
+        ended = [t for t in tasks if t.done()]
+        assert not ended, f"{len(ended)} streams ended: {ended[0].exception()!r}"
     finally:
         stop.set()
         for task in tasks:
