@@ -74,6 +74,50 @@ def _failure(status: int, body: bytes) -> str:
     return f"HTTP {status}: {body[:300].decode('utf-8', errors='replace')}"
 
 
+@dataclass
+class _Attempts:
+    """What each attempt's outcome means, shared by post_sync and post_async."""
+
+    hook: RelayHook
+    url: str
+    policy: HttpPolicy
+    deadline: float
+    status: int | None = None
+    detail: str = "no attempt made"
+
+    def answered(self, attempt: int, status: int, content: bytes) -> dict[str, Any] | None:
+        """The final payload for this response, or None when it is worth another attempt."""
+        self.status = status
+        if 200 <= status < 300:
+            return _ok(attempt, status, content)
+        self.detail = _failure(status, content)
+        if status in self.policy.fail_fast_statuses:
+            return _error(attempt, status, self.detail)
+        return None
+
+    def broke(self, exc: Exception) -> None:
+        """The attempt got no response at all (connection refused, timeout, ...)."""
+        self.status, self.detail = None, f"{type(exc).__name__}: {exc}"
+
+    def pause(self, attempt: int) -> float | None:
+        """Log the failed attempt; the wait before the next one, None when out of tries or time."""
+        self.hook.log.warning(
+            "POST %s attempt %d/%d failed: %s",
+            self.url,
+            attempt,
+            self.policy.max_attempts,
+            self.detail,
+        )
+        pause = self.policy.delay(attempt)
+        if attempt >= self.policy.max_attempts or time.time() + pause > self.deadline:
+            return None
+        return pause
+
+    def given_up(self, attempt: int) -> dict[str, Any]:
+        """The error payload after the last attempt."""
+        return _error(attempt, self.status, self.detail)
+
+
 def post_sync(
     hook: RelayHook,
     url: str,
@@ -87,29 +131,23 @@ def post_sync(
     """POST until a 2xx, a fail-fast status, the attempt limit or the deadline: a payload."""
     import httpx
 
-    detail, status = "no attempt made", None
+    attempts = _Attempts(hook, url, policy, deadline)
     with httpx.Client(timeout=policy.request_timeout) as client:
         for attempt in range(1, policy.max_attempts + 1):
             try:
                 response = client.post(
                     url, content=body, headers={**headers, **_auth_headers(hook, audience)}
                 )
-                status = response.status_code
-                if 200 <= status < 300:
-                    return _ok(attempt, status, response.content)
-                detail = _failure(status, response.content)
-                if status in policy.fail_fast_statuses:
-                    return _error(attempt, status, detail)
+                payload = attempts.answered(attempt, response.status_code, response.content)
+                if payload is not None:
+                    return payload
             except httpx.HTTPError as exc:
-                status, detail = None, f"{type(exc).__name__}: {exc}"
-            hook.log.warning(
-                "POST %s attempt %d/%d failed: %s", url, attempt, policy.max_attempts, detail
-            )
-            pause = policy.delay(attempt)
-            if attempt == policy.max_attempts or time.time() + pause > deadline:
-                return _error(attempt, status, detail)
+                attempts.broke(exc)
+            pause = attempts.pause(attempt)
+            if pause is None:
+                return attempts.given_up(attempt)
             time.sleep(pause)
-    return _error(policy.max_attempts, status, detail)
+    return attempts.given_up(policy.max_attempts)
 
 
 async def post_async(
@@ -125,28 +163,22 @@ async def post_async(
     """The asyncio twin of post_sync (token minting runs in a thread: google-auth is blocking)."""
     import httpx
 
-    detail, status = "no attempt made", None
+    attempts = _Attempts(hook, url, policy, deadline)
     async with httpx.AsyncClient(timeout=policy.request_timeout) as client:
         for attempt in range(1, policy.max_attempts + 1):
             try:
                 auth = await asyncio.to_thread(_auth_headers, hook, audience)
                 response = await client.post(url, content=body, headers={**headers, **auth})
-                status = response.status_code
-                if 200 <= status < 300:
-                    return _ok(attempt, status, response.content)
-                detail = _failure(status, response.content)
-                if status in policy.fail_fast_statuses:
-                    return _error(attempt, status, detail)
+                payload = attempts.answered(attempt, response.status_code, response.content)
+                if payload is not None:
+                    return payload
             except httpx.HTTPError as exc:
-                status, detail = None, f"{type(exc).__name__}: {exc}"
-            hook.log.warning(
-                "POST %s attempt %d/%d failed: %s", url, attempt, policy.max_attempts, detail
-            )
-            pause = policy.delay(attempt)
-            if attempt == policy.max_attempts or time.time() + pause > deadline:
-                return _error(attempt, status, detail)
+                attempts.broke(exc)
+            pause = attempts.pause(attempt)
+            if pause is None:
+                return attempts.given_up(attempt)
             await asyncio.sleep(pause)
-    return _error(policy.max_attempts, status, detail)
+    return attempts.given_up(policy.max_attempts)
 
 
 def encode_body(body: bytes) -> str:
