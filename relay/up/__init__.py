@@ -6,7 +6,14 @@ tests); `CompletionMonitor` watches the completion topic. See docs/topology.md.
 
 from relay.up._monitor import CompletionMonitor, Observed
 from relay.up._process import StackError
-from relay.up._stack import DEFAULT_DATA_DIR, BrokerEndpoint, ServedFunction, Stack, stack_up
+from relay.up._stack import (
+    DEFAULT_DATA_DIR,
+    BrokerEndpoint,
+    ServedFunction,
+    Stack,
+    function_server,
+    stack_up,
+)
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -16,5 +23,6 @@ __all__ = [
     "ServedFunction",
     "Stack",
     "StackError",
+    "function_server",
     "stack_up",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
@@ -202,15 +203,27 @@ def _start_broker(
     return BrokerEndpoint(fields["grpc"], fields["http"].rstrip("/"), data, child.log)
 
 
-def _start_function(
-    topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path
-) -> tuple[Child, str]:
-    port = free_port(_HOST)
-    url = f"http://{_HOST}:{port}/"
-    env = dict(os.environ)
+def function_server(
+    topology: Topology,
+    function: Function,
+    *,
+    url: str,
+    pubsub_host: str,
+    certs_url: str,
+    base_env: Mapping[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """The functions-framework command line and environment that serve `function` at `url`.
+
+    Pushes are verified the way Cloud Run would: a token from the broker (`certs_url`), for this
+    URL, signed as the function's push identity.
+    """
+    port = urlsplit(url).port
+    if port is None:
+        raise StackError(f"function URL {url!r} has no port")
+    env = dict(base_env)
     env.update(
         {
-            "PUBSUB_EMULATOR_HOST": broker.host,
+            "PUBSUB_EMULATOR_HOST": pubsub_host,
             "GOOGLE_CLOUD_PROJECT": topology.project,
             "K_SERVICE": function.name,
             "PYTHONUNBUFFERED": "1",
@@ -220,12 +233,10 @@ def _start_function(
         env.pop(key, None)
     push_account = topology.push_service_account(function)
     if push_account is not None:
-        # Verify every push the way Cloud Run would: a token from the broker, for this URL,
-        # signed as the function's push identity.
         env.update(
             {
                 "RELAY_PUSH_AUDIENCE": url,
-                "RELAY_PUSH_CERTS_URL": broker.certs_url,
+                "RELAY_PUSH_CERTS_URL": certs_url,
                 "RELAY_PUSH_ALLOWED_EMAILS": push_account,
             }
         )
@@ -241,10 +252,26 @@ def _start_function(
         "--signature-type",
         "cloudevent",
         "--host",
-        _HOST,
+        urlsplit(url).hostname or _HOST,
         "--port",
         str(port),
     ]
+    return argv, env
+
+
+def _start_function(
+    topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path
+) -> tuple[Child, str]:
+    port = free_port(_HOST)
+    url = f"http://{_HOST}:{port}/"
+    argv, env = function_server(
+        topology,
+        function,
+        url=url,
+        pubsub_host=broker.host,
+        certs_url=broker.certs_url,
+        base_env=os.environ,
+    )
     cwd = topology.path.parent if topology.path else None
     child = start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
     return child, url

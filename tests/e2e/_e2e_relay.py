@@ -20,6 +20,7 @@ from _e2e_procs import E2EError, Proc, answers_http, free_port, stop_all, wait_u
 
 from relay.provision import provision
 from relay.topology import Function, Topology, load_topology
+from relay.up import function_server
 
 REPO = Path(__file__).resolve().parents[2]
 _READY = "relay broker ready "
@@ -91,41 +92,14 @@ class RelayStack:
         raise KeyError(source_dir)
 
     def _function_proc(self, function: Function) -> Proc:
-        env = clean_env()
-        env.update(
-            {
-                "PUBSUB_EMULATOR_HOST": self.host,
-                "GOOGLE_CLOUD_PROJECT": self.topology.project,
-                "K_SERVICE": function.name,
-                "PYTHONUNBUFFERED": "1",
-            }
+        argv, env = function_server(
+            self.topology,
+            function,
+            url=function.url,
+            pubsub_host=self.host,
+            certs_url=self.certs_url,
+            base_env=clean_env(),
         )
-        account = self.topology.push_service_account(function)
-        if account is not None:  # verify every push as Cloud Run would
-            env.update(
-                {
-                    "RELAY_PUSH_AUDIENCE": function.url,
-                    "RELAY_PUSH_CERTS_URL": self.certs_url,
-                    "RELAY_PUSH_ALLOWED_EMAILS": account,
-                }
-            )
-        env.update(function.environment)
-        port = function.url.rstrip("/").rsplit(":", 1)[1]
-        argv = [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            function.entry_point,
-            "--source",
-            str(function.source_file),
-            "--signature-type",
-            "cloudevent",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-        ]
         return Proc(function.name, argv, log=self.logs / f"{function.name}.log", env=env, cwd=REPO)
 
     # -- lifecycle --------------------------------------------------------------------------------
