@@ -20,18 +20,27 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def test_two_thousand_idle_streams(
-    start_broker: Callable[[Path], Any], tmp_path: Path, project: str, monkeypatch: Any
-) -> None:
-    broker = start_broker(tmp_path / "data")
+async def _topic_with_subscriptions(
+    broker: Any, monkeypatch: Any, project: str, name: str
+) -> tuple[Any, PublisherAsyncClient, SubscriberAsyncClient, str, list[str]]:
+    """Async clients on `broker`, one topic and SUBSCRIPTIONS subscriptions on it."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", broker.host)
     publisher = PublisherAsyncClient()
     subscriber = SubscriberAsyncClient()
-    topic = f"projects/{project}/topics/many-streams"
+    topic = f"projects/{project}/topics/{name}"
     await publisher.create_topic(name=topic)
-    subs = [f"projects/{project}/subscriptions/many-{i}" for i in range(SUBSCRIPTIONS)]
+    subs = [f"projects/{project}/subscriptions/{name}-{i}" for i in range(SUBSCRIPTIONS)]
     for sub in subs:
         await subscriber.create_subscription(name=sub, topic=topic)
+    return broker, publisher, subscriber, topic, subs
+
+
+async def test_two_thousand_idle_streams(
+    start_broker: Callable[[Path], Any], tmp_path: Path, project: str, monkeypatch: Any
+) -> None:
+    broker, publisher, subscriber, topic, subs = await _topic_with_subscriptions(
+        start_broker(tmp_path / "data"), monkeypatch, project, "many"
+    )
 
     stop = asyncio.Event()
     received: list[str] = []
@@ -72,15 +81,9 @@ async def test_burst_of_streams_on_a_stalled_broker(
     start_broker: Callable[[Path], Any], tmp_path: Path, project: str, monkeypatch: Any
 ) -> None:
     """Streams opened while the broker is busy all survive (gRPC drops calls queued past 1,000)."""
-    broker = start_broker(tmp_path / "data")
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", broker.host)
-    publisher = PublisherAsyncClient()
-    subscriber = SubscriberAsyncClient()
-    topic = f"projects/{project}/topics/burst"
-    await publisher.create_topic(name=topic)
-    subs = [f"projects/{project}/subscriptions/burst-{i}" for i in range(SUBSCRIPTIONS)]
-    for sub in subs:
-        await subscriber.create_subscription(name=sub, topic=topic)
+    broker, _, subscriber, _, subs = await _topic_with_subscriptions(
+        start_broker(tmp_path / "data"), monkeypatch, project, "burst"
+    )
 
     stop = asyncio.Event()
 
