@@ -11,7 +11,10 @@ What is measured (targets in brackets):
    from 2 threads over raw gRPC channels; messages/s, durably stored [>= 50,000 msg/s];
 2. stock client: `PublisherClient.publish()` per message (default batching); broker rate against
    the do-nothing server's [>= 0.9];
-3. delivery latency: publish() -> subscribe() callback at 1,000 msg/s [p50 <= 5 ms, p99 <= 50 ms];
+3. delivery latency: publish() -> subscribe() callback at 1,000 msg/s [p50 <= 5 ms, p99 <= 50 ms],
+   with the stock PublisherClient at each --batch-latency, runs interleaved; beside each, the same
+   publisher against the do-nothing server (publish() -> future done: what the publisher client
+   alone costs); 3c: no client library on either side;
 4. delivered rate: a backlog drained through subscribe() with acks (messages/s);
 5. 2,000 idle StreamingPull streams: broker RSS and CPU over 10 s [< 5 % of a core].
 """
@@ -288,12 +291,36 @@ class Latency:
     achieved: float
 
 
-def delivery_latency(
-    target: str, topic: str, subscription: str, rate: int, seconds: float, max_latency: float
-) -> Latency:
-    """Publish at `rate` msg/s from another process; time publish() -> subscribe() callback."""
+def paced_publish(target: str, topic: str, rate: int, seconds: float, max_latency: str) -> Any:
+    """Run benchmarks/_paced_publisher (`max_latency` in seconds); its JSON report."""
     import json
 
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks._paced_publisher",
+            target,
+            topic,
+            str(rate),
+            str(int(rate * seconds)),
+            max_latency,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=_ROOT,
+        timeout=seconds + 180,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"paced publisher failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def delivery_latency(
+    target: str, topic: str, subscription: str, rate: int, seconds: float, max_latency: str
+) -> Latency:
+    """Publish at `rate` msg/s from another process; time publish() -> subscribe() callback."""
     from google.cloud import pubsub_v1
 
     total = int(rate * seconds)
@@ -325,26 +352,7 @@ def delivery_latency(
         warmer.stop()
         if not warm.is_set():
             raise RuntimeError("subscriber never received the warm-up message")
-        publisher = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks._paced_publisher",
-                target,
-                topic,
-                str(rate),
-                str(total),
-                str(max_latency),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=_ROOT,
-            timeout=seconds + 180,
-            check=False,
-        )
-        if publisher.returncode != 0:
-            raise RuntimeError(f"paced publisher failed: {publisher.stderr[-2000:]}")
-        report = json.loads(publisher.stdout.strip().splitlines()[-1])
+        report = paced_publish(target, topic, rate, seconds, max_latency)
         if not done.wait(60):
             raise RuntimeError(f"only {len(latencies)} of {total} messages delivered")
     finally:
@@ -687,72 +695,7 @@ def _delivery_phase(args: argparse.Namespace, work: Path) -> list[Row]:
     broker = start_broker(work / "deliver")
     try:
         if "latency" in args.only:
-            # 3. latency at 1,000 msg/s
-            for max_latency in args.batch_latency:
-                name = f"latency-{int(max_latency * 1000)}ms"
-                lat_topic, (lat_sub,) = create_topic(broker.target, name)
-                results = [
-                    delivery_latency(
-                        broker.target,
-                        lat_topic,
-                        lat_sub,
-                        args.rate,
-                        args.latency_seconds,
-                        max_latency,
-                    )
-                    for _ in range(runs)
-                ]
-                for result in results:
-                    print(
-                        f"  latency ({name}): p50 {result.p50:.2f} ms p99 {result.p99:.2f} ms; "
-                        f"commit p50 {result.commit_p50:.2f} p99 {result.commit_p99:.2f} ms; "
-                        f"at {result.achieved:,.0f}/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                p50s = [r.p50 for r in results]
-                p99s = [r.p99 for r in results]
-                p50, p99 = _median(p50s), _median(p99s)
-                commit50 = _median([r.commit_p50 for r in results])
-                commit99 = _median([r.commit_p99 for r in results])
-                rows.append(
-                    Row(
-                        f"3. publish() -> subscribe() callback latency at {args.rate:,} msg/s, "
-                        f"publisher in its own process, BatchSettings.max_latency "
-                        f"{max_latency * 1000:g} ms",
-                        f"**p50 {p50:.1f} ms, p99 {p99:.1f} ms** (p50 {_spread(p50s, digits=1)};"
-                        f" p99 {_spread(p99s, digits=1)}); of which publish() -> publish "
-                        f"future done: p50 {commit50:.1f} ms, p99 {commit99:.1f} ms",
-                        "",
-                        "p50 <= 5 ms, p99 <= 50 ms",
-                        _verdict(
-                            p50 <= 5 and p99 <= 50, f"p50 {p50 / 5:.2f}x, p99 {p99 / 50:.2f}x"
-                        ),
-                    )
-                )
-
-            raw_topic, (raw_sub,) = create_topic(broker.target, "latency-raw")
-            raw = raw_delivery_latency(
-                broker.target, raw_topic, raw_sub, args.rate, args.latency_seconds, runs
-            )
-            for p50, p99 in raw:
-                print(
-                    f"  raw latency: p50 {p50:.2f} ms p99 {p99:.2f} ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            rows.append(
-                Row(
-                    f"3c. the same without client libraries: raw gRPC Publish (1 message per "
-                    f"RPC) -> raw StreamingPull receipt at {args.rate:,} msg/s",
-                    f"p50 {_median([r[0] for r in raw]):.2f} ms, p99 "
-                    f"{_median([r[1] for r in raw]):.2f} ms (p99 "
-                    f"{_spread([r[1] for r in raw], digits=1)})",
-                    "",
-                    "(context for 3)",
-                    "",
-                )
-            )
+            rows.extend(_latency_rows(args, broker))
 
         if "drain" in args.only:
             # 4. delivered rate
@@ -781,6 +724,76 @@ def _delivery_phase(args: argparse.Namespace, work: Path) -> list[Row]:
 
     finally:
         broker.stop()
+    return rows
+
+
+def _latency_rows(args: argparse.Namespace, broker: Server) -> list[Row]:
+    """Row 3: publish() -> subscribe() callback at each max_latency, runs interleaved; 3c: raw."""
+    publishers = [f"{value:g}" for value in args.batch_latency]
+    topics = {p: create_topic(broker.target, f"latency-{i}") for i, p in enumerate(publishers)}
+    results: dict[str, list[Latency]] = {p: [] for p in publishers}
+    floors: dict[str, list[float]] = {p: [] for p in publishers}
+    null = start_null()
+    try:
+        for run_index in range(args.runs):
+            for publisher in publishers:
+                topic, (sub,) = topics[publisher]
+                result = delivery_latency(
+                    broker.target, topic, sub, args.rate, args.latency_seconds, publisher
+                )
+                floor = paced_publish(
+                    null.target,
+                    "projects/p/topics/null",
+                    args.rate,
+                    args.latency_seconds,
+                    publisher,
+                )
+                results[publisher].append(result)
+                floors[publisher].append(floor["commit_p50_ms"])
+                print(
+                    f"  latency run {run_index + 1} ({publisher}): p50 {result.p50:.2f} ms "
+                    f"p99 {result.p99:.2f} ms; publish done p50 {result.commit_p50:.2f} ms "
+                    f"(do-nothing server {floor['commit_p50_ms']:.2f} ms); "
+                    f"at {result.achieved:,.0f}/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        null.stop()
+    rows = []
+    for publisher in publishers:
+        p50s = [r.p50 for r in results[publisher]]
+        p99s = [r.p99 for r in results[publisher]]
+        p50, p99 = _median(p50s), _median(p99s)
+        rows.append(
+            Row(
+                f"3. publish() -> subscribe() callback at {args.rate:,} msg/s; PublisherClient "
+                f"in its own process, BatchSettings.max_latency {float(publisher) * 1000:g} ms",
+                f"**p50 {p50:.1f} ms, p99 {p99:.1f} ms** (p50 {_spread(p50s, digits=1)}; "
+                f"p99 {_spread(p99s, digits=1)}); publish -> publish done: p50 "
+                f"{_median([r.commit_p50 for r in results[publisher]]):.1f} ms",
+                f"publish -> publish done: p50 {_median(floors[publisher]):.1f} ms "
+                f"({_spread(floors[publisher], digits=1)})",
+                "p50 <= 5 ms, p99 <= 50 ms",
+                _verdict(p50 <= 5 and p99 <= 50, f"p50 {p50 / 5:.2f}x, p99 {p99 / 50:.2f}x"),
+            )
+        )
+    raw_topic, (raw_sub,) = create_topic(broker.target, "latency-raw")
+    raw = raw_delivery_latency(
+        broker.target, raw_topic, raw_sub, args.rate, args.latency_seconds, args.runs
+    )
+    rows.append(
+        Row(
+            f"3c. no client library on either side: raw gRPC Publish (1 message per RPC) -> raw "
+            f"StreamingPull receipt at {args.rate:,} msg/s",
+            f"p50 {_median([r[0] for r in raw]):.2f} ms, p99 {_median([r[1] for r in raw]):.2f}"
+            f" ms (p50 {_spread([r[0] for r in raw], digits=1)}; p99 "
+            f"{_spread([r[1] for r in raw], digits=1)})",
+            "",
+            "(context for 3)",
+            "",
+        )
+    )
     return rows
 
 

@@ -106,6 +106,8 @@ class Consumer:
         "max_messages",
         "outstanding",
         "outstanding_bytes",
+        "receipt",
+        "sends_receipts",
     )
 
     def __init__(self, deadline_s: float, max_messages: int = 0, max_bytes: int = 0) -> None:
@@ -116,6 +118,10 @@ class Consumer:
         self.outstanding = 0
         self.outstanding_bytes = 0
         self.closed = False
+        # The first entry of the last response sent, until the client confirms it got it (a
+        # "receipt" ModifyAckDeadline, an ack or a nack); `sends_receipts` once a modack has.
+        self.receipt: Entry | None = None
+        self.sends_receipts = False
 
     def has_room(self, size: int) -> bool:
         """Whether one more message of `size` bytes fits in the flow-control limits."""
@@ -128,6 +134,14 @@ class Consumer:
     def wake(self) -> None:
         """Wake the task waiting on this consumer."""
         self.event.set()
+
+    def confirmed(self, entry: Entry, *, modack: bool) -> None:
+        """The client modacked, acked or nacked `entry`: if it opened the last response, that
+        response has arrived and the next may go. A modack of it marks a receipt-sending client."""
+        if self.receipt is entry:
+            self.receipt = None
+            self.sends_receipts = self.sends_receipts or modack
+            self.event.set()
 
 
 class Host(Protocol):
@@ -287,6 +301,8 @@ class SubState:
         entry.owner = None
         owner.outstanding -= 1
         owner.outstanding_bytes -= entry.msg.size
+        if owner.receipt is entry:  # expired or taken back: nothing more to wait for
+            owner.receipt = None
         if not owner.closed and self.ready:
             owner.wake()
 
@@ -307,6 +323,8 @@ class SubState:
             entry = self.entries.get(seq)
             if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
                 continue
+            if entry.owner is not None:
+                entry.owner.confirmed(entry, modack=False)
             self._remove(entry)
             deleted.append((sub_id, seq))
             if self.config.retain_acked:
@@ -339,6 +357,8 @@ class SubState:
             for seq, attempt in parsed:
                 entry = entries.get(seq)
                 if entry is not None and entry.state == LEASED and entry.attempts == attempt:
+                    if entry.owner is not None:
+                        entry.owner.confirmed(entry, modack=False)
                     self.retry(entry)
             return
         deadline = self.host.loop.time() + seconds
@@ -348,6 +368,8 @@ class SubState:
             if entry is not None and entry.state == LEASED and entry.attempts == attempt:
                 entry.deadline = deadline
                 extended.append(entry)
+                if entry.owner is not None:
+                    entry.owner.confirmed(entry, modack=True)
         if extended:
             self.host.scheduler.at(deadline, self._check_leases, extended)
 

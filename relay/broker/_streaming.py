@@ -28,6 +28,12 @@ StreamingPullResponse: Any = types.StreamingPullResponse.pb()
 # after a response go out together in the next, so a busy stream does not cost the client one
 # "receipt" ModifyAckDeadline round trip per message. At low rates nothing is delayed.
 COALESCE_SECONDS = 0.002
+# A client that sends receipts (the Python client modacks every message it receives before
+# running callbacks, one blocking RPC per response) gets its next response once it has confirmed
+# the last one (modack, ack or nack of its first message): what is published meanwhile goes out
+# together instead of queueing behind the client's receipts. Never later than this after the
+# last response, should a receipt not come.
+RECEIPT_WAIT_SECONDS = 0.2
 
 
 def fill_received(received: Any, sub: SubState, entries: list[Entry]) -> None:
@@ -83,6 +89,30 @@ async def _read(
         consumer.wake()
 
 
+async def _held_back(consumer: Consumer, last_sent: float) -> bool:
+    """Wait while the next response must wait: for the last one's receipt, or the coalescing gap.
+
+    Returns whether it waited (the caller then looks again at what is ready).
+    """
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    if consumer.sends_receipts and consumer.receipt is not None:
+        until = last_sent + RECEIPT_WAIT_SECONDS
+        if now >= until:
+            return False
+        timer = loop.call_at(until, consumer.event.set)
+        try:
+            await consumer.event.wait()
+        finally:
+            timer.cancel()
+        return True
+    pause = last_sent + COALESCE_SECONDS - now
+    if pause <= 0:
+        return False
+    await asyncio.sleep(pause)
+    return True
+
+
 async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """Serve one StreamingPull stream; raises BrokerError for a status to send."""
     first = None
@@ -115,15 +145,14 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
                 reader.result()  # raises the reader's error, if any
                 return  # the client closed its side
             consumer.event.clear()
-            pause = last_sent + COALESCE_SECONDS - loop.time()
-            if pause > 0 and sub.ready:
-                await asyncio.sleep(pause)
+            if sub.ready and await _held_back(consumer, last_sent):
                 continue
             entries = sub.take(consumer)
             if entries:
                 response = StreamingPullResponse()
                 response.subscription_properties.message_ordering_enabled = ordered
                 fill_received(response.received_messages, sub, entries)
+                consumer.receipt = entries[0]
                 yield response
                 last_sent = loop.time()
                 continue

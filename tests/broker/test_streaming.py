@@ -13,6 +13,8 @@ from google.api_core import exceptions
 from google.cloud import pubsub_v1
 from google.pubsub_v1 import types
 
+from relay.broker._streaming import RECEIPT_WAIT_SECONDS
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -23,8 +25,9 @@ class RawStream:
         self.requests: queue.Queue[Any] = queue.Queue()
         first.setdefault("stream_ack_deadline_seconds", 60)
         self.requests.put(types.StreamingPullRequest(subscription=subscription, **first))
-        self.responses = subscriber.streaming_pull(requests=self._requests(), timeout=60)
+        self.stream = subscriber.streaming_pull(requests=self._requests(), timeout=60)
         self.received: queue.Queue[Any] = queue.Queue()
+        self.responses: queue.Queue[tuple[float, list[Any]]] = queue.Queue()  # (arrival, messages)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -38,7 +41,8 @@ class RawStream:
 
     def _read(self) -> None:
         try:
-            for response in self.responses:
+            for response in self.stream:
+                self.responses.put((time.monotonic(), list(response.received_messages)))
                 for message in response.received_messages:
                     self.received.put(message)
         except BaseException as exc:  # recorded for the test to check
@@ -51,6 +55,10 @@ class RawStream:
             out.append(self.received.get(timeout=max(deadline - time.monotonic(), 0.01)))
         return out
 
+    def next_response(self, timeout: float = 10) -> tuple[float, list[Any]]:
+        """(arrival time, messages) of the next response."""
+        return self.responses.get(timeout=timeout)
+
     def nothing_for(self, seconds: float) -> bool:
         try:
             self.received.get(timeout=seconds)
@@ -60,7 +68,7 @@ class RawStream:
 
     def close(self) -> None:
         self.requests.put(None)
-        self.responses.cancel()
+        self.stream.cancel()
         self.thread.join(10)
 
 
@@ -284,3 +292,84 @@ def test_burst_is_shared_between_streams(
     finally:
         for s in streams:
             s.close()
+
+
+def _data(messages: list[Any]) -> list[bytes]:
+    return [m.message.data for m in messages]
+
+
+def test_next_response_waits_for_the_receipt_of_the_last(
+    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+) -> None:
+    """A client that sends receipts (as the Python client does) gets what was published while
+    its last response was unconfirmed in one response, once it confirms: not one per publish."""
+    sub = make_sub()
+    stream = RawStream(subscriber, sub)
+    try:
+        publisher.publish(topic, b"0").result(10)
+        _, (first,) = stream.next_response()
+        subscriber.modify_ack_deadline(
+            subscription=sub, ack_ids=[first.ack_id], ack_deadline_seconds=60
+        )
+        publisher.publish(topic, b"1").result(10)
+        sent_at, (second,) = stream.next_response()
+        for i in (2, 3, 4):
+            publisher.publish(topic, b"%d" % i).result(10)
+        confirmed_at = time.monotonic()
+        subscriber.modify_ack_deadline(
+            subscription=sub, ack_ids=[second.ack_id], ack_deadline_seconds=60
+        )
+        arrived, messages = stream.next_response()
+        if arrived < sent_at + RECEIPT_WAIT_SECONDS:  # not released by the time limit
+            assert arrived >= confirmed_at
+            assert _data(messages) == [b"2", b"3", b"4"]
+        else:  # a slow machine: the limit released what had come
+            assert _data(messages)[0] == b"2"
+    finally:
+        stream.close()
+
+
+def test_unconfirmed_response_holds_the_next_only_for_a_while(
+    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+) -> None:
+    """A receipt that never comes delays the next response by the time limit, not forever."""
+    sub = make_sub()
+    stream = RawStream(subscriber, sub)
+    try:
+        publisher.publish(topic, b"0").result(10)
+        _, (first,) = stream.next_response()
+        subscriber.modify_ack_deadline(
+            subscription=sub, ack_ids=[first.ack_id], ack_deadline_seconds=60
+        )
+        publisher.publish(topic, b"1").result(10)
+        sent_at, _ = stream.next_response()
+        publisher.publish(topic, b"2").result(10)
+        arrived, messages = stream.next_response()
+        assert _data(messages) == [b"2"]
+        assert arrived >= sent_at + RECEIPT_WAIT_SECONDS - 0.01
+    finally:
+        stream.close()
+
+
+def test_acks_release_the_next_response(
+    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+) -> None:
+    """An ack (on the stream) of the last response's first message confirms it too."""
+    sub = make_sub()
+    stream = RawStream(subscriber, sub)
+    try:
+        publisher.publish(topic, b"0").result(10)
+        _, (first,) = stream.next_response()
+        subscriber.modify_ack_deadline(
+            subscription=sub, ack_ids=[first.ack_id], ack_deadline_seconds=60
+        )
+        publisher.publish(topic, b"1").result(10)
+        sent_at, (second,) = stream.next_response()
+        publisher.publish(topic, b"2").result(10)
+        acked_at = time.monotonic()
+        stream.requests.put(types.StreamingPullRequest(ack_ids=[second.ack_id]))
+        arrived, messages = stream.next_response()
+        assert _data(messages) == [b"2"]
+        assert arrived >= acked_at or arrived >= sent_at + RECEIPT_WAIT_SECONDS - 0.01
+    finally:
+        stream.close()
