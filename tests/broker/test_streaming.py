@@ -298,11 +298,12 @@ def _data(messages: list[Any]) -> list[bytes]:
     return [m.message.data for m in messages]
 
 
-def test_next_response_waits_for_the_receipt_of_the_last(
+@pytest.fixture
+def receipting(
     publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
-) -> None:
-    """A client that sends receipts (as the Python client does) gets what was published while
-    its last response was unconfirmed in one response, once it confirms: not one per publish."""
+) -> Iterator[tuple[RawStream, str, Any, float]]:
+    """A raw stream that has sent one receipt (a unary modack, as the Python client does), then
+    got a second response it has not confirmed: (stream, subscription, its message, arrival)."""
     sub = make_sub()
     stream = RawStream(subscriber, sub)
     try:
@@ -313,63 +314,50 @@ def test_next_response_waits_for_the_receipt_of_the_last(
         )
         publisher.publish(topic, b"1").result(10)
         sent_at, (second,) = stream.next_response()
-        for i in (2, 3, 4):
-            publisher.publish(topic, b"%d" % i).result(10)
-        confirmed_at = time.monotonic()
-        subscriber.modify_ack_deadline(
-            subscription=sub, ack_ids=[second.ack_id], ack_deadline_seconds=60
-        )
-        arrived, messages = stream.next_response()
-        if arrived < sent_at + RECEIPT_WAIT_SECONDS:  # not released by the time limit
-            assert arrived >= confirmed_at
-            assert _data(messages) == [b"2", b"3", b"4"]
-        else:  # a slow machine: the limit released what had come
-            assert _data(messages)[0] == b"2"
+        yield stream, sub, second, sent_at
     finally:
         stream.close()
+
+
+def test_next_response_waits_for_the_receipt_of_the_last(
+    publisher: Any, subscriber: Any, topic: str, receipting: tuple[RawStream, str, Any, float]
+) -> None:
+    """What was published while the last response was unconfirmed goes out in one response once
+    the client confirms it: not one response per publish, each waiting for its own receipt."""
+    stream, sub, second, sent_at = receipting
+    for i in (2, 3, 4):
+        publisher.publish(topic, b"%d" % i).result(10)
+    confirmed_at = time.monotonic()
+    subscriber.modify_ack_deadline(
+        subscription=sub, ack_ids=[second.ack_id], ack_deadline_seconds=60
+    )
+    arrived, messages = stream.next_response()
+    if arrived < sent_at + RECEIPT_WAIT_SECONDS:  # not released by the time limit
+        assert arrived >= confirmed_at
+        assert _data(messages) == [b"2", b"3", b"4"]
+    else:  # a slow machine: the limit released what had come
+        assert _data(messages)[0] == b"2"
 
 
 def test_unconfirmed_response_holds_the_next_only_for_a_while(
-    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+    publisher: Any, topic: str, receipting: tuple[RawStream, str, Any, float]
 ) -> None:
     """A receipt that never comes delays the next response by the time limit, not forever."""
-    sub = make_sub()
-    stream = RawStream(subscriber, sub)
-    try:
-        publisher.publish(topic, b"0").result(10)
-        _, (first,) = stream.next_response()
-        subscriber.modify_ack_deadline(
-            subscription=sub, ack_ids=[first.ack_id], ack_deadline_seconds=60
-        )
-        publisher.publish(topic, b"1").result(10)
-        sent_at, _ = stream.next_response()
-        publisher.publish(topic, b"2").result(10)
-        arrived, messages = stream.next_response()
-        assert _data(messages) == [b"2"]
-        assert arrived >= sent_at + RECEIPT_WAIT_SECONDS - 0.01
-    finally:
-        stream.close()
+    stream, _, _, sent_at = receipting
+    publisher.publish(topic, b"2").result(10)
+    arrived, messages = stream.next_response()
+    assert _data(messages) == [b"2"]
+    assert arrived >= sent_at + RECEIPT_WAIT_SECONDS - 0.01
 
 
 def test_acks_release_the_next_response(
-    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+    publisher: Any, topic: str, receipting: tuple[RawStream, str, Any, float]
 ) -> None:
     """An ack (on the stream) of the last response's first message confirms it too."""
-    sub = make_sub()
-    stream = RawStream(subscriber, sub)
-    try:
-        publisher.publish(topic, b"0").result(10)
-        _, (first,) = stream.next_response()
-        subscriber.modify_ack_deadline(
-            subscription=sub, ack_ids=[first.ack_id], ack_deadline_seconds=60
-        )
-        publisher.publish(topic, b"1").result(10)
-        sent_at, (second,) = stream.next_response()
-        publisher.publish(topic, b"2").result(10)
-        acked_at = time.monotonic()
-        stream.requests.put(types.StreamingPullRequest(ack_ids=[second.ack_id]))
-        arrived, messages = stream.next_response()
-        assert _data(messages) == [b"2"]
-        assert arrived >= acked_at or arrived >= sent_at + RECEIPT_WAIT_SECONDS - 0.01
-    finally:
-        stream.close()
+    stream, _, second, sent_at = receipting
+    publisher.publish(topic, b"2").result(10)
+    acked_at = time.monotonic()
+    stream.requests.put(types.StreamingPullRequest(ack_ids=[second.ack_id]))
+    arrived, messages = stream.next_response()
+    assert _data(messages) == [b"2"]
+    assert arrived >= acked_at or arrived >= sent_at + RECEIPT_WAIT_SECONDS - 0.01
