@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 import click
 
 __all__ = ["broker"]
+
+# The broker's threads (event loop, SQLite writer, gRPC poller) hand work to each other for every
+# Publish; with the default 5 ms GIL switch interval a woken thread can wait that long behind the
+# busy event loop. 0.5 ms cut publish() -> done p50 by about a third at 1,000 Publish calls/s.
+_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class _Formatter(logging.Formatter):
@@ -90,6 +96,7 @@ def broker(
         push_concurrency=push_concurrency,
         fsync=fsync,
     )
+    sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
     try:
         asyncio.run(run(options))
     except OSError as exc:
