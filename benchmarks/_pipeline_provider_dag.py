@@ -2,16 +2,19 @@
 
     list_files ──▶ create_subscription ──▶ publish ──▶ wait_0 ──▶ summarize_1 ──▶ wait_1 ── …
 
-`list_files` is the relay DAG's task (it also takes the first-task start-up cost in both variants).
-`publish` (PubSubPublishMessageOperator) sends one relay csv-profile request per CSV file, built
-with relay.protocol (new_request + to_binary, rendered by a macro at run time because bytes cannot
-travel through XCom), so the same function answers. `create_subscription` makes a plain
-subscription on the completion topic first, so no result is missed. A deferrable PubSubPullSensor
-returns as soon as one pull brings anything, so collecting N results needs several sensors:
-`wait_i` pulls (max_messages=1000, acks at once); `summarize_i` (short-circuit) lets the chain go
-on while results are missing, else totals them (XCom key "summary") and skips the rest of the chain
-in one call (a trigger-rule cascade would cost dag.test() a 1 s sleep per level). The chain length
-is RELAY_BENCH_PROVIDER_WAITS (default 40), read at parse time.
+`list_files` is the relay DAG's task. `publish` (PubSubPublishMessageOperator) sends one relay
+csv-profile request per CSV file, built with relay.protocol (new_request + to_binary, rendered by a
+macro at run time because bytes cannot travel through XCom), so the same function answers.
+`create_subscription` makes a plain subscription on the completion topic first, so no result is
+missed. A deferrable PubSubPullSensor returns as soon as one pull brings anything, so collecting N
+results needs several sensors: `wait_i` pulls (max_messages=1000) without acking. Acking
+(ack_messages=True, or in messages_callback) loses the results whenever Airflow's
+resume-after-defer race (apache/airflow#72716) fails the resumed try after they were acked: its
+retry then waits for results that never come. Unacked, they come back after the subscription's
+10 s ack deadline; duplicates are dropped by correlation id, and the benchmark deletes the
+subscription after the run. `summarize_i` (short-circuit) lets the chain go on while results are
+missing, else totals them (XCom key "summary") and skips the rest of the chain in one call. The
+chain length is RELAY_BENCH_PROVIDER_WAITS (default 40), read at parse time.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ with DAG(
         project_id="{{ params.project }}",
         topic="{{ params.completion_topic }}",
         subscription="{{ params.subscription }}",
-        ack_deadline_secs=60,
+        ack_deadline_secs=10,  # the minimum: results pulled by a failed try come back soonest
     )
     publish = PubSubPublishMessageOperator(
         task_id="publish",
@@ -134,7 +137,7 @@ with DAG(
             subscription="{{ params.subscription }}",
             max_messages=1000,  # Pub/Sub's cap per Pull; not a templated field
             return_immediately=True,  # what the trigger does anyway (explicit: no warning)
-            ack_messages=True,
+            ack_messages=False,  # see the module docstring
             deferrable=True,
             messages_callback=decode_results,
             timeout=600,

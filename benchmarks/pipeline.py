@@ -1,34 +1,27 @@
-"""Wall time of the example CSV pipeline, split into Airflow, relay and the functions' work.
+"""Wall time of the example CSV pipeline on a real Airflow deployment, relay vs the Google provider.
 
 Run: `uv run --frozen python -m benchmarks.pipeline` (sizes 100 and 1,000; `--quick`: 20 only).
-Brings the local stack up once (relay.up.stack_up on relay.yaml: relay broker + functions), migrates
-one SQLite Airflow, then for each size generates that many CSV files (relay.demo.generate_csvs)
-and runs, each in a child process with `dag.test()` (benchmarks/_pipeline_child.py):
+The deployment is the end-to-end tests' (tests/e2e, docs/e2e.md): API server, scheduler, DAG
+processor and triggerer as separate processes on PostgreSQL with the LocalExecutor, driven through
+the REST API; the relay side is `relay.up.stack_up` on relay.yaml. For each size and run it
+triggers, one after the other:
 
 - relay:    dags/relay_csv_pipeline.py (list_files -> RelayFanOutOperator, deferrable -> summarize);
 - provider: benchmarks/_pipeline_provider_dag.py (list_files -> PubSubCreateSubscriptionOperator ->
             PubSubPublishMessageOperator -> deferrable PubSubPullSensor, repeated until all results
             are in -> summarize).
 
-Split of the dag.test() wall time W:
-- functions F: the union of the csv-profile function's busy intervals. Its JSON log lines carry
-  duration_ms but no timestamp, so this process tails the log file and stamps each line on
-  arrival: interval = [arrival - duration, arrival];
-- relay / provider publish+wait R: the union of the spans (metadata-DB start_date..end_date) of the
-  tasks that publish and wait (relay: `profile`; provider: create_subscription, publish, wait_*),
-  minus the part covered by F (the waiting that is just the functions working);
-- Airflow overhead A = W - |R u F|: everything else (DAG parse/serialise in dag.test, scheduling,
-  the other tasks, gaps between tasks). The child process's start-up (imports) is shown apart.
+The wall time (run queued -> run end) is split by benchmarks/_pipeline_split.py; the function's
+busy intervals come from tailing its log (each JSON line has duration_ms, stamped on arrival).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,15 +31,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.demo import _csv_topic, _run_logged, airflow_environment, generate_csvs
+from benchmarks import _pipeline_split
+from relay.demo import _csv_topic, generate_csvs
 from relay.protocol import EXAMPLE_CSV_PROFILE
 from relay.topology import load_topology
 from relay.up import stack_up
 
 _ROOT = Path(__file__).resolve().parent.parent
-_RELAY_DAG = _ROOT / "dags" / "relay_csv_pipeline.py"
-_PROVIDER_DAG = Path(__file__).resolve().parent / "_pipeline_provider_dag.py"
+# The deployment harness is the e2e tests' own (imported there as top-level modules from
+# tests/e2e): the benchmark runs the very deployment the tests check.
+sys.path.insert(0, str(_ROOT / "tests" / "e2e"))
+from _e2e_airflow import AirflowApi, AirflowDeployment, airflow_deployment  # noqa: E402
+from _e2e_postgres import create_database, drop_database, server_user  # noqa: E402
+from _e2e_procs import E2EError, wait_until  # noqa: E402
+from _e2e_relay import airflow_pubsub_env  # noqa: E402
+
+_DAGS = {
+    "relay": ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py"),
+    "provider": (
+        "relay_csv_pipeline_provider",
+        Path(__file__).with_name("_pipeline_provider_dag.py"),
+    ),
+}
 _FUNCTION = "csv-profile"
+# The e2e deployment narrows [workers] min_heartbeat_interval to 1 s (the window of Airflow's
+# resume-after-defer race); users run the default, which also sets relay's settle delay (5 + 3 s).
+_AIRFLOW_DEFAULTS = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "5"}
+_RUN_TIMEOUT = 600.0
+_FIRED = "Trigger fired event"
 
 
 class _LogTail(threading.Thread):
@@ -92,25 +104,91 @@ class _LogTail(threading.Thread):
         self.join(5)
 
 
-def _union(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+def _log_entries(
+    deployment: AirflowDeployment, dag_id: str, run_id: str, task_id: str, number: int
+) -> list[tuple[float, str]]:
+    """A try's log lines (task process and triggers) as (epoch, event), by time. Read from the
+    log folder: the REST log endpoint answered 404 for an earlier try once. A trigger's "fired"
+    line can be missing there (seen with relay's 1,000-result event): it is in the triggerer's
+    own log then."""
+    folder = (
+        deployment.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    )
+    entries = []
+    for path in folder.glob(f"attempt={number}.log*"):
+        for line in path.read_text(errors="replace").splitlines():
+            entry = json.loads(line)
+            if entry.get("timestamp") and isinstance(entry.get("event"), str):
+                entries.append((_pipeline_split.epoch(entry["timestamp"]), entry["event"]))
+    starts = sum(1 for _, e in entries if e.startswith("trigger ") and e.endswith(" starting"))
+    if starts > sum(1 for _, e in entries if e == _FIRED):
+        name = f"name='{dag_id}/{run_id}/{task_id}/-1/{number} (ID "
+        entries += [
+            (_pipeline_split.epoch(line.split(" ", 1)[0]), _FIRED)
+            for line in deployment.procs["triggerer"].text(since_start=False).splitlines()
+            if _FIRED in line and name in line
+        ]
+    return sorted(entries)
 
 
-def _length(intervals: Sequence[tuple[float, float]]) -> float:
-    return sum(end - start for start, end in intervals)
+def _record(deployment: AirflowDeployment, dag_id: str, run_id: str) -> dict[str, Any]:
+    """What the split needs: run and task instance times (REST), each try's log lines."""
+    api = deployment.api
+    run = api.run(dag_id, run_id)
+    tis = []
+    for ti in api.task_instances(dag_id, run_id):
+        if not ti["start_date"] or ti["state"] == "skipped":
+            continue
+        tries = [
+            _log_entries(deployment, dag_id, run_id, ti["task_id"], n)
+            for n in range(1, ti["try_number"] + 1)
+        ]
+        end = _pipeline_split.epoch(ti["end_date"]) if ti["end_date"] else None
+        tis.append(
+            {
+                "task_id": ti["task_id"],
+                "state": ti["state"],
+                "try_number": ti["try_number"],
+                "end_date": end,
+                "tries": tries,
+            }
+        )
+    return {
+        "run_id": run_id,
+        "state": run["state"],
+        "queued_at": _pipeline_split.epoch(run["queued_at"]),
+        "end_date": _pipeline_split.epoch(run["end_date"]),
+        "tis": tis,
+    }
 
 
-def _overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
-    return sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
+def _summary(api: AirflowApi, variant: str, dag_id: str, record: dict[str, Any]) -> Any:
+    """relay: summarize's return value; provider: XCom "summary" of the gate that ended it."""
+    if variant == "relay":
+        return api.xcom(dag_id, record["run_id"], "summarize", "return_value")
+    gates = [t["task_id"] for t in record["tis"] if t["task_id"].startswith("summarize_")]
+    if not gates:
+        return None
+    last = max(gates, key=lambda task: int(task.rsplit("_", 1)[1]))
+    return api.xcom(dag_id, record["run_id"], last, "summary")
+
+
+def _delete_subscription(project: str, subscription: str) -> None:
+    """The provider run's subscription: it never acks, and would collect every later result."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud.pubsub_v1 import SubscriberClient
+
+    client = SubscriberClient()  # PUBSUB_EMULATOR_HOST: set by stack_up
+    try:
+        path = client.subscription_path(project, subscription)
+        with contextlib.suppress(NotFound):  # the run failed before creating it
+            client.delete_subscription(request={"subscription": path}, timeout=30)
+    finally:
+        client.close()
 
 
 def _is_wait_task(variant: str, task: str) -> bool:
+    """Whether a task publishes or waits (its time is "publish+wait", not "other tasks")."""
     if variant == "relay":
         return task == "profile"
     return task in ("create_subscription", "publish") or task.startswith("wait_")
@@ -119,95 +197,67 @@ def _is_wait_task(variant: str, task: str) -> bool:
 def _run_variant(
     variant: str,
     size: int,
-    csv_dir: Path,
     conf: dict[str, Any],
-    env: dict[str, str],
-    run_dir: Path,
+    deployment: AirflowDeployment,
     tail: _LogTail,
     expected_rows: int,
+    out: Path,
 ) -> dict[str, Any]:
-    dag_id = "relay_csv_pipeline" if variant == "relay" else "relay_csv_pipeline_provider"
-    dag_file = run_dir / "dags" / f"{dag_id}.py"
-    tag = f"{variant}-{size}-{uuid.uuid4().hex[:6]}"
-    report_file = run_dir / f"report-{tag}.json"
-    argv = [sys.executable, "-m", "benchmarks._pipeline_child", str(dag_file), dag_id]
-    argv += [json.dumps(conf), str(report_file)]
+    """Trigger one run over REST, wait for it, split its wall time; the raw record goes to
+    `out` (record-<variant>-<size>-*.json)."""
+    dag_id = _DAGS[variant][0]
+    api = deployment.api
     tail.take()
-    started = time.time()
-    with (run_dir / "logs" / f"dag-test-{tag}.log").open("wb") as log:
-        code = subprocess.run(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=1800, check=False
-        ).returncode
-    ended = time.time()
-    time.sleep(0.2)
+    run_id = api.trigger(dag_id, conf)
+    try:
+        state = api.wait_for_run(dag_id, run_id, _RUN_TIMEOUT, deployment)
+    except E2EError as exc:
+        return {"variant": variant, "size": size, "error": str(exc).splitlines()[0]}
+    finally:
+        if variant == "provider":
+            _delete_subscription(conf["project"], conf["subscription"])
+    time.sleep(0.2)  # the last log lines of the function
     lines = [
         (at, e)
         for at, e in tail.take()
         if e.get("type") == EXAMPLE_CSV_PROFILE and e.get("duration_ms") is not None
     ]
-    if not report_file.is_file():
-        return {"variant": variant, "size": size, "error": f"no report (exit {code}), {log.name}"}
-    report = json.loads(report_file.read_text())
-    wall = report["test_end"] - report["test_start"]
-    busy = _union([(at - e["duration_ms"] / 1000, at) for at, e in lines])
-    spans = _union(
-        [
-            (t["start"], t["end"])
-            for t in report["tasks"]
-            if t["start"] and t["end"] and _is_wait_task(variant, t["task"])
-        ]
+    record = _record(deployment, dag_id, run_id)
+    busy = _pipeline_split.union((at - e["duration_ms"] / 1000, at) for at, e in lines)
+    (out / f"record-{variant}-{size}-{uuid.uuid4().hex[:6]}.json").write_text(
+        json.dumps({"record": record, "busy": busy}, indent=1)
     )
-    functions = _length(busy)
-    relay = _length(spans) - _overlap(spans, busy)
-    summary = report.get("summary") or {}
-    return {
-        "variant": variant,
-        "size": size,
-        "ok": report["state"] == "success"
-        and summary.get("files") == size
-        and summary.get("rows") == expected_rows,
-        "process": ended - started,
-        "startup": report["test_start"] - started,
-        "wall": wall,
-        "functions": functions,
-        "function_sum": sum(e["duration_ms"] for _, e in lines) / 1000,
-        "handled": sum(1 for _, e in lines if e.get("outcome") == "succeeded"),
-        "relay": relay,
-        "airflow": wall - _length(_union([*spans, *busy])),
-        "tasks": sum(1 for t in report["tasks"] if t["state"] == "success"),
-        "files": summary.get("files"),
-    }
-
-
-def _table(results: list[dict[str, Any]]) -> str:
-    head = (
-        "| size | variant | ok | runs | wall s (dag.test) | Airflow s | publish+wait s | "
-        "functions s (busy) | fn sum s | start-up s | tasks run |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+    summary = _summary(api, variant, dag_id, record) if state == "success" else None
+    result = _pipeline_split.split(
+        record,
+        busy,
+        (t["task_id"] for t in record["tis"] if _is_wait_task(variant, t["task_id"])),
+        settles=variant == "relay",
     )
-    rows = [head]
-    keys = sorted({(r["size"], r["variant"]) for r in results})
-    for size, variant in keys:
-        runs = [r for r in results if r["size"] == size and r["variant"] == variant]
-        good = [r for r in runs if "error" not in r]
-        if not good:
-            rows.append(f"| {size} | {variant} | error: {runs[0]['error']} |")
-            continue
+    result.update(
+        {
+            "variant": variant,
+            "size": size,
+            "state": state,
+            "ok": state == "success"
+            and (summary or {}).get("files") == size
+            and (summary or {}).get("rows") == expected_rows,
+            "function_sum": sum(e["duration_ms"] for _, e in lines) / 1000,
+            "tasks_run": len(record["tis"]),
+        }
+    )
+    return result
 
-        def med(key: str, good: list[dict[str, Any]] = good) -> str:
-            values = [r[key] for r in good]
-            text = f"{statistics.median(values):.1f}"
-            if len(values) > 1:
-                text += " (" + ", ".join(f"{v:.1f}" for v in values) + ")"
-            return text
 
-        ok = all(r["ok"] for r in good)
-        rows.append(
-            f"| {size} | {variant} | {'yes' if ok else 'NO'} | {len(good)} | {med('wall')} | "
-            f"{med('airflow')} | {med('relay')} | {med('functions')} | {med('function_sum')} | "
-            f"{med('startup')} | {good[0]['tasks']} |"
-        )
-    return "\n".join(rows)
+def _wait_parsed(deployment: AirflowDeployment) -> None:
+    """Until the DAG processor has put both DAGs in the database (a trigger 404s before)."""
+    api = deployment.api
+    wait_until(
+        "DAGs parsed",
+        lambda: all(api.dag_exists(dag_id) for dag_id, _ in _DAGS.values()),
+        180,
+        procs=list(deployment.procs.values()),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-warmup",
         dest="warmup",
         action="store_false",
-        help="skip the unrecorded warm-up run of each variant at size 10 (cold function, caches)",
+        help="skip the unrecorded warm-up run of each variant at size 10",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run folder")
     args = parser.parse_args(argv)
@@ -233,59 +283,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     topology = load_topology(args.file)
     run_dir = Path(tempfile.mkdtemp(prefix="relay-bench-pipeline-"))
-    (run_dir / "logs").mkdir()
     results: list[dict[str, Any]] = []
+    db_url = create_database(server_user())
     try:
         with stack_up(topology, data_dir=run_dir / "stack") as stack:
-            dags = run_dir / "dags"  # both DAG files, copied: dag.test() needs them in the folder
+            dags = run_dir / "dags"
             dags.mkdir()
-            shutil.copy(_RELAY_DAG, dags / "relay_csv_pipeline.py")
-            shutil.copy(_PROVIDER_DAG, dags / "relay_csv_pipeline_provider.py")
-            env = airflow_environment(run_dir, dags, topology.project, stack.broker.host)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-            migrate = [sys.executable, "-m", "airflow", "db", "migrate"]
-            if _run_logged(migrate, env, run_dir, "db-migrate") != 0:
-                print(f"airflow db migrate failed: {run_dir / 'logs'}", file=sys.stderr)
-                return 1
-            tail = _LogTail(stack.functions[_FUNCTION].log)
-            tail.start()
-            try:
-                plan = [(10, -1)] if args.warmup else []  # run -1: warm-up, not recorded
-                plan += [(size, run) for size in sizes for run in range(runs)]
-                for size, run in plan:
-                    csv_dir = run_dir / f"csv-{size}"
-                    expected = generate_csvs(csv_dir, size)
-                    for variant in variants:
-                        conf: dict[str, Any] = {
-                            "csv_dir": str(csv_dir),
-                            "request_topic": _csv_topic(topology),
-                            "completion_topic": topology.completion_topic,
-                        }
-                        if variant == "provider":
-                            conf |= {
-                                "project": topology.project,
-                                "subscription": f"bench-{uuid.uuid4().hex[:12]}",
-                                "expected": size,
+            for dag_id, source in _DAGS.values():
+                shutil.copy(source, dags / f"{dag_id}.py")
+            env = airflow_pubsub_env(stack.broker.host, topology.project)
+            started = time.monotonic()
+            with airflow_deployment(
+                run_dir / "airflow", dags, db_url, env, _AIRFLOW_DEFAULTS
+            ) as deployment:
+                _wait_parsed(deployment)
+                print(f"Airflow up in {time.monotonic() - started:.0f}s", file=sys.stderr)
+                tail = _LogTail(stack.functions[_FUNCTION].log)
+                tail.start()
+                try:
+                    plan = [(10, -1)] if args.warmup else []  # run -1: warm-up, not recorded
+                    plan += [(size, run) for run in range(runs) for size in sizes]
+                    expected = {
+                        size: generate_csvs(run_dir / f"csv-{size}", size)
+                        for size in {size for size, _ in plan}
+                    }
+                    for size, run in plan:
+                        for variant in variants:
+                            conf: dict[str, Any] = {
+                                "csv_dir": str(run_dir / f"csv-{size}"),
+                                "request_topic": _csv_topic(topology),
+                                "completion_topic": topology.completion_topic,
                             }
-                        print(f"size {size} run {run + 1} {variant} ...", file=sys.stderr)
-                        result = _run_variant(
-                            variant, size, csv_dir, conf, env, run_dir, tail, expected.rows
-                        )
-                        print(json.dumps(result), file=sys.stderr)
-                        if run >= 0:
-                            results.append(result)
-                        dead = stack.dead()
-                        if dead:
-                            print("\n".join(dead), file=sys.stderr)
-                            return 1
-            finally:
-                tail.stop()
+                            if variant == "provider":
+                                conf |= {
+                                    "project": topology.project,
+                                    "subscription": f"bench-{uuid.uuid4().hex[:12]}",
+                                    "expected": size,
+                                }
+                            print(f"size {size} run {run + 1} {variant} ...", file=sys.stderr)
+                            result = _run_variant(
+                                variant, size, conf, deployment, tail, expected[size].rows, run_dir
+                            )
+                            print(json.dumps(result), file=sys.stderr)
+                            if run >= 0:
+                                results.append(result)
+                            dead = stack.dead()
+                            if dead:
+                                print("\n".join(dead), file=sys.stderr)
+                                return 1
+                finally:
+                    tail.stop()
     finally:
+        drop_database(db_url)
         if args.keep:
             print(f"kept {run_dir}", file=sys.stderr)
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-    print(_table(results))
+    print(_pipeline_split.table(results))
     return 0
 
 

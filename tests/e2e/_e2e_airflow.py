@@ -27,9 +27,15 @@ FINAL_RUN_STATES = ("success", "failed")
 
 
 def airflow_env(
-    home: Path, dags: Path, db_url: str, api_port: int, base: Mapping[str, str]
+    home: Path,
+    dags: Path,
+    db_url: str,
+    api_port: int,
+    base: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The configuration every component shares (one JWT secret: tasks and API must agree)."""
+    """The configuration every component shares (one JWT secret: tasks and API must agree);
+    `overrides` go last (the benchmark puts some settings back to Airflow's defaults)."""
     env = dict(base)
     env.update(
         {
@@ -73,17 +79,25 @@ def airflow_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(overrides or {})
     return env
 
 
 class AirflowDeployment:
     """The four components on one AIRFLOW_HOME and database; `api` talks to the API server."""
 
-    def __init__(self, home: Path, dags: Path, db_url: str, extra_env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        home: Path,
+        dags: Path,
+        db_url: str,
+        extra_env: Mapping[str, str],
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = airflow_env(home, dags, db_url, self.port, extra_env)
+        self.env = airflow_env(home, dags, db_url, self.port, extra_env, overrides)
         logs = home / "process-logs"
         self.procs = {
             name: Proc(
@@ -274,10 +288,14 @@ def _ti_name(ti: Mapping[str, Any]) -> str:
 
 @contextmanager
 def airflow_deployment(
-    home: Path, dags: Path, db_url: str, extra_env: Mapping[str, str]
+    home: Path,
+    dags: Path,
+    db_url: str,
+    extra_env: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
 ) -> Iterator[AirflowDeployment]:
     """Migrated and started; every component stopped at the end."""
-    deployment = AirflowDeployment(home, dags, db_url, extra_env)
+    deployment = AirflowDeployment(home, dags, db_url, extra_env, overrides)
     try:
         deployment.migrate()
         deployment.start()

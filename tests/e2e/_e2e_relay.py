@@ -7,6 +7,7 @@ has no restart.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -153,6 +154,25 @@ def clean_env() -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith(("AIRFLOW", "PUBSUB_EMULATOR_HOST", "RELAY_"))
     }
+
+
+def airflow_pubsub_env(host: str, project: str) -> dict[str, str]:
+    """clean_env() plus what every Airflow process needs to reach the broker: the emulator host
+    and an anonymous google_cloud_default connection on `project`."""
+    env = clean_env()
+    env.update(
+        {
+            "PUBSUB_EMULATOR_HOST": host,
+            "GOOGLE_CLOUD_PROJECT": project,
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
+                {
+                    "conn_type": "google_cloud_platform",
+                    "extra": {"is_anonymous": True, "project": project},
+                }
+            ),
+        }
+    )
+    return env
 
 
 @contextmanager

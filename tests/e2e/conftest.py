@@ -7,7 +7,6 @@ the logs of every component are printed (they also stay in the temp dir).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from _e2e_airflow import airflow_deployment
 from _e2e_postgres import create_database, drop_database, server_user
-from _e2e_relay import clean_env, relay_stack
+from _e2e_relay import airflow_pubsub_env, relay_stack
 from _e2e_stack import DAG_FILES, E2E
 
 
@@ -32,19 +31,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     try:
         with relay_stack(root / "relay") as stack:
             relay_ready = time.monotonic() - started
-            env = clean_env()
-            env.update(
-                {
-                    "PUBSUB_EMULATOR_HOST": stack.host,
-                    "GOOGLE_CLOUD_PROJECT": stack.topology.project,
-                    "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
-                        {
-                            "conn_type": "google_cloud_platform",
-                            "extra": {"is_anonymous": True, "project": stack.topology.project},
-                        }
-                    ),
-                }
-            )
+            env = airflow_pubsub_env(stack.host, stack.topology.project)
             with airflow_deployment(root / "airflow", dags, db_url, env) as deployment:
                 running = E2E(root, stack, deployment)
                 running.timings = {
