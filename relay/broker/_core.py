@@ -21,7 +21,7 @@ from google.pubsub_v1 import types
 
 from relay.broker._config import subscription_config, topic_retention
 from relay.broker._errors import BrokerError, already_exists, invalid, not_found
-from relay.broker._limits import check_publish
+from relay.broker._limits import CheckedMessages, check_publish
 from relay.broker._names import (
     DELETED_TOPIC,
     check_project,
@@ -52,6 +52,12 @@ _SQL_INSERT_BATCH = (
     "INSERT INTO batches (first_seq, last_seq, topic, publish_ns, body) VALUES (?, ?, ?, ?, ?)"
 )
 _SQL_INSERT_PENDING = "INSERT INTO pending (sub_id, seq) VALUES (?, ?)"
+# Every seq of a request for one subscription, generated inside SQLite: one statement instead of
+# one bound row per message (the writer thread holds the GIL while binding rows).
+_SQL_INSERT_PENDING_RANGE = (
+    "WITH RECURSIVE seqs(seq) AS (SELECT ?2 UNION ALL SELECT seq + 1 FROM seqs WHERE seq < ?3) "
+    "INSERT INTO pending (sub_id, seq) SELECT ?1, seq FROM seqs"
+)
 _SQL_LAST_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)"
 _SQL_DELETE_BATCH = "DELETE FROM batches WHERE first_seq = ?"
 _GC_INTERVAL = 600.0
@@ -230,7 +236,8 @@ class Broker:
             }
         )
         try:
-            await self._publish(topic, [forwarded], [forwarded.SerializeToString()])
+            checked = CheckedMessages([forwarded.SerializeToString()], [forwarded.ordering_key])
+            await self._publish(topic, [forwarded], checked)
         except Exception:
             _LOG.exception("dead-lettering to %s failed; redelivering", target)
             if entry.state == DEAD_LETTERING:
@@ -458,11 +465,12 @@ class Broker:
     async def publish(self, topic_name: str, messages: Any) -> list[str]:
         """Publish: returns the message ids once the messages are committed."""
         topic = self.topic(topic_name)
-        bodies = check_publish(messages)
-        return await self._publish(topic, messages, bodies)
+        return await self._publish(topic, messages, check_publish(messages))
 
-    async def _publish(self, topic: TopicState, messages: Any, bodies: list[bytes]) -> list[str]:
-        """Store and deliver checked messages; `bodies` are the serialized `messages`."""
+    async def _publish(
+        self, topic: TopicState, messages: Any, checked: CheckedMessages
+    ) -> list[str]:
+        """Store and deliver checked `messages`."""
         publish_ns = time.time_ns()
         first = self.last_seq + 1
         self.last_seq += len(messages)
@@ -480,32 +488,37 @@ class Broker:
             full = [
                 body + b"\x1a%c%b%b" % (len(message_id), message_id, stamp)
                 for body, message_id in zip(
-                    bodies, [b"%d" % seq for seq in range(first, self.last_seq + 1)], strict=True
+                    checked.bodies,
+                    [b"%d" % seq for seq in range(first, self.last_seq + 1)],
+                    strict=True,
                 )
             ]
             stored = [
-                StoredMessage(seq, name, body, publish_ns, message.ordering_key, batch)
-                for seq, message, body in zip(
-                    range(first, self.last_seq + 1), messages, full, strict=True
+                StoredMessage(seq, name, body, publish_ns, key, batch)
+                for seq, key, body in zip(
+                    range(first, self.last_seq + 1), checked.ordering_keys, full, strict=True
                 )
             ]
             statements.append(
                 (_SQL_INSERT_BATCH, [(first, self.last_seq, name, publish_ns, pack(full))])
             )
             matched: list[tuple[SubState, list[StoredMessage]]] = []
+            ranges: list[tuple[int, int, int]] = []  # subscriptions that take every message
             pending_rows: list[tuple[int, int]] = []
             attributes: list[dict[str, str]] | None = None
             for sub in subs:
                 predicate = sub.config.predicate
                 if predicate is None:
-                    chosen = stored
-                else:
-                    if attributes is None:
-                        attributes = [dict(m.attributes) for m in messages]
-                    chosen = [m for m, a in zip(stored, attributes, strict=True) if predicate(a)]
+                    matched.append((sub, stored))
+                    ranges.append((sub.sub_id, first, self.last_seq))
+                    continue
+                if attributes is None:
+                    attributes = [dict(m.attributes) for m in messages]
+                chosen = [m for m, a in zip(stored, attributes, strict=True) if predicate(a)]
                 matched.append((sub, chosen))
                 sub_id = sub.sub_id
                 pending_rows.extend((sub_id, m.seq) for m in chosen)
+            statements.append((_SQL_INSERT_PENDING_RANGE, ranges))
             statements.append((_SQL_INSERT_PENDING, pending_rows))
         await self.store.submit(statements)
         if keep:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay.broker._errors import invalid
 
@@ -14,6 +14,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_ORDERING_KEY_BYTES",
     "MAX_PUBLISH_BYTES",
+    "CheckedMessages",
     "check_publish",
 ]
 
@@ -26,11 +27,19 @@ MAX_ATTRIBUTE_VALUE_BYTES = 1024
 MAX_ORDERING_KEY_BYTES = 1024
 
 
-def check_publish(messages: Any) -> list[bytes]:
-    """Check the messages of one Publish request; return each message serialized.
+class CheckedMessages(NamedTuple):
+    """What the broker keeps of a checked Publish request, read in one pass over its messages."""
 
-    Serializing is the size check too (one pass over each message); message_id and publish_time
-    are the service's to set, so values a publisher put there are dropped.
+    bodies: list[bytes]  # each message serialized
+    ordering_keys: list[str]
+
+
+def check_publish(messages: Any) -> CheckedMessages:
+    """Check the messages of one Publish request; return them serialized, with their keys.
+
+    Serializing is the size check too (one pass over each message: reading protobuf fields again
+    later costs as much as the checks); message_id and publish_time are the service's to set, so
+    values a publisher put there are dropped.
     """
     count = len(messages)
     if count == 0:
@@ -41,6 +50,7 @@ def check_publish(messages: Any) -> list[bytes]:
             f"but the maximum value is {MAX_MESSAGES_PER_PUBLISH}."
         )
     bodies = []
+    keys = []
     total = 0
     for index, message in enumerate(messages):
         if message.message_id or message.HasField("publish_time"):
@@ -61,18 +71,20 @@ def check_publish(messages: Any) -> list[bytes]:
                 "Some messages in the publish request are empty. Each message must contain "
                 "either non-empty data, or at least one attribute."
             )
-        if message.ordering_key and len(message.ordering_key.encode()) > MAX_ORDERING_KEY_BYTES:
+        key = message.ordering_key
+        if key and len(key.encode()) > MAX_ORDERING_KEY_BYTES:
             raise invalid(
                 f"Message {index}: the ordering_key is longer than {MAX_ORDERING_KEY_BYTES} bytes."
             )
         total += size
         bodies.append(body)
+        keys.append(key)
     if total > MAX_PUBLISH_BYTES:
         raise invalid(
             f"Request payload size exceeds the limit: {MAX_PUBLISH_BYTES} bytes "
             f"(this request has {total} bytes of messages)."
         )
-    return bodies
+    return CheckedMessages(bodies, keys)
 
 
 def _check_attributes(index: int, attributes: Any) -> None:
