@@ -534,11 +534,8 @@ class Broker:
         if stored:
             self.batches[stored[0].batch.first_seq] = stored[0].batch
         for sub, chosen in matched:
-            if sub.deleted:
-                continue
-            for msg in chosen:
-                sub.add(msg)
-            sub.notify()
+            if not sub.deleted:
+                sub.add_published(chosen)
         cleanup: list[Statement] = []
         for msg in stored:
             if msg.refs == 0:

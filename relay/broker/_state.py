@@ -238,6 +238,19 @@ class SubState:
                 return
         self.ready.append(entry)
 
+    def add_published(self, msgs: list[StoredMessage]) -> None:
+        """Take newly published messages, in order, and wake the waiting consumers."""
+        if self.config.ordered:
+            for msg in msgs:
+                self.add(msg)
+        else:  # the same as add() for each, in bulk: this runs for every published message
+            fresh = [Entry(msg) for msg in msgs]
+            self.entries.update(zip([msg.seq for msg in msgs], fresh, strict=True))
+            for msg in msgs:
+                msg.refs += 1
+            self.ready.extend(fresh)
+        self.notify()
+
     def add_acked(self, msg: StoredMessage) -> None:
         """Remember an acked message for Seek (retain_acked_messages)."""
         self.acked[msg.seq] = msg
