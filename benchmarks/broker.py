@@ -1,6 +1,6 @@
 """Benchmarks of `relay broker`: publish throughput, delivery latency and rate, idle streams.
 
-Run: `uv run --frozen python -m benchmarks.broker` (about 4-5 minutes; `--quick` for a smoke run).
+Run: `uv run --frozen python -m benchmarks.broker` (about 8 minutes; `--quick` for a smoke run).
 Prints a Markdown table. Every figure is the median of several runs; each publish figure sits next
 to the same load against a do-nothing Publish server (benchmarks/_null_publisher.py) on the same
 machine, which is the ceiling for a Python gRPC server here. The broker and the do-nothing server
