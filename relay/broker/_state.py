@@ -144,6 +144,12 @@ class Consumer:
             self.event.set()
 
 
+def _confirm(entry: Entry, *, modack: bool) -> None:
+    """The client acted on `entry` (an ack, a nack or a modack): tell the consumer holding it."""
+    if entry.owner is not None:
+        entry.owner.confirmed(entry, modack=modack)
+
+
 class Host(Protocol):
     """What a subscription needs from the broker."""
 
@@ -336,8 +342,7 @@ class SubState:
             entry = self.entries.get(seq)
             if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
                 continue
-            if entry.owner is not None:
-                entry.owner.confirmed(entry, modack=False)
+            _confirm(entry, modack=False)
             self._remove(entry)
             deleted.append((sub_id, seq))
             if self.config.retain_acked:
@@ -370,8 +375,7 @@ class SubState:
             for seq, attempt in parsed:
                 entry = entries.get(seq)
                 if entry is not None and entry.state == LEASED and entry.attempts == attempt:
-                    if entry.owner is not None:
-                        entry.owner.confirmed(entry, modack=False)
+                    _confirm(entry, modack=False)
                     self.retry(entry)
             return
         deadline = self.host.loop.time() + seconds
@@ -381,8 +385,7 @@ class SubState:
             if entry is not None and entry.state == LEASED and entry.attempts == attempt:
                 entry.deadline = deadline
                 extended.append(entry)
-                if entry.owner is not None:
-                    entry.owner.confirmed(entry, modack=True)
+                _confirm(entry, modack=True)
         if extended:
             self.host.scheduler.at(deadline, self._check_leases, extended)
 
