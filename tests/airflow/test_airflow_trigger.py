@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from _airflow_responder import answer
 
-from relay.airflow import _wakehub
+from relay.airflow import _result_trigger, _wakehub
 from relay.airflow._publish import Published, build_requests, publish_requests
 from relay.airflow._results import collect, conclude, finish
 from relay.airflow.exceptions import RelayResultError, RelayTimeoutError
@@ -378,6 +378,9 @@ async def test_the_hub_reconnects_after_the_broker_restarts(
 ) -> None:
     own = start_broker(tmp_path / "own")
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", own.host)
+    # No early re-check: on a slow machine the restart can outlast it, and the result would then be
+    # found by the re-check instead of the reconnected stream this test is about.
+    monkeypatch.setattr(_result_trigger, "WAIT_ACK_DEADLINE_SECONDS", 3600)
     topics = {
         "requests": f"projects/{project}/topics/{unique('requests')}",
         "results": f"projects/{project}/topics/{unique('results')}",
