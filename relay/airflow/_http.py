@@ -11,11 +11,13 @@ import random
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from relay.airflow.hooks import RelayHook
 from relay.protocol import Event, to_binary
+
+if TYPE_CHECKING:  # the triggerer imports this module on its event loop: keep it light
+    from relay.airflow.hooks import RelayHook
 
 _BODY_LIMIT = 65_536
 # The function could not even read the request: resending the same bytes cannot help.

@@ -1,4 +1,4 @@
-"""RelayHttpInvokeOperator and RelayHttpInvokeTrigger: the direct path to a function's HTTPS URL.
+"""RelayHttpInvokeOperator: the direct path to a function's HTTPS URL.
 
 The request is the same CloudEvent as on Pub/Sub (binary HTTP mode, ce-replyto included): the
 function publishes its result to the completion topic and answers 2xx. With `wait_for_result`
@@ -9,25 +9,24 @@ subscription is created before the POST); otherwise it returns the function's HT
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
-from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from relay.airflow._http import (
     DEFAULT_FAIL_FAST_STATUSES,
     HttpPolicy,
-    decode_body,
     default_audience,
     encode_body,
     http_parts,
-    post_async,
     post_sync,
     response_json,
 )
+from relay.airflow._http_trigger import RelayHttpInvokeTrigger
+from relay.airflow._identity import ImpersonationChain
 from relay.airflow._publish import build_requests, default_source, task_request_ids
 from relay.airflow._result_trigger import (
     COLLECT_ALL,
@@ -36,98 +35,11 @@ from relay.airflow._result_trigger import (
     wait_pairs,
 )
 from relay.airflow._results import finish
-from relay.airflow._settle import not_before, resolve_settle, sleep_until
-from relay.airflow._trigger_hooks import trigger_hook
+from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
-from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
+from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, RelayHook
 
 _DEFER_GRACE = timedelta(minutes=5)
-
-
-class RelayHttpInvokeTrigger(BaseTrigger):
-    """POST a CloudEvent with retries from the triggerer; the ID token is minted here, per attempt.
-
-    Kwargs hold the URL, the CloudEvent headers and body, the audience and the connection id: never
-    a token or an Authorization header. `carry` (plain data for the resumed task) is echoed back in
-    the event. Re-running it (triggerer failover) re-sends the same ce-id,
-    which relay functions answer as a duplicate. The event is not yielded before `not_before`
-    (epoch seconds: the deferring task's settle delay, see relay.airflow._settle).
-    """
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        headers: dict[str, str],
-        body: str,
-        audience: str,
-        deadline: float,
-        max_attempts: int = 5,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        request_timeout: float = 60.0,
-        fail_fast_statuses: Collection[int] = DEFAULT_FAIL_FAST_STATUSES,
-        gcp_conn_id: str = "google_cloud_default",
-        impersonation_chain: ImpersonationChain = None,
-        carry: dict[str, Any] | None = None,
-        not_before: float = 0.0,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        if any(k.lower() == "authorization" for k in headers):
-            raise RelayConfigError("trigger headers must not carry credentials")
-        self.url = url
-        self.headers = dict(headers)
-        self.body = body
-        self.audience = audience
-        self.deadline = float(deadline)
-        self.policy = HttpPolicy(
-            max_attempts, backoff, max_backoff, request_timeout, tuple(fail_fast_statuses)
-        )
-        self.gcp_conn_id = gcp_conn_id
-        self.impersonation_chain = (
-            impersonation_chain
-            if impersonation_chain is None or isinstance(impersonation_chain, str)
-            else list(impersonation_chain)
-        )
-        self.carry = dict(carry or {})
-        self.not_before = float(not_before)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and kwargs (no credentials)."""
-        return (
-            "relay.airflow.triggers.RelayHttpInvokeTrigger",
-            {
-                "url": self.url,
-                "headers": dict(self.headers),
-                "body": self.body,
-                "audience": self.audience,
-                "deadline": self.deadline,
-                "max_attempts": self.policy.max_attempts,
-                "backoff": self.policy.backoff,
-                "max_backoff": self.policy.max_backoff,
-                "request_timeout": self.policy.request_timeout,
-                "fail_fast_statuses": list(self.policy.fail_fast_statuses),
-                "gcp_conn_id": self.gcp_conn_id,
-                "impersonation_chain": self.impersonation_chain,
-                "carry": dict(self.carry),
-                "not_before": self.not_before,
-            },
-        )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """POST until success or give-up; yields {"status": "ok"|"error", "code", "attempts"...}."""
-        hook = await trigger_hook(self.gcp_conn_id, self.impersonation_chain)
-        payload = await post_async(
-            hook,
-            self.url,
-            self.headers,
-            decode_body(self.body),
-            audience=self.audience,
-            policy=self.policy,
-            deadline=self.deadline,
-        )
-        await sleep_until(self.not_before)
-        yield TriggerEvent({**payload, "carry": self.carry})  # type: ignore[no-untyped-call]
 
 
 class RelayHttpInvokeOperator(BaseOperator):

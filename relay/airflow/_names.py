@@ -23,6 +23,8 @@ _CORRELATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$")
 
 WAIT_SUBSCRIPTION_PREFIX = "relay-wait-"
 WAKE_SUBSCRIPTION_PREFIX = "relay-wake-"
+# Ack deadline of wait subscriptions: how long a trigger's or worker's read holds a result.
+WAIT_ACK_DEADLINE_SECONDS = 10
 
 
 def topic_path(project_id: str, topic: str) -> str:

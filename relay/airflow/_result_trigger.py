@@ -20,11 +20,11 @@ from typing import Any, TypeAlias
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from relay.airflow import _wakehub
-from relay.airflow._names import check_correlation_id, project_of
+from relay.airflow._identity import ImpersonationChain
+from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS, check_correlation_id, project_of
 from relay.airflow._settle import sleep_until
 from relay.airflow._trigger_hooks import trigger_hook
 from relay.airflow.exceptions import RelayConfigError
-from relay.airflow.hooks import WAIT_ACK_DEADLINE_SECONDS, ImpersonationChain
 from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED
 
 FAIL_FAST = "fail_fast"

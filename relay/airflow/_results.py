@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS
 from relay.airflow._result_trigger import FAIL_FAST, Waits, wait_pairs
 from relay.airflow.exceptions import (
     RelayNonRetryablePartialFailureError,
@@ -24,7 +25,7 @@ from relay.airflow.exceptions import (
     RelayTimeoutError,
     result_error,
 )
-from relay.airflow.hooks import WAIT_ACK_DEADLINE_SECONDS, RelayHook
+from relay.airflow.hooks import RelayHook
 from relay.protocol import RESULT_FAILED, ErrorInfo, Event, ProtocolError, from_message
 
 SUCCEEDED = "succeeded"

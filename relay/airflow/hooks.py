@@ -10,7 +10,6 @@ process share one channel, and google-auth refreshes the cached credentials as t
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 import time
@@ -22,16 +21,20 @@ from typing import Any
 
 from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
-from relay.airflow._names import subscription_path, topic_path, wait_filter, wait_subscription
+from relay.airflow._identity import ImpersonationChain, client_key
+from relay.airflow._names import (
+    WAIT_ACK_DEADLINE_SECONDS,
+    subscription_path,
+    topic_path,
+    wait_filter,
+    wait_subscription,
+)
 from relay.airflow.exceptions import RelayConfigError, RelayPublishError
 from relay.protocol import Message
-
-ImpersonationChain = str | Sequence[str] | None
 
 # Real Pub/Sub refuses expiration TTLs under one day and retention under ten minutes.
 DEFAULT_SUBSCRIPTION_TTL = timedelta(days=1)
 _MIN_RETENTION = timedelta(minutes=10)
-WAIT_ACK_DEADLINE_SECONDS = 10
 
 # relay's reads of a completion subscription are peeks that must not block: they use Pull with
 # return_immediately, which Pub/Sub and relay broker honour although the client calls it deprecated.
@@ -45,25 +48,6 @@ _ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[
     weakref.WeakKeyDictionary()
 )
 _ID_TOKEN_CREDENTIALS: dict[tuple[Any, ...], Any] = {}
-
-
-def chain_key(impersonation_chain: ImpersonationChain) -> tuple[str, ...]:
-    """A hashable form of an impersonation chain."""
-    if impersonation_chain is None:
-        return ()
-    if isinstance(impersonation_chain, str):
-        return tuple(s.strip() for s in impersonation_chain.split(",") if s.strip())
-    return tuple(impersonation_chain)
-
-
-def client_key(gcp_conn_id: str, impersonation_chain: ImpersonationChain) -> tuple[Any, ...]:
-    """What makes two hooks share clients: identity, emulator and process."""
-    return (
-        gcp_conn_id,
-        chain_key(impersonation_chain),
-        os.environ.get("PUBSUB_EMULATOR_HOST", ""),
-        os.getpid(),
-    )
 
 
 class RelayHook(GoogleBaseHook):

@@ -22,6 +22,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
+from relay.airflow._identity import ImpersonationChain
 from relay.airflow._publish import (
     Published,
     build_requests,
@@ -39,7 +40,7 @@ from relay.airflow._result_trigger import (
 from relay.airflow._results import finish
 from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow.exceptions import RelayConfigError
-from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, ImpersonationChain, RelayHook
+from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, RelayHook
 
 __all__ = [
     "RelayCallOperator",

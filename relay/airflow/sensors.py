@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 
+from relay.airflow._identity import ImpersonationChain
 from relay.airflow._names import wait_subscription
 from relay.airflow._result_trigger import (
     COLLECT_ALL,
@@ -22,7 +23,7 @@ from relay.airflow._result_trigger import (
 from relay.airflow._results import finish
 from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow.exceptions import RelayConfigError
-from relay.airflow.hooks import ImpersonationChain, RelayHook
+from relay.airflow.hooks import RelayHook
 
 __all__ = ["RelayResultSensor"]
 

@@ -5,7 +5,7 @@
 - RelayHttpInvokeTrigger: POST a CloudEvent with retries; ID token minted in the triggerer.
 """
 
-from relay.airflow._http_invoke import RelayHttpInvokeTrigger
+from relay.airflow._http_trigger import RelayHttpInvokeTrigger
 from relay.airflow._result_trigger import COLLECT_ALL, FAIL_FAST, RelayResultTrigger
 from relay.airflow._wakehub import close_all as close_wake_hubs
 
