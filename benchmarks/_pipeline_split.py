@@ -146,7 +146,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "trigger pick-up | resume |\n" + "|---" * 15 + "|"
     )
     rows = [head]
-    order = {"relay": 0, "provider": 1}
+    order = {"relay": 0, "relay_defer_after": 1, "provider": 2}
     keys = {(r["size"], r["variant"]) for r in results}
     for size, variant in sorted(keys, key=lambda k: (k[0], order.get(k[1], 2), k[1])):
         runs = [r for r in results if r["size"] == size and r["variant"] == variant]
@@ -155,7 +155,7 @@ def table(results: list[dict[str, Any]]) -> str:
             rows.append(f"| {size} | {variant} | error: {runs[0]['error']} |" + " |" * 12)
             continue
         cells = [_median(good, key) for key in ("wall", "scheduling", "startup", "wait")]
-        cells.append(_median(good, "settle") if variant == "relay" else "-")
+        cells.append(_median(good, "settle") if variant.startswith("relay") else "-")
         cells += [_median(good, k) for k in ("functions", "tasks", "function_sum")]
         cells.append(", ".join(str(r["retries"]) for r in good))
         cells += [_median(good, "pickup"), _median(good, "resume")]

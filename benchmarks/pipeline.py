@@ -7,6 +7,8 @@ the REST API; the relay side is `relay.up.stack_up` on relay.yaml. For each size
 triggers, one after the other:
 
 - relay:    dags/relay_csv_pipeline.py (list_files -> RelayFanOutOperator, deferrable -> summarize);
+- relay_defer_after: the same DAG with conf defer_after (`--defer-after`, 30 s): `profile` waits on
+            its worker first and defers only if the results are not all in by then;
 - provider: benchmarks/_pipeline_provider_dag.py (list_files -> PubSubCreateSubscriptionOperator ->
             PubSubPublishMessageOperator -> deferrable PubSubPullSensor, repeated until all results
             are in -> summarize).
@@ -48,6 +50,8 @@ from _e2e_relay import airflow_pubsub_env  # noqa: E402
 
 _DAGS = {
     "relay": ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py"),
+    # the same DAG run with conf defer_after (--defer-after seconds): waits on its worker first
+    "relay_defer_after": ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py"),
     "provider": (
         "relay_csv_pipeline_provider",
         Path(__file__).with_name("_pipeline_provider_dag.py"),
@@ -164,7 +168,7 @@ def _record(deployment: AirflowDeployment, dag_id: str, run_id: str) -> dict[str
 
 def _summary(api: AirflowApi, variant: str, dag_id: str, record: dict[str, Any]) -> Any:
     """relay: summarize's return value; provider: XCom "summary" of the gate that ended it."""
-    if variant == "relay":
+    if variant.startswith("relay"):
         return api.xcom(dag_id, record["run_id"], "summarize", "return_value")
     gates = [t["task_id"] for t in record["tis"] if t["task_id"].startswith("summarize_")]
     if not gates:
@@ -189,7 +193,7 @@ def _delete_subscription(project: str, subscription: str) -> None:
 
 def _is_wait_task(variant: str, task: str) -> bool:
     """Whether a task publishes or waits (its time is "publish+wait", not "other tasks")."""
-    if variant == "relay":
+    if variant.startswith("relay"):
         return task == "profile"
     return task in ("create_subscription", "publish") or task.startswith("wait_")
 
@@ -232,7 +236,7 @@ def _run_variant(
         record,
         busy,
         (t["task_id"] for t in record["tis"] if _is_wait_task(variant, t["task_id"])),
-        settles=variant == "relay",
+        settles=variant.startswith("relay"),
     )
     result.update(
         {
@@ -267,7 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="size 20 only, one run")
     parser.add_argument("--runs", type=int, default=1, help="runs per size and variant")
     parser.add_argument(
-        "--variants", default="relay,provider", help="comma-separated: relay,provider"
+        "--variants",
+        default="relay,relay_defer_after,provider",
+        help="comma-separated: relay,relay_defer_after,provider",
+    )
+    parser.add_argument(
+        "--defer-after", type=float, default=30.0, help="defer_after of relay_defer_after (s)"
     )
     parser.add_argument("--file", type=Path, default=_ROOT / "relay.yaml", help="topology")
     parser.add_argument(
@@ -314,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "request_topic": _csv_topic(topology),
                                 "completion_topic": topology.completion_topic,
                             }
+                            if variant == "relay_defer_after":
+                                conf["defer_after"] = args.defer_after
                             if variant == "provider":
                                 conf |= {
                                     "project": topology.project,

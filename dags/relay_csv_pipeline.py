@@ -10,6 +10,8 @@ deferral; `summarize` totals rows and empty cells. `make demo` runs it against t
     csv_dir           folder with *.csv files (file:// URIs; gs:// works with the real function)
     request_topic     the csv-profile function's request topic
     completion_topic  where functions publish results
+    defer_after       seconds `profile` waits on its worker before deferring (0: defer at once;
+                      results in by then cost no deferral; docs/airflow.md, "defer_after")
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ with DAG(
         "csv_dir": "/tmp/relay-csv",
         "request_topic": "relay-csv-profile-requests",
         "completion_topic": "relay-results",
+        "defer_after": 0,
     },
     tags=["relay", "example"],
 ) as relay_csv_pipeline:
@@ -50,6 +53,7 @@ with DAG(
         policy="collect_all",  # profile every file; fail at the end naming the bad ones
         timeout=timedelta(minutes=10),
         deferrable=True,
+        defer_after="{{ params.defer_after }}",
     )
 
     @task

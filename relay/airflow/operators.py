@@ -21,6 +21,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
+from relay.airflow._defer_after import defer_after_seconds, wait_before_deferring
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
 from relay.airflow._identity import ImpersonationChain
 from relay.airflow._publish import (
@@ -210,6 +211,8 @@ class RelayPublishOperator(_RelayRequestOperator):
 class _RelayWaitingOperator(_RelayRequestOperator):
     """Publish then wait: deferring to RelayResultTrigger, or waiting in the worker."""
 
+    template_fields: Sequence[str] = (*_RelayRequestOperator.template_fields, "defer_after")
+
     def __init__(
         self,
         *,
@@ -217,9 +220,13 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         recheck_interval: float = 300.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         settle: float | None = None,
+        defer_after: timedelta | float | str = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not isinstance(defer_after, str):  # a template is checked once rendered
+            defer_after_seconds(defer_after)
+        self.defer_after = defer_after
         # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
         self.settle = None if settle is None else resolve_settle(settle)
         self.timeout = _seconds(timeout)
@@ -246,11 +253,14 @@ class _RelayWaitingOperator(_RelayRequestOperator):
             recheck_interval=self.recheck_interval,
         )
         if self.deferrable:
+            early = wait_before_deferring(trigger, self.defer_after)
+            if early is not None:
+                return self.execute_complete(context, early)
             trigger.not_before = not_before(self.settle)  # apache/airflow#72716, see _settle
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
-                timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
+                timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
             )
         return self.execute_complete(context, wait_blocking(trigger))
 
@@ -281,10 +291,12 @@ class RelayCallOperator(_RelayWaitingOperator):
     :param deferrable: wait in the triggerer (recommended) instead of holding a worker slot.
     :param settle: deferrable only: seconds after the deferral before the trigger may fire
         (default `[workers] min_heartbeat_interval` + 3, for apache/airflow#72716; 0 = off).
+    :param defer_after: deferrable only: seconds (or timedelta; templated) to wait on the worker
+        before deferring; results in by then cost no deferral (default 0: defer at once).
     """
 
     template_fields: Sequence[str] = (
-        *_RelayRequestOperator.template_fields,
+        *_RelayWaitingOperator.template_fields,
         "data",
         "correlation_id",
     )
@@ -315,9 +327,11 @@ class RelayFanOutOperator(_RelayWaitingOperator):
 
     :param items: the data of the requests (templated).
     :param policy: "fail_fast" or "collect_all".
+    :param defer_after: deferrable only: seconds (or timedelta; templated) to wait on the worker
+        before deferring; results in by then cost no deferral (default 0: defer at once).
     """
 
-    template_fields: Sequence[str] = (*_RelayRequestOperator.template_fields, "items")
+    template_fields: Sequence[str] = (*_RelayWaitingOperator.template_fields, "items")
 
     def __init__(self, *, items: Sequence[Any], policy: str = FAIL_FAST, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 
+from relay.airflow._defer_after import defer_after_seconds, wait_before_deferring
 from relay.airflow._identity import ImpersonationChain
 from relay.airflow._names import wait_subscription
 from relay.airflow._result_trigger import (
@@ -45,11 +46,14 @@ class RelayResultSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer.
     :param settle: deferrable only: seconds after the deferral before the trigger may fire
         (default `[workers] min_heartbeat_interval` + 3, for apache/airflow#72716; 0 = off).
+    :param defer_after: deferrable only: seconds (or timedelta; templated) to wait on the worker
+        before deferring; results in by then cost no deferral (default 0: defer at once).
     """
 
     template_fields: Sequence[str] = (
         "reply_topic",
         "correlation_ids",
+        "defer_after",
         "project_id",
         "impersonation_chain",
     )
@@ -64,6 +68,7 @@ class RelayResultSensor(BaseSensorOperator):
         recheck_interval: float = 300.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         settle: float | None = None,
+        defer_after: timedelta | float | str = 0,
         project_id: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
@@ -81,6 +86,9 @@ class RelayResultSensor(BaseSensorOperator):
         self.deferrable = deferrable
         # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
         self.settle = None if settle is None else resolve_settle(settle)
+        if not isinstance(defer_after, str):  # a template is checked once rendered
+            defer_after_seconds(defer_after)
+        self.defer_after = defer_after
         self.project_id = project_id
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
@@ -124,12 +132,16 @@ class RelayResultSensor(BaseSensorOperator):
         """Defer to RelayResultTrigger, or poke in the worker."""
         if not self.deferrable:
             return super().execute(context)
-        trigger = self._trigger(time.time() + float(self.timeout))
+        deadline = time.time() + float(self.timeout)
+        trigger = self._trigger(deadline)
+        early = wait_before_deferring(trigger, self.defer_after)
+        if early is not None:
+            return self.execute_complete(context, early)
         trigger.not_before = not_before(self.settle)  # apache/airflow#72716, see _settle
         self.defer(
             trigger=trigger,
             method_name="execute_complete",
-            timeout=timedelta(seconds=float(self.timeout)) + _DEFER_GRACE,
+            timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
         )
 
     def poke(self, context: Any) -> PokeReturnValue:

@@ -89,6 +89,36 @@ def test_call_fan_out_mapped_and_publish_then_sense(
         assert ids == task_request_ids({"ti": ti}, count)
 
 
+def _deferred(run: Any) -> set[str]:
+    """Tasks that deferred: dag.test() leaves a deferred task's trigger id on its instance."""
+    return {ti.task_id for ti in run.get_task_instances() if ti.trigger_id is not None}
+
+
+def test_defer_after_finishes_quick_results_on_the_worker(
+    airflow_db: Any,
+    topics: dict[str, str],
+    responder: Responder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = load_dag("relay_defer_after", topics, monkeypatch).test()
+    log = capsys.readouterr().out
+    assert _states(run) == {
+        ("quick", -1): "success",
+        ("fan_quick", -1): "success",
+        ("publish_quick", -1): "success",
+        ("sense_quick", -1): "success",
+        ("slow", -1): "success",
+        ("fails_quick", -1): "failed",
+    }
+    assert _deferred(run) == {"slow"}  # its result took 3 s, defer_after was 0.5 s
+    assert _xcom(run, "quick") == {"quick": 1}
+    assert _xcom(run, "fan_quick") == [{"i": i} for i in range(3)]  # templated defer_after
+    assert _xcom(run, "sense_quick") == [{"sensed": 1}]
+    assert _xcom(run, "slow") == {"delay": 3}
+    assert "EchoFailure: no such file (retryable=False, attempt=1)" in log
+
+
 def test_failures_fail_the_task_with_the_function_error(
     airflow_db: Any,
     topics: dict[str, str],

@@ -151,3 +151,62 @@ with DAG("relay_direct", schedule=None, start_date=datetime(2026, 1, 1), catchup
         deferrable=True,
         settle=SETTLE,
     )
+
+with DAG(
+    "relay_defer_after",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params={"defer_after": 30},
+) as defer_after:
+    # Results within defer_after: the tasks finish on their worker, without deferring.
+    quick = RelayCallOperator(
+        task_id="quick",
+        data={"quick": 1},
+        timeout=TIMEOUT,
+        deferrable=True,
+        defer_after=30,
+        settle=SETTLE,
+        **COMMON,
+    )
+    fan_quick = RelayFanOutOperator(
+        task_id="fan_quick",
+        items=[{"i": i} for i in range(3)],
+        timeout=TIMEOUT,
+        deferrable=True,
+        defer_after="{{ params.defer_after }}",
+        settle=SETTLE,
+        **COMMON,
+    )
+    publish_quick = RelayPublishOperator(task_id="publish_quick", data={"sensed": 1}, **COMMON)
+    sense_quick = RelayResultSensor(
+        task_id="sense_quick",
+        reply_topic=COMMON["reply_topic"],
+        correlation_ids=publish_quick.output,
+        timeout=TIMEOUT,
+        deferrable=True,
+        defer_after=timedelta(seconds=30),
+        settle=SETTLE,
+    )
+    # A result that takes longer than defer_after: the task defers and still gets it.
+    slow = RelayCallOperator(
+        task_id="slow",
+        data={"delay": 3},
+        timeout=TIMEOUT,
+        deferrable=True,
+        defer_after=0.5,
+        settle=SETTLE,
+        **COMMON,
+    )
+    # A failure within defer_after fails the task on its worker with the function's error.
+    fails_quick = RelayCallOperator(
+        task_id="fails_quick",
+        data={"fail": "no such file"},
+        timeout=TIMEOUT,
+        deferrable=True,
+        defer_after=30,
+        settle=SETTLE,
+        retries=0,
+        **COMMON,
+    )
+    quick >> fan_quick >> publish_quick >> sense_quick >> slow >> fails_quick
