@@ -217,6 +217,29 @@ def test_pipeline_results_in_item_order(api: AirflowApi, pipeline_run: PipelineR
     assert got == want, f"fan-out results out of item order: first ten {got[:10]}"
 
 
+def test_pipeline_with_defer_after_finishes_on_the_worker(
+    e2e: E2E, api: AirflowApi, pipeline_run: PipelineRun, tmp_path: Any
+) -> None:
+    """Run conf defer_after=60: the results come within it, so `profile` never defers (the run
+    above, defer_after 0, did), and the outcome is the same."""
+    expected = generate_csvs(tmp_path / "csv", 20)
+    conf = {
+        "csv_dir": str(tmp_path / "csv"),
+        "request_topic": e2e.relay.topic_of("csv_profile"),
+        "completion_topic": e2e.relay.topology.completion_topic,
+        "defer_after": 60,
+    }
+    run_id = api.trigger(PIPELINE, conf)
+    assert _finish(e2e, PIPELINE, run_id) == "success", _context(e2e, PIPELINE, run_id)
+    summary = api.xcom(PIPELINE, run_id, "summarize", "return_value")
+    assert (summary["files"], summary["rows"]) == (expected.files, expected.rows)
+    deferred = "Pausing task as DEFERRED"
+    assert deferred in api.task_log(PIPELINE, pipeline_run.run_id, "profile", 1, -1)
+    log = api.task_log(PIPELINE, run_id, "profile", 1, -1)
+    assert "published 20 dev.relay.example.csv.profile request(s)" in log, log[-3000:]
+    assert deferred not in log, log[-3000:]
+
+
 # -- faults: each run must still succeed, every result in XCom exactly once -----------------------
 
 
