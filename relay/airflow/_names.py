@@ -1,4 +1,5 @@
-"""Resource names: topic/subscription paths, per-wait completion subscriptions and their filters.
+"""Resource names: topic/subscription paths, per-wait completion subscriptions, their filters and
+ack deadline.
 
 A wait's completion subscription is named from a hash of (completion topic, correlation id), so the
 publisher (worker) and a trigger resumed from its kwargs always agree on it, and re-creating it is
