@@ -50,8 +50,6 @@ from _e2e_relay import airflow_pubsub_env  # noqa: E402
 
 _DAGS = {
     "relay": ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py"),
-    # the same DAG run with conf defer_after (--defer-after seconds): waits on its worker first
-    "relay_defer_after": ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py"),
     "provider": (
         "relay_csv_pipeline_provider",
         Path(__file__).with_name("_pipeline_provider_dag.py"),
@@ -168,7 +166,7 @@ def _record(deployment: AirflowDeployment, dag_id: str, run_id: str) -> dict[str
 
 def _summary(api: AirflowApi, variant: str, dag_id: str, record: dict[str, Any]) -> Any:
     """relay: summarize's return value; provider: XCom "summary" of the gate that ended it."""
-    if variant.startswith("relay"):
+    if _is_relay(variant):
         return api.xcom(dag_id, record["run_id"], "summarize", "return_value")
     gates = [t["task_id"] for t in record["tis"] if t["task_id"].startswith("summarize_")]
     if not gates:
@@ -191,9 +189,14 @@ def _delete_subscription(project: str, subscription: str) -> None:
         client.close()
 
 
+def _is_relay(variant: str) -> bool:
+    """relay and relay_defer_after: dags/relay_csv_pipeline.py, the latter with conf defer_after."""
+    return variant.startswith("relay")
+
+
 def _is_wait_task(variant: str, task: str) -> bool:
     """Whether a task publishes or waits (its time is "publish+wait", not "other tasks")."""
-    if variant.startswith("relay"):
+    if _is_relay(variant):
         return task == "profile"
     return task in ("create_subscription", "publish") or task.startswith("wait_")
 
@@ -209,7 +212,7 @@ def _run_variant(
 ) -> dict[str, Any]:
     """Trigger one run over REST, wait for it, split its wall time; the raw record goes to
     `out` (record-<variant>-<size>-*.json)."""
-    dag_id = _DAGS[variant][0]
+    dag_id = _DAGS["relay" if _is_relay(variant) else variant][0]
     api = deployment.api
     tail.take()
     run_id = api.trigger(dag_id, conf)
@@ -236,7 +239,7 @@ def _run_variant(
         record,
         busy,
         (t["task_id"] for t in record["tis"] if _is_wait_task(variant, t["task_id"])),
-        settles=variant.startswith("relay"),
+        settles=_is_relay(variant),
     )
     result.update(
         {

@@ -1,4 +1,5 @@
-"""`defer_after`: a deferrable task waits this long on its worker before it defers.
+"""`defer_after`: a deferrable task waits this long on its worker before it defers; and the one
+place where relay's operators and sensor defer a result wait.
 
 Deferring has a fixed price on a real deployment: the settle delay (relay.airflow._settle, 8 s by
 default), the trigger's pick-up by the triggerer, and a new task process to resume in (which parses
@@ -15,7 +16,12 @@ from datetime import timedelta
 from typing import Any
 
 from relay.airflow._result_trigger import RelayResultTrigger, wait_blocking
+from relay.airflow._settle import not_before
 from relay.airflow.exceptions import RelayConfigError
+
+# Extra time Airflow gives a deferral beyond the trigger's own deadline, so the trigger's clear
+# timeout error wins over Airflow's generic TaskDeferralTimeout.
+DEFER_GRACE = timedelta(minutes=5)
 
 
 def defer_after_seconds(value: Any) -> float:
@@ -34,6 +40,13 @@ def defer_after_seconds(value: Any) -> float:
     return seconds
 
 
+def checked_defer_after(value: timedelta | float | str) -> timedelta | float | str:
+    """`value`, refused now unless it is a template (checked once rendered)."""
+    if not isinstance(value, str):
+        defer_after_seconds(value)
+    return value
+
+
 def wait_before_deferring(trigger: RelayResultTrigger, defer_after: Any) -> dict[str, Any] | None:
     """Wait up to `defer_after` seconds on the worker for what `trigger` waits for.
 
@@ -49,3 +62,19 @@ def wait_before_deferring(trigger: RelayResultTrigger, defer_after: Any) -> dict
     if payload["status"] == "timeout" and until < trigger.deadline:
         return None
     return payload
+
+
+def finish_or_defer(
+    task: Any, context: Any, trigger: RelayResultTrigger, *, settle: float | None, defer_after: Any
+) -> Any:
+    """A deferrable task's result wait: `execute_complete` on the worker if `defer_after` sees it
+    end, else defer `trigger` (its event not before the settle delay) to `execute_complete`."""
+    early = wait_before_deferring(trigger, defer_after)
+    if early is not None:
+        return task.execute_complete(context, early)
+    trigger.not_before = not_before(settle)  # apache/airflow#72716, see _settle
+    task.defer(
+        trigger=trigger,
+        method_name="execute_complete",
+        timeout=timedelta(seconds=max(trigger.deadline - time.time(), 1)) + DEFER_GRACE,
+    )

@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
+from relay.airflow._defer_after import DEFER_GRACE, finish_or_defer
 from relay.airflow._http import (
     DEFAULT_FAIL_FAST_STATUSES,
     HttpPolicy,
@@ -38,8 +39,6 @@ from relay.airflow._results import finish
 from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
 from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, RelayHook
-
-_DEFER_GRACE = timedelta(minutes=5)
 
 
 class RelayHttpInvokeOperator(BaseOperator):
@@ -173,7 +172,7 @@ class RelayHttpInvokeOperator(BaseOperator):
                     not_before=not_before(self.settle),
                 ),
                 method_name="execute_posted",
-                timeout=timedelta(seconds=self.timeout) + _DEFER_GRACE,
+                timeout=timedelta(seconds=self.timeout) + DEFER_GRACE,
             )
         payload = post_sync(
             hook, self.url, headers, body, audience=audience, policy=self.policy, deadline=deadline
@@ -214,12 +213,7 @@ class RelayHttpInvokeOperator(BaseOperator):
             recheck_interval=self.recheck_interval,
         )
         if self.deferrable:
-            trigger.not_before = not_before(self.settle)
-            self.defer(
-                trigger=trigger,
-                method_name="execute_complete",
-                timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
-            )
+            return finish_or_defer(self, context, trigger, settle=self.settle, defer_after=0)
         return self.execute_complete(context, wait_blocking(trigger))
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:

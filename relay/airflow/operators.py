@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from relay.airflow._defer_after import defer_after_seconds, wait_before_deferring
+from relay.airflow._defer_after import checked_defer_after, finish_or_defer
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
 from relay.airflow._identity import ImpersonationChain
 from relay.airflow._publish import (
@@ -39,7 +39,7 @@ from relay.airflow._result_trigger import (
     wait_blocking,
 )
 from relay.airflow._results import finish
-from relay.airflow._settle import not_before, resolve_settle
+from relay.airflow._settle import resolve_settle
 from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, RelayHook
 
@@ -49,10 +49,6 @@ __all__ = [
     "RelayHttpInvokeOperator",
     "RelayPublishOperator",
 ]
-
-# Extra time Airflow gives a deferral beyond the trigger's own deadline, so the trigger's clear
-# timeout error wins over Airflow's generic TaskDeferralTimeout.
-_DEFER_GRACE = timedelta(minutes=5)
 
 
 def _seconds(value: timedelta | float) -> float:
@@ -224,9 +220,7 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(defer_after, str):  # a template is checked once rendered
-            defer_after_seconds(defer_after)
-        self.defer_after = defer_after
+        self.defer_after = checked_defer_after(defer_after)
         # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
         self.settle = None if settle is None else resolve_settle(settle)
         self.timeout = _seconds(timeout)
@@ -253,14 +247,8 @@ class _RelayWaitingOperator(_RelayRequestOperator):
             recheck_interval=self.recheck_interval,
         )
         if self.deferrable:
-            early = wait_before_deferring(trigger, self.defer_after)
-            if early is not None:
-                return self.execute_complete(context, early)
-            trigger.not_before = not_before(self.settle)  # apache/airflow#72716, see _settle
-            self.defer(
-                trigger=trigger,
-                method_name="execute_complete",
-                timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
+            return finish_or_defer(
+                self, context, trigger, settle=self.settle, defer_after=self.defer_after
             )
         return self.execute_complete(context, wait_blocking(trigger))
 

@@ -11,7 +11,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
 
-from relay.airflow._defer_after import defer_after_seconds, wait_before_deferring
+from relay.airflow._defer_after import checked_defer_after, finish_or_defer
 from relay.airflow._identity import ImpersonationChain
 from relay.airflow._names import wait_subscription
 from relay.airflow._result_trigger import (
@@ -22,13 +22,11 @@ from relay.airflow._result_trigger import (
     wait_pairs,
 )
 from relay.airflow._results import finish
-from relay.airflow._settle import not_before, resolve_settle
+from relay.airflow._settle import resolve_settle
 from relay.airflow.exceptions import RelayConfigError
 from relay.airflow.hooks import RelayHook
 
 __all__ = ["RelayResultSensor"]
-
-_DEFER_GRACE = timedelta(minutes=5)
 
 
 class RelayResultSensor(BaseSensorOperator):
@@ -86,9 +84,7 @@ class RelayResultSensor(BaseSensorOperator):
         self.deferrable = deferrable
         # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
         self.settle = None if settle is None else resolve_settle(settle)
-        if not isinstance(defer_after, str):  # a template is checked once rendered
-            defer_after_seconds(defer_after)
-        self.defer_after = defer_after
+        self.defer_after = checked_defer_after(defer_after)
         self.project_id = project_id
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
@@ -132,16 +128,9 @@ class RelayResultSensor(BaseSensorOperator):
         """Defer to RelayResultTrigger, or poke in the worker."""
         if not self.deferrable:
             return super().execute(context)
-        deadline = time.time() + float(self.timeout)
-        trigger = self._trigger(deadline)
-        early = wait_before_deferring(trigger, self.defer_after)
-        if early is not None:
-            return self.execute_complete(context, early)
-        trigger.not_before = not_before(self.settle)  # apache/airflow#72716, see _settle
-        self.defer(
-            trigger=trigger,
-            method_name="execute_complete",
-            timeout=timedelta(seconds=max(deadline - time.time(), 1)) + _DEFER_GRACE,
+        trigger = self._trigger(time.time() + float(self.timeout))
+        return finish_or_defer(
+            self, context, trigger, settle=self.settle, defer_after=self.defer_after
         )
 
     def poke(self, context: Any) -> PokeReturnValue:
