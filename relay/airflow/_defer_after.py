@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.airflow._result_trigger import RelayResultTrigger, wait_blocking
 from relay.airflow._settle import not_before
+from relay.airflow._wait import TIMEOUT, WaitOutcome
 from relay.airflow.exceptions import RelayConfigError
 
 # Extra time Airflow gives a deferral beyond the trigger's own deadline, so the trigger's clear
@@ -47,34 +48,40 @@ def checked_defer_after(value: timedelta | float | str) -> timedelta | float | s
     return value
 
 
-def wait_before_deferring(trigger: RelayResultTrigger, defer_after: Any) -> dict[str, Any] | None:
-    """Wait up to `defer_after` seconds on the worker for what `trigger` waits for.
+def wait_before_deferring(trigger: RelayResultTrigger, defer_after: Any) -> WaitOutcome | None:
+    """Wait up to `defer_after` seconds on the worker for what `trigger` waits for (reading the
+    task's own subscription; what it read stays there for the trigger).
 
-    Returns the trigger's event payload when the wait ended there (all results in, a failure under
-    fail_fast, an error, or the task's own deadline), None when the task should defer `trigger`.
+    Returns the outcome when the wait ended there (all results in, a failure under fail_fast, an
+    error, or the task's own deadline), None when the task should defer `trigger`.
     """
     seconds = defer_after_seconds(defer_after)
     if seconds <= 0:
         return None
-    until = min(trigger.deadline, time.time() + seconds)
-    _, kwargs = trigger.serialize()
-    payload = wait_blocking(RelayResultTrigger(**{**kwargs, "deadline": until, "not_before": 0.0}))
-    if payload["status"] == "timeout" and until < trigger.deadline:
+    deadline = trigger.wait.deadline
+    until = min(deadline, time.time() + seconds)
+    early = RelayResultTrigger(
+        wait=trigger.wait.with_deadline(until),
+        gcp_conn_id=trigger.gcp_conn_id,
+        impersonation_chain=trigger.impersonation_chain,
+    )
+    outcome = wait_blocking(early, last_look=until >= deadline)
+    if outcome.status == TIMEOUT and until < deadline:
         return None
-    return payload
+    return outcome
 
 
 def finish_or_defer(
     task: Any, context: Any, trigger: RelayResultTrigger, *, settle: float | None, defer_after: Any
 ) -> Any:
-    """A deferrable task's result wait: `execute_complete` on the worker if `defer_after` sees it
+    """A deferrable task's result wait: `task.finish_wait` on the worker if `defer_after` sees it
     end, else defer `trigger` (its event not before the settle delay) to `execute_complete`."""
     early = wait_before_deferring(trigger, defer_after)
     if early is not None:
-        return task.execute_complete(context, early)
+        return task.finish_wait(context, early)
     trigger.not_before = not_before(settle)  # apache/airflow#72716, see _settle
     task.defer(
         trigger=trigger,
         method_name="execute_complete",
-        timeout=timedelta(seconds=max(trigger.deadline - time.time(), 1)) + DEFER_GRACE,
+        timeout=timedelta(seconds=max(trigger.wait.deadline - time.time(), 1)) + DEFER_GRACE,
     )

@@ -28,17 +28,20 @@ from relay.airflow._http import (
 )
 from relay.airflow._http_trigger import RelayHttpInvokeTrigger
 from relay.airflow._identity import ImpersonationChain
-from relay.airflow._publish import build_requests, default_source, task_request_ids
-from relay.airflow._result_trigger import (
-    COLLECT_ALL,
-    RelayResultTrigger,
-    wait_blocking,
-    wait_pairs,
+from relay.airflow._names import correlation_group
+from relay.airflow._publish import (
+    build_requests,
+    context_group,
+    correlation_ids_for,
+    default_source,
+    task_request_ids,
 )
+from relay.airflow._result_trigger import RelayResultTrigger, wait_blocking
 from relay.airflow._results import finish
 from relay.airflow._settle import not_before, resolve_settle
+from relay.airflow._wait import COLLECT_ALL, ResultWait, WaitOutcome, from_legacy
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
-from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, RelayHook
+from relay.airflow.hooks import RelayHook
 
 
 class RelayHttpInvokeOperator(BaseOperator):
@@ -137,7 +140,9 @@ class RelayHttpInvokeOperator(BaseOperator):
             [self.data],
             source=self.source or default_source(self.dag_id, self.task_id),
             reply_to=hook.topic_path(self.reply_topic),
-            correlation_ids=[self.correlation_id] if self.correlation_id else None,
+            correlation_ids=correlation_ids_for(
+                context_group(context), 1, [self.correlation_id] if self.correlation_id else None
+            ),
             ids=task_request_ids(context, 1),
             validate=self.validate,
         )
@@ -145,12 +150,17 @@ class RelayHttpInvokeOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key="event_ids", value=[event.id])
         ti.xcom_push(key="correlation_ids", value=[cid])
-        waits: list[list[str]] = []  # [[correlation id, subscription]]: pairs survive JSONB
+        carry: dict[str, Any] = {"deadline": deadline}
         if self.wait_for_result:
-            subscription = hook.create_wait_subscription(
-                self.reply_topic, cid, ttl=DEFAULT_SUBSCRIPTION_TTL
-            )
-            waits.append([cid, subscription])
+            carry["wait"] = ResultWait(
+                completion_topic=hook.topic_path(self.reply_topic),
+                subscription=hook.create_task_subscription(
+                    self.reply_topic, correlation_group(cid), deadline=deadline
+                ),
+                correlation_ids=(cid,),
+                deadline=deadline,
+                policy=COLLECT_ALL,
+            ).to_json()
         headers, body = http_parts(event)
         audience = self.audience or default_audience(self.url)
         if self.deferrable:
@@ -168,7 +178,7 @@ class RelayHttpInvokeOperator(BaseOperator):
                     fail_fast_statuses=self.policy.fail_fast_statuses,
                     gcp_conn_id=self.gcp_conn_id,
                     impersonation_chain=self.impersonation_chain,
-                    carry={"waits": waits, "deadline": deadline},
+                    carry=carry,
                     not_before=not_before(self.settle),
                 ),
                 method_name="execute_posted",
@@ -177,17 +187,16 @@ class RelayHttpInvokeOperator(BaseOperator):
         payload = post_sync(
             hook, self.url, headers, body, audience=audience, policy=self.policy, deadline=deadline
         )
-        return self.execute_posted(
-            context, {**payload, "carry": {"waits": waits, "deadline": deadline}}
-        )
+        return self.execute_posted(context, {**payload, "carry": carry})
 
     def execute_posted(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """After the POST: fail with the HTTP error, or wait for / return the result."""
         hook = self._hook()
-        waits = wait_pairs(event["carry"]["waits"])
-        deadline = float(event["carry"]["deadline"])
+        carry = event["carry"]
+        wait = _carried_wait(carry, hook.topic_path(self.reply_topic))
         if event.get("status") != "ok":
-            hook.delete_subscriptions([subscription for _, subscription in waits])
+            if wait is not None:
+                hook.delete_subscriptions(list(wait.subscriptions()))
             raise RelayHttpError(
                 self.url,
                 int(event.get("attempts") or 0),
@@ -195,7 +204,7 @@ class RelayHttpInvokeOperator(BaseOperator):
                 str(event.get("detail")),
             )
         answer = response_json(event)
-        if not waits:
+        if wait is None:
             if isinstance(answer, dict) and answer.get("outcome") in ("failed", "expired"):
                 raise RelayResultError(
                     str(answer.get("correlationid", "")),
@@ -204,26 +213,37 @@ class RelayHttpInvokeOperator(BaseOperator):
                 )
             return answer
         trigger = RelayResultTrigger(
-            completion_topic=hook.topic_path(self.reply_topic),
-            waits=waits,
-            deadline=deadline,
-            policy=COLLECT_ALL,
+            wait=wait,
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
             recheck_interval=self.recheck_interval,
         )
         if self.deferrable:
             return finish_or_defer(self, context, trigger, settle=self.settle, defer_after=0)
-        return self.execute_complete(context, wait_blocking(trigger))
+        return self.finish_wait(context, wait_blocking(trigger))
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """Resume after the result wait."""
+        topic = self._hook().topic_path(self.reply_topic)
+        return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
+
+    def finish_wait(self, context: Any, outcome: WaitOutcome) -> Any:
+        """Take and ack the result, delete the subscription, return the data or raise."""
         return finish(
-            context,
-            self._hook(),
-            event["waits"],
-            event,
-            policy=COLLECT_ALL,
-            timeout=self.timeout,
-            single=True,
+            context, self._hook(), outcome, policy=COLLECT_ALL, timeout=self.timeout, single=True
         )
+
+
+def _carried_wait(carry: dict[str, Any], completion_topic: str) -> ResultWait | None:
+    """The result wait carried through the POST's deferral: this version's, or relay 0.1's
+    `waits` pairs (a task deferred before an upgrade); None when not waiting for the result."""
+    if "wait" in carry:
+        return ResultWait.from_json(carry["wait"])
+    if carry.get("waits"):
+        return from_legacy(
+            carry["waits"],
+            completion_topic=completion_topic,
+            deadline=float(carry["deadline"]),
+            policy=COLLECT_ALL,
+        )
+    return None

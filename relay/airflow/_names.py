@@ -1,86 +1,68 @@
-"""Resource names: topic/subscription paths, per-wait completion subscriptions, their filters and
-ack deadline.
+"""The Airflow side's names: paths and correlation ids as RelayConfigError-raising checks (the rules
+live in relay.protocol), a task instance's correlation-id group, and the completion subscription
+of a group.
 
-A wait's completion subscription is named from a hash of (completion topic, correlation id), so the
-publisher (worker) and a trigger resumed from its kwargs always agree on it, and re-creating it is
-idempotent.
+One task instance waits on one completion subscription, whatever the number of its requests: its
+requests' correlation ids are `<group>.<index>` with the group derived from the task instance, and
+the subscription's filter lets in the group's results only. The subscription's name is a hash of
+(completion topic, group), so the worker and a trigger rebuilt from its kwargs agree on it, and a
+retried task instance finds the one its earlier try made.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import re
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from relay.airflow.exceptions import RelayConfigError
+from relay.protocol import ProtocolError
+from relay.protocol import _names as _protocol
 
-_PROJECT = r"[a-z][a-z0-9\-:.]{1,62}"
-_RESOURCE = r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
-_TOPIC_PATH = re.compile(rf"^projects/({_PROJECT})/topics/({_RESOURCE})$")
-_SUBSCRIPTION_PATH = re.compile(rf"^projects/({_PROJECT})/subscriptions/({_RESOURCE})$")
-_RESOURCE_NAME = re.compile(rf"^{_RESOURCE}$")
-# Correlation ids go into a Pub/Sub filter string: a conservative character set keeps quoting
-# trivial.
-_CORRELATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,199}$")
-
-WAIT_SUBSCRIPTION_PREFIX = "relay-wait-"
+TASK_SUBSCRIPTION_PREFIX = "relay-task-"
 WAKE_SUBSCRIPTION_PREFIX = "relay-wake-"
-# Ack deadline of wait subscriptions: how long a trigger's or worker's read holds a result.
+# Subscriptions of relay 0.1 (one per request); still read and deleted for waits deferred by it.
+LEGACY_SUBSCRIPTION_PREFIX = "relay-wait-"
+# Ack deadline of task subscriptions: how long a read holds the results it pulled. A trigger run
+# that dies holding them gives them back after this long.
 WAIT_ACK_DEADLINE_SECONDS = 10
 
-
-def topic_path(project_id: str, topic: str) -> str:
-    """A full topic path from a short name (in `project_id`) or an already full path."""
-    if topic.startswith("projects/"):
-        if not _TOPIC_PATH.match(topic):
-            raise RelayConfigError(
-                f"topic {topic!r} is not of the form projects/<project>/topics/<name>"
-            )
-        return topic
-    if not _RESOURCE_NAME.match(topic):
-        raise RelayConfigError(f"topic name {topic!r} is not a valid Pub/Sub resource name")
-    return f"projects/{project_id}/topics/{topic}"
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
-def subscription_path(project_id: str, subscription: str) -> str:
-    """A full subscription path from a short name (in `project_id`) or an already full path."""
-    if subscription.startswith("projects/"):
-        if not _SUBSCRIPTION_PATH.match(subscription):
-            raise RelayConfigError(
-                f"subscription {subscription!r} is not of the form "
-                "projects/<project>/subscriptions/<name>"
-            )
-        return subscription
-    if not _RESOURCE_NAME.match(subscription):
-        raise RelayConfigError(
-            f"subscription name {subscription!r} is not a valid Pub/Sub resource name"
-        )
-    return f"projects/{project_id}/subscriptions/{subscription}"
+def _config_error(check: Callable[_P, _T]) -> Callable[_P, _T]:
+    """`check` raising RelayConfigError (what an operator argument gets) for a ProtocolError."""
+
+    @functools.wraps(check)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return check(*args, **kwargs)
+        except ProtocolError as exc:
+            raise RelayConfigError(exc.message) from None
+
+    return checked
 
 
-def project_of(path: str) -> str:
-    """The project part of a full topic or subscription path."""
-    return path.split("/", 2)[1]
+topic_path = _config_error(_protocol.topic_path)
+check_topic_path = _config_error(_protocol.check_topic_path)
+check_subscription_path = _config_error(_protocol.check_subscription_path)
+subscription_path = _config_error(_protocol.subscription_path)
+check_project_id = _config_error(_protocol.check_project_id)
+check_correlation_id = _config_error(_protocol.check_correlation_id)
+correlation_group = _config_error(_protocol.correlation_group)
+grouped_id = _config_error(_protocol.grouped_id)
+project_of = _protocol.project_of
 
 
-def check_correlation_id(correlation_id: object) -> str:
-    """Return the correlation id if it is safe to put into a subscription filter, else raise."""
-    if not isinstance(correlation_id, str) or not _CORRELATION_ID.match(correlation_id):
-        raise RelayConfigError(
-            f"correlation id {correlation_id!r} must be 1-200 characters of "
-            "A-Z a-z 0-9 . _ : @ + = - "
-            "starting with a letter or digit"
-        )
-    return correlation_id
+def task_group(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """The correlation-id group of one task instance: `t` + 24 hex digits of a hash of its key."""
+    key = f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode()
+    return "t" + hashlib.sha256(key).hexdigest()[:24]
 
 
-def wait_subscription(project_id: str, completion_topic: str, correlation_id: str) -> str:
-    """The full path of the completion subscription that holds the durable copy of one result."""
-    digest = hashlib.sha256(f"{completion_topic}\0{check_correlation_id(correlation_id)}".encode())
-    return (
-        f"projects/{project_id}/subscriptions/{WAIT_SUBSCRIPTION_PREFIX}{digest.hexdigest()[:40]}"
-    )
-
-
-def wait_filter(correlation_id: str) -> str:
-    """The subscription filter that lets only results for `correlation_id` in."""
-    return f'attributes.ce-correlationid = "{check_correlation_id(correlation_id)}"'
+def task_subscription(project_id: str, completion_topic: str, group: str) -> str:
+    """The full path of the completion subscription holding the results of one group."""
+    digest = hashlib.sha256(f"{completion_topic}\0{group}".encode()).hexdigest()[:40]
+    return subscription_path(project_id, f"{TASK_SUBSCRIPTION_PREFIX}{digest}")

@@ -1,11 +1,17 @@
-"""RelayResultTrigger: wait for the results of one or more correlation ids, woken by the shared hub.
+"""RelayResultTrigger: wait for the results of one task's correlation ids.
 
-Per correlation id there is a filtered completion subscription (created before the request was
-published), the durable copy of the result. The trigger reads it once on start, again whenever the
-process-wide wake hub sees a message with that correlation id, and on a slow periodic re-check.
-Reading is a peek: the result messages are pulled and immediately nacked (ack deadline 0), never
-acked, so a triggerer that dies at any point leaves them in place for the next run of the trigger
-and the worker acks them (by deleting the subscription) only after it has the result in hand.
+The results land in the task's completion subscription (created before the requests were
+published), the durable copy; the trigger never acks them, so a triggerer that dies at any point
+leaves them for the next run of the trigger, and the worker takes (acks) them only once it has them
+in hand.
+
+In the triggerer a wait hears of results from the process-wide wake hub (one stream per topic, see
+relay.airflow._wakehub), which hands over each result's message id without any read; it reads its
+own subscription (relay.airflow._reader) when it starts (results that came before), once more
+after a lease would have run out (an earlier run that died while reading), every
+`recheck_interval`, and at the deadline, where only a subscription read quiet for longer than a
+lease counts as "no result". On a worker (`deferrable=False`, `defer_after`) there is no hub: the
+wait reads its own subscription the whole time.
 """
 
 from __future__ import annotations
@@ -13,101 +19,115 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeAlias
+import weakref
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from relay.airflow import _wakehub
 from relay.airflow._identity import ImpersonationChain
-from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS, check_correlation_id, project_of
+from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS, project_of
+from relay.airflow._reader import (
+    FINAL_QUIET_SECONDS,
+    PULL_SECONDS,
+    QUIET_SECONDS,
+    Reading,
+    Seen,
+    SubscriptionGone,
+)
 from relay.airflow._settle import sleep_until
 from relay.airflow._trigger_hooks import trigger_hook
-from relay.airflow.exceptions import RelayConfigError
-from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED
+from relay.airflow._wait import (
+    COLLECT_ALL,
+    DONE,
+    ERROR,
+    FAIL_FAST,
+    TIMEOUT,
+    ResultWait,
+    WaitOutcome,
+    from_legacy,
+)
+from relay.protocol import RESULT_FAILED
 
-FAIL_FAST = "fail_fast"
-COLLECT_ALL = "collect_all"
-POLICIES = (FAIL_FAST, COLLECT_ALL)
-_RESULT_TYPES = (RESULT_SUCCEEDED, RESULT_FAILED)
-_PULL_CONCURRENCY = 32
-# How long a wait waits for the shared hub before it falls back to polling every this many seconds.
+_T = TypeVar("_T")
+# Reads of subscriptions under way at once per event loop: each is one outstanding pull (an
+# HTTP/2 stream on the shared channel, of which Google's front ends allow 100 per connection).
+_READ_CONCURRENCY = 32
+# How long a wait waits for the shared hub before it falls back to reading every this many seconds.
 _HUB_PATIENCE = 30.0
-
-# Waits as given: correlation id -> subscription, or [[correlation id, subscription], ...] (what
-# crosses Airflow's serialization boundaries: PostgreSQL stores trigger kwargs and events as JSONB,
-# which reorders object keys, so item order must travel as a list).
-Waits: TypeAlias = Mapping[str, str] | Sequence[Sequence[str]]
+_READ_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def wait_pairs(waits: Waits) -> list[list[str]]:
-    """`waits` as [[correlation id, subscription], ...] in item order: JSON-safe, order-keeping."""
-    items = waits.items() if isinstance(waits, Mapping) else waits
-    pairs: list[list[str]] = []
-    seen: set[str] = set()
-    for pair in items:
-        if isinstance(pair, str) or len(pair) != 2:
-            raise RelayConfigError(
-                f"waits must be [correlation id, subscription] pairs, got {pair!r}"
-            )
-        cid, subscription = check_correlation_id(pair[0]), pair[1]
-        if not isinstance(subscription, str) or not subscription:
-            raise RelayConfigError(f"subscription for correlation id {cid} must be a path")
-        if cid in seen:
-            raise RelayConfigError(f"correlation id {cid} appears twice in waits")
-        seen.add(cid)
-        pairs.append([cid, subscription])
-    return pairs
+class _Found:
+    """The first result seen per correlation id of a wait, and whether the wait is over."""
 
+    def __init__(self, wait: ResultWait) -> None:
+        self.wait = wait
+        self.seen: dict[str, Seen] = {}
+        self.failed = False
 
-def wait_map(waits: Waits) -> dict[str, str]:
-    """`waits` as an (insertion-ordered) dict, correlation id -> subscription, in item order."""
-    return dict((cid, subscription) for cid, subscription in wait_pairs(waits))
+    def record(self, seen: Seen) -> None:
+        if seen.correlation_id in self.seen or seen.correlation_id not in self.pending_ids():
+            return
+        self.seen[seen.correlation_id] = seen
+        self.failed = self.failed or seen.type == RESULT_FAILED
+
+    def pending_ids(self) -> set[str]:
+        return set(self.wait.correlation_ids) - set(self.seen)
+
+    def done(self) -> bool:
+        if self.wait.policy == FAIL_FAST and self.failed:
+            return True
+        return len(self.seen) == len(self.wait.correlation_ids)
+
+    def outcome(self, status: str, message: str = "") -> WaitOutcome:
+        ids = tuple(
+            self.seen[cid].message_id if cid in self.seen else None
+            for cid in self.wait.correlation_ids
+        )
+        return WaitOutcome(self.wait, status, ids, message)
 
 
 class RelayResultTrigger(BaseTrigger):
-    """Fires once every correlation id in `waits` has a result (or one failed, under fail_fast),
-    or at `deadline` (epoch seconds, absolute so a restarted trigger keeps the original deadline).
+    """Fires once every correlation id of `wait` has a result (or one failed, under fail_fast),
+    or at the wait's deadline.
 
-    :param completion_topic: full path of the topic the results are published to (the replyto).
-    :param waits: [[correlation id, full path of its completion subscription], ...] in item order
-        (a dict is accepted too; serialize() and the event always carry the list, see `Waits`).
-    :param deadline: epoch seconds after which the trigger reports a timeout.
-    :param policy: "fail_fast" (fire at the first failed result) or "collect_all".
-    :param recheck_interval: seconds between re-reads of every pending subscription when no wake-up
-        came (a safety net; wake-ups normally arrive within milliseconds).
+    :param wait: the ResultWait (or its JSON form, as serialize() stores it).
+    :param recheck_interval: seconds between re-reads of the subscription when no wake-up came (a
+        safety net; wake-ups normally arrive within milliseconds).
     :param linger: seconds the shared hub stays up after its last wait left.
     :param not_before: epoch seconds before which the event is not yielded (the deferring task's
         settle delay, see relay.airflow._settle); 0 = no delay.
 
-    The event payload: {"status": "done" | "timeout" | "error", "waits": the waits as pairs,
-    "results": {cid: {"type",
-    "message_id", "publish_time", "ce_id"}}, "pending": [cid...], "message": str}.
+    Kwargs of relay 0.1 (`completion_topic`, `waits`, `deadline`, `policy`) are accepted too: a
+    task deferred before an upgrade resumes. The event payload is `WaitOutcome.to_event()`.
     """
 
     def __init__(
         self,
         *,
-        completion_topic: str,
-        waits: Waits,
-        deadline: float,
-        policy: str = COLLECT_ALL,
+        wait: ResultWait | Mapping[str, Any] | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         recheck_interval: float = 300.0,
         linger: float = 30.0,
         not_before: float = 0.0,
+        completion_topic: str | None = None,
+        waits: Mapping[str, str] | Sequence[Sequence[str]] | None = None,
+        deadline: float | None = None,
+        policy: str = COLLECT_ALL,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        if not waits:
-            raise ValueError("waits must name at least one correlation id")
-        self.completion_topic = completion_topic
-        self.waits = wait_map(waits)
-        self.deadline = float(deadline)
-        self.policy = policy
+        if wait is None:  # relay 0.1's kwargs
+            if completion_topic is None or waits is None or deadline is None:
+                raise ValueError("RelayResultTrigger needs wait= (or relay 0.1's waits=...)")
+            wait = from_legacy(
+                waits, completion_topic=completion_topic, deadline=float(deadline), policy=policy
+            )
+        self.wait = wait if isinstance(wait, ResultWait) else ResultWait.from_json(wait)
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = (
             impersonation_chain
@@ -123,10 +143,7 @@ class RelayResultTrigger(BaseTrigger):
         return (
             "relay.airflow.triggers.RelayResultTrigger",
             {
-                "completion_topic": self.completion_topic,
-                "waits": wait_pairs(self.waits),
-                "deadline": self.deadline,
-                "policy": self.policy,
+                "wait": self.wait.to_json(),
                 "gcp_conn_id": self.gcp_conn_id,
                 "impersonation_chain": self.impersonation_chain,
                 "recheck_interval": self.recheck_interval,
@@ -136,243 +153,173 @@ class RelayResultTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Wait as described in the class docstring; yields exactly one event, not before
+        """Wait as described in the module docstring; yields exactly one event, not before
         `not_before` (the results stay where they are meanwhile)."""
-        payload = await self.wait()
+        outcome = await self.wait_woken()
         await sleep_until(self.not_before)
-        yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
+        yield TriggerEvent(outcome.to_event())  # type: ignore[no-untyped-call]
 
-    async def wait(self) -> dict[str, Any]:
-        """The waiting itself, returning the event payload (usable without a triggerer)."""
+    # -- the triggerer's wait: woken by the hub ---------------------------------------------------
+
+    async def wait_woken(self) -> WaitOutcome:
+        """The wait of a triggerer: results heard of from the shared hub, reads as a safety net."""
         hook = await trigger_hook(self.gcp_conn_id, self.impersonation_chain)
         client = hook.async_subscriber()
+        wait = self.wait
+        found = _Found(wait)
         hub = _wakehub.acquire(
             key=hook.key,
             client=client,
-            topic=self.completion_topic,
-            project_id=project_of(next(iter(self.waits.values()))),
+            topic=wait.completion_topic,
+            project_id=project_of(next(iter(wait.subscriptions()))),
             linger=self.linger,
         )
-        waiter = _wakehub.Waiter(self.waits)
-        results: dict[str, dict[str, Any]] = {}
+        waiter = _wakehub.Waiter(wait.correlation_ids)
         hub.add(waiter)
         try:
             recheck_interval = self.recheck_interval
-            remaining = self.deadline - time.time()
             try:
-                await asyncio.wait_for(hub.ready(), max(min(remaining, _HUB_PATIENCE), 0.001))
+                patience = max(min(wait.deadline - time.time(), _HUB_PATIENCE), 0.001)
+                await asyncio.wait_for(hub.ready(), patience)
             except TimeoutError:
-                if time.time() >= self.deadline:
-                    return await self._last_look(client, results, waiter, hub)
-                # No wake-ups yet (the hub keeps trying): poll often enough meanwhile.
-                self.log.warning("wake hub for %s not ready; polling", self.completion_topic)
+                # No wake-ups yet (the hub keeps trying): read often enough meanwhile.
+                self.log.warning("wake hub for %s not ready; reading", wait.completion_topic)
                 recheck_interval = min(recheck_interval, _HUB_PATIENCE)
-            # A result published before the hub existed is already in its subscription: read all.
-            to_check: set[str] = set(waiter.pending)
-            # One early re-check after a lease would have expired: covers a previous run of this
-            # trigger that died between pulling a result and releasing it.
-            next_recheck = time.time() + WAIT_ACK_DEADLINE_SECONDS + 2
+            # Results published before the hub listened are in the subscription only.
+            read_now = True
+            # One early re-read once a lease would have run out: covers an earlier run of this
+            # trigger that died holding results it had pulled.
+            next_read = time.time() + WAIT_ACK_DEADLINE_SECONDS + 2
             while True:
-                if to_check:
-                    error = await self._check(client, sorted(to_check), results, waiter, hub)
-                    if error is not None:
-                        return self._payload("error", results, error)
-                if self._done(results):
-                    return self._payload("done", results)
+                heard, reread = waiter.take()
+                for seen in heard:
+                    found.record(seen)
+                if read_now or reread:
+                    read_now = False
+                    await self._read(client, found, quiet=QUIET_SECONDS)
+                if found.done():
+                    return found.outcome(DONE)
                 now = time.time()
-                if now >= self.deadline:
-                    return await self._last_look(client, results, waiter, hub)
-                if now >= next_recheck:
-                    to_check = set(waiter.pending)
+                if now >= wait.deadline:
+                    return await self._last_look(client, found)
+                if now >= next_read:
+                    read_now = True
                     if recheck_interval < self.recheck_interval and hub.is_ready:
                         recheck_interval = self.recheck_interval
-                    next_recheck = now + recheck_interval * random.uniform(0.8, 1.2)
+                    next_read = now + recheck_interval * random.uniform(0.8, 1.2)
                     continue
                 try:
                     await asyncio.wait_for(
-                        waiter.event.wait(), min(self.deadline, next_recheck) - now
+                        waiter.event.wait(), min(wait.deadline, next_read) - now
                     )
                 except TimeoutError:
-                    to_check = set()
                     continue
-                to_check = waiter.take()
+        except SubscriptionGone as gone:
+            return found.outcome(ERROR, _gone(str(gone)))
         finally:
             hub.remove(waiter)
 
-    async def _last_look(
-        self,
-        client: Any,
-        results: dict[str, dict[str, Any]],
-        waiter: _wakehub.Waiter,
-        hub: _wakehub.WakeHub,
-    ) -> dict[str, Any]:
-        """At the deadline: one more read of what is pending (a re-run that starts after the
-        deadline must still report a result that came in time), then done or timeout."""
-        error = await self._check(client, sorted(waiter.pending), results, waiter, hub)
-        if error is not None:
-            return self._payload("error", results, error)
-        return self._payload("done" if self._done(results) else "timeout", results)
+    # -- the worker's wait: reading its own subscription ------------------------------------------
 
-    async def peek_once(self) -> dict[str, dict[str, Any]]:
-        """Read every subscription once (no hub, no waiting): the results found so far."""
+    async def wait_reading(self, *, last_look: bool = True) -> WaitOutcome:
+        """The wait of a worker: pull the task's own subscription until done or the deadline (a
+        blocking pull answers as soon as a result arrives); no wake subscription. Without
+        `last_look` the deadline is only a pause (the task defers then): no quiet read past it."""
         hook = await trigger_hook(self.gcp_conn_id, self.impersonation_chain)
-        results: dict[str, dict[str, Any]] = {}
-        error = await self._check(
-            hook.async_subscriber(), sorted(self.waits), results, _wakehub.Waiter(self.waits), None
+        client = hook.async_subscriber()
+        found = _Found(self.wait)
+        readings = [Reading(client, sub, ids) for sub, ids in self.wait.subscriptions().items()]
+        try:
+            deadline = self.wait.deadline
+            while not found.done() and time.time() < deadline:
+                await asyncio.gather(
+                    *(
+                        r.read(found.record, quiet=PULL_SECONDS, until=deadline, done=found.done)
+                        for r in readings
+                    )
+                )
+            if last_look and not found.done():
+                await asyncio.gather(*(self._last_read(r, found) for r in readings))
+        except SubscriptionGone as gone:
+            return found.outcome(ERROR, _gone(str(gone)))
+        finally:
+            await asyncio.gather(*(reading.release() for reading in readings))
+        return found.outcome(DONE if found.done() else TIMEOUT)
+
+    async def peek_once(self) -> WaitOutcome:
+        """One read of the subscription (no hub, no waiting): the results found so far."""
+        hook = await trigger_hook(self.gcp_conn_id, self.impersonation_chain)
+        found = _Found(self.wait)
+        try:
+            await self._read(hook.async_subscriber(), found, quiet=QUIET_SECONDS)
+        except SubscriptionGone as gone:
+            return found.outcome(ERROR, _gone(str(gone)))
+        return found.outcome(DONE if found.done() else TIMEOUT)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def _read(self, client: Any, found: _Found, *, quiet: float) -> None:
+        """Read each subscription of the wait until it is quiet, then release what was read."""
+
+        async def one(subscription: str, ids: Collection[str]) -> None:
+            reading = Reading(client, subscription, ids)
+            async with _read_slot():
+                try:
+                    await reading.read(
+                        found.record, quiet=quiet, until=time.time() + quiet + 60, done=found.done
+                    )
+                finally:
+                    await reading.release()
+
+        await asyncio.gather(*(one(sub, ids) for sub, ids in self.wait.subscriptions().items()))
+
+    async def _last_look(self, client: Any, found: _Found) -> WaitOutcome:
+        """At the deadline: only a read that stays quiet for longer than a lease makes a timeout
+        (a re-run that starts after the deadline must still report a result that came in time)."""
+        await self._read(client, found, quiet=FINAL_QUIET_SECONDS)
+        return found.outcome(DONE if found.done() else TIMEOUT)
+
+    @staticmethod
+    async def _last_read(reading: Reading, found: _Found) -> None:
+        await reading.read(
+            found.record,
+            quiet=FINAL_QUIET_SECONDS,
+            until=time.time() + FINAL_QUIET_SECONDS + 60,
+            done=found.done,
         )
-        if error is not None:
-            from relay.airflow.exceptions import RelayResultLostError
-
-            raise RelayResultLostError(error)
-        return results
-
-    def is_done(self, results: Mapping[str, Mapping[str, Any]]) -> bool:
-        """Whether `results` end the wait under this trigger's policy."""
-        return self._done(results)
-
-    def _done(self, results: Mapping[str, Mapping[str, Any]]) -> bool:
-        if self.policy == FAIL_FAST and any(r["type"] == RESULT_FAILED for r in results.values()):
-            return True
-        return len(results) == len(self.waits)
-
-    def _payload(
-        self, status: str, results: Mapping[str, Any], message: str = ""
-    ) -> dict[str, Any]:
-        return {
-            "status": status,
-            "waits": wait_pairs(self.waits),
-            "results": dict(results),
-            "pending": [cid for cid in self.waits if cid not in results],
-            "message": message,
-        }
-
-    async def _check(
-        self,
-        client: Any,
-        correlation_ids: Sequence[str],
-        results: dict[str, dict[str, Any]],
-        waiter: _wakehub.Waiter,
-        hub: _wakehub.WakeHub | None,
-    ) -> str | None:
-        """Peek into the subscriptions of `correlation_ids`; record first results. An error
-        text if a subscription is gone (its result can no longer arrive)."""
-        semaphore = asyncio.Semaphore(_PULL_CONCURRENCY)
-
-        async def one(cid: str) -> str | None:
-            async with semaphore:
-                return await self._peek(client, cid, results, waiter, hub)
-
-        errors = await asyncio.gather(*(one(cid) for cid in correlation_ids))
-        return next((e for e in errors if e is not None), None)
-
-    async def _peek(
-        self,
-        client: Any,
-        cid: str,
-        results: dict[str, dict[str, Any]],
-        waiter: _wakehub.Waiter,
-        hub: _wakehub.WakeHub | None,
-    ) -> str | None:
-        from google.api_core.exceptions import GoogleAPICallError, NotFound
-
-        subscription = self.waits[cid]
-        try:
-            response = await client.pull(
-                request={
-                    "subscription": subscription,
-                    "max_messages": 100,
-                    "return_immediately": True,
-                },
-                timeout=30,
-            )
-        except NotFound:
-            return (
-                f"completion subscription {subscription} for correlation id {cid} does not exist "
-                "(deleted, expired, or never created before the request was published)"
-            )
-        except GoogleAPICallError as exc:
-            self.log.warning("pull from %s failed: %r; will re-check", subscription, exc)
-            asyncio.get_running_loop().call_later(1.0, waiter.wake, cid)  # retry soon
-            return None
-        release: list[str] = []
-        drop: list[str] = []
-        candidates = []
-        for received in response.received_messages:
-            attributes = received.message.attributes
-            if attributes.get("ce-correlationid") != cid:
-                self.log.warning(
-                    "ignoring a message for another correlation id in %s", subscription
-                )
-                drop.append(received.ack_id)
-            elif attributes.get("ce-type") in _RESULT_TYPES:
-                candidates.append(received)
-                release.append(received.ack_id)
-            else:  # progress events and other non-results with this correlation id
-                drop.append(received.ack_id)
-        await self._settle(client, subscription, release, drop)
-        if candidates and cid not in results:
-            first = min(candidates, key=_arrival)
-            message = first.message
-            results[cid] = {
-                "type": message.attributes["ce-type"],
-                "message_id": message.message_id,
-                "publish_time": _iso(message.publish_time),
-                "ce_id": message.attributes.get("ce-id", ""),
-            }
-            waiter.pending.discard(cid)
-            if hub is not None:
-                hub.forget(waiter, cid)
-        return None
-
-    async def _settle(
-        self, client: Any, subscription: str, release: list[str], drop: list[str]
-    ) -> None:
-        """Nack results (they stay for the worker / a restarted trigger); ack everything else."""
-        from google.api_core.exceptions import GoogleAPICallError
-
-        try:
-            if release:
-                await client.modify_ack_deadline(
-                    request={
-                        "subscription": subscription,
-                        "ack_ids": release,
-                        "ack_deadline_seconds": 0,
-                    },
-                    timeout=30,
-                )
-            if drop:
-                await client.acknowledge(
-                    request={"subscription": subscription, "ack_ids": drop}, timeout=30
-                )
-        except GoogleAPICallError as exc:  # the lease expires by itself; nothing is lost
-            self.log.warning("could not release/ack messages in %s: %r", subscription, exc)
 
 
-def _arrival(received: Any) -> tuple[datetime, str]:
-    """Order of arrival at Pub/Sub: publish time, then message id."""
-    published = received.message.publish_time
-    if not isinstance(published, datetime):
-        published = datetime.fromtimestamp(0, UTC)
-    elif published.tzinfo is None:
-        published = published.replace(tzinfo=UTC)
-    return published, str(received.message.message_id)
+def _read_slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slot = _READ_SLOTS.get(loop)
+    if slot is None:
+        slot = _READ_SLOTS[loop] = asyncio.Semaphore(_READ_CONCURRENCY)
+    return slot
 
 
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+def _gone(subscription: str) -> str:
+    return (
+        f"completion subscription {subscription} does not exist (deleted, expired, or never "
+        "created before the requests were published): its results can no longer arrive"
+    )
 
 
-def wait_blocking(trigger: RelayResultTrigger) -> dict[str, Any]:
-    """Run a wait to its end in a fresh event loop (non-deferrable tasks), cleaning up after it."""
-    return asyncio.run(_then_close(trigger.wait()))
+def wait_blocking(trigger: RelayResultTrigger, *, last_look: bool = True) -> WaitOutcome:
+    """Run a worker's wait to its end in a fresh event loop (non-deferrable tasks)."""
+    return run_blocking(trigger.wait_reading(last_look=last_look))
 
 
-def peek_blocking(trigger: RelayResultTrigger) -> dict[str, dict[str, Any]]:
-    """One peek at every subscription in a fresh event loop (sensor poke mode)."""
-    return asyncio.run(_then_close(trigger.peek_once()))
+def peek_blocking(trigger: RelayResultTrigger) -> WaitOutcome:
+    """One read of the subscription in a fresh event loop (sensor poke mode)."""
+    return run_blocking(trigger.peek_once())
 
 
-async def _then_close(work: Any) -> Any:
+def run_blocking(work: Coroutine[Any, Any, _T]) -> _T:
+    """Run `work` on a worker in a fresh event loop, closing its clients and hubs at the end."""
+    return asyncio.run(_then_close(work))
+
+
+async def _then_close(work: Coroutine[Any, Any, _T]) -> _T:
     from relay.airflow.hooks import RelayHook
 
     try:
@@ -380,3 +327,6 @@ async def _then_close(work: Any) -> Any:
     finally:
         await _wakehub.close_all()
         await RelayHook.close_async_clients()
+
+
+__all__ = ["COLLECT_ALL", "FAIL_FAST", "TIMEOUT", "RelayResultTrigger"]

@@ -1,11 +1,11 @@
-"""Worker side of a wait: take the results the trigger reported out of their completion
-subscriptions, decode them, turn them into the task's return value or a clear error, and delete
-the subscriptions.
+"""Worker side of a wait: take the results the wait reported out of the task's completion
+subscription, decode them, turn them into the task's return value or a clear error, and delete
+the subscription.
 
-The trigger only peeks (pull + nack). Here, on the worker, the result is pulled again by the
-message id the trigger reported (so duplicates resolve to the same first result), decoded with
-relay.protocol (resolving a claim-check `dataref` here, not in the triggerer), and only then acked
-and its subscription deleted.
+The trigger only reads (pull, then nack). Here, on the worker, the results are pulled again by
+correlation id, preferring the message id the wait reported (a duplicate carries the same result),
+decoded with relay.protocol (resolving a claim-check `dataref` here, not in the triggerer), and
+acked in batches once in hand; then the one subscription is deleted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS
-from relay.airflow._result_trigger import FAIL_FAST, Waits, wait_pairs
+from relay.airflow._reader import Reading, Seen, SubscriptionGone
+from relay.airflow._result_trigger import run_blocking
+from relay.airflow._wait import ERROR, FAIL_FAST, ResultWait, WaitOutcome
 from relay.airflow.exceptions import (
     RelayNonRetryablePartialFailureError,
     RelayPartialFailureError,
@@ -34,7 +36,7 @@ TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 # How long the worker keeps looking for a reported result: a lease held by a trigger run that died
 # right after pulling expires after the subscription's ack deadline.
-_FETCH_PATIENCE = WAIT_ACK_DEADLINE_SECONDS * 2 + 5
+_TAKE_PATIENCE = WAIT_ACK_DEADLINE_SECONDS * 2 + 5
 
 
 @dataclass(frozen=True)
@@ -92,60 +94,59 @@ def outcome_of(correlation_id: str, event: Event) -> Outcome:
     return Outcome(correlation_id, SUCCEEDED, data=xcom_data(event), result_id=event.id)
 
 
-def fetch_event(hook: RelayHook, subscription: str, message_id: str) -> Event:
-    """Pull the message `message_id` from `subscription`, decode it, then ack what was pulled."""
-    subscriber = hook.subscriber()
-    ack_ids: list[str] = []
-    deadline = time.monotonic() + _FETCH_PATIENCE
-    try:
-        while True:
-            response = subscriber.pull(
-                request={
-                    "subscription": subscription,
-                    "max_messages": 100,
-                    "return_immediately": True,
-                },
-                timeout=30,
+def take_results(hook: RelayHook, wait: ResultWait, found: Mapping[str, str]) -> dict[str, Any]:
+    """The result message of each correlation id in `found` (preferring the message id the wait
+    reported; a duplicate of it is the same result), acked once in hand. RelayResultLostError
+    names the ids whose results are no longer in their subscription."""
+    return run_blocking(_take(hook, wait, found))
+
+
+async def _take(hook: RelayHook, wait: ResultWait, found: Mapping[str, str]) -> dict[str, Any]:
+    client = hook.async_subscriber()
+    taken: dict[str, Any] = {}
+    for subscription, ids in wait.subscriptions().items():
+        wanted = {cid: found[cid] for cid in ids if cid in found}
+        if not wanted:
+            continue
+        reading = Reading(client, subscription, wanted)
+        chosen: dict[str, Seen] = {}
+        give_up = time.time() + _TAKE_PATIENCE
+        try:
+            while len(chosen) < len(wanted) and time.time() < give_up:
+                for seen in await reading.pull():
+                    earlier = chosen.get(seen.correlation_id)
+                    if earlier is None or seen.message_id == wanted[seen.correlation_id]:
+                        chosen[seen.correlation_id] = seen
+        except SubscriptionGone:
+            pass  # reported below as lost
+        finally:
+            await reading.release(take=chosen)
+        missing = [cid for cid in wanted if cid not in chosen]
+        if missing:
+            raise RelayResultLostError(
+                f"the results the wait reported for {len(missing)} correlation id(s) are no "
+                f"longer in {subscription}: {', '.join(missing[:10])}"
             )
-            found = None
-            for received in response.received_messages:
-                ack_ids.append(received.ack_id)
-                if received.message.message_id == message_id:
-                    found = received.message
-            if found is not None:
-                return from_message(found.data, dict(found.attributes))
-            if time.monotonic() > deadline:
-                raise RelayResultLostError(
-                    f"result message {message_id} reported by the trigger is no longer in "
-                    f"{subscription}"
-                )
-            if not response.received_messages:
-                time.sleep(0.5)
-    finally:
-        if ack_ids:
-            try:
-                subscriber.acknowledge(
-                    request={"subscription": subscription, "ack_ids": ack_ids}, timeout=30
-                )
-            except Exception as exc:  # the subscription is deleted next anyway
-                hook.log.info("could not ack in %s: %r", subscription, exc)
+        taken.update((cid, seen.received.message) for cid, seen in chosen.items())
+    return taken
 
 
-def collect(hook: RelayHook, waits: Waits, payload: Mapping[str, Any]) -> list[Outcome]:
-    """Outcomes in `waits` order (item order when given as pairs, as the trigger event carries
-    them) from a RelayResultTrigger payload."""
-    if payload.get("status") == "error":
-        raise RelayResultLostError(str(payload.get("message") or "the wait failed"))
-    reported: Mapping[str, Mapping[str, Any]] = payload.get("results") or {}
-    missing = TIMEOUT if payload.get("status") == TIMEOUT else CANCELLED
+def collect(hook: RelayHook, outcome: WaitOutcome) -> list[Outcome]:
+    """Outcomes in item order from what a wait found: the results taken from the subscription
+    and decoded (claim checks resolved here, on the worker)."""
+    if outcome.status == ERROR:
+        raise RelayResultLostError(outcome.message or "the wait failed")
+    found = outcome.found()
+    messages = take_results(hook, outcome.wait, found) if found else {}
+    missing = TIMEOUT if outcome.status == TIMEOUT else CANCELLED
     outcomes = []
-    for cid, subscription in wait_pairs(waits):
-        info = reported.get(cid)
-        if info is None:
+    for cid in outcome.wait.correlation_ids:
+        message = messages.get(cid)
+        if message is None:
             outcomes.append(Outcome(cid, missing))
             continue
         try:
-            event = fetch_event(hook, subscription, str(info["message_id"]))
+            event = from_message(message.data, dict(message.attributes))
         except ProtocolError as exc:
             outcomes.append(
                 Outcome(
@@ -205,22 +206,21 @@ def _raise_for(outcome: Outcome, pending: list[str], timeout: float) -> None:
 def finish(
     context: Mapping[str, Any],
     hook: RelayHook,
-    waits: Waits,
-    payload: Mapping[str, Any],
+    outcome: WaitOutcome,
     *,
     policy: str,
     timeout: float,
     single: bool,
     delete: bool = True,
 ) -> Any:
-    """Resume after a wait: outcomes to XCom key "outcomes", return value or error; subscriptions
-    deleted in every case (the task is finished with them)."""
+    """Resume after a wait: outcomes to XCom key "outcomes", return value or error; the wait's
+    subscription deleted in every case (the task is finished with it)."""
     try:
-        outcomes = collect(hook, waits, payload)
+        outcomes = collect(hook, outcome)
         ti = context.get("ti")
         if ti is not None:
             ti.xcom_push(key="outcomes", value=[o.to_dict() for o in outcomes])
         return conclude(outcomes, policy=policy, timeout=timeout, single=single)
     finally:
         if delete:
-            hook.delete_subscriptions([subscription for _, subscription in wait_pairs(waits)])
+            hook.delete_subscriptions(list(outcome.wait.subscriptions()))

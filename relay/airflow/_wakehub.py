@@ -3,11 +3,14 @@
 Waits register the correlation ids they wait for. The hub owns one unfiltered "wake" subscription on
 the completion topic (created lazily inside the event loop, deleted when the last wait has left and
 a linger period passed, expiring by itself if the process dies) and a single gRPC stream on it. For
-every message it reads the `ce-correlationid` attribute, wakes the waits registered for that id and
-acks the message at once: a wake-up is only a hint. The durable copy of each result lives in the
-wait's own filtered subscription, which the wait reads with a unary Pull when woken. So a lost
-wake-up costs latency (the wait's periodic re-check finds the result), never a result, and nothing
-here needs to survive a triggerer restart.
+every result message it reads the `ce-correlationid` attribute, hands the message id and type to the
+waits registered for that id and acks the message at once. Message ids are the topic's, the same in
+every subscription: a wait records the id and the worker takes that result from the task's own
+subscription, the durable copy. A lost wake-up costs latency (the wait's re-reads find the result),
+never a result, and nothing here needs to survive a triggerer restart.
+
+One hub serves every wait of a triggerer on a topic, so its two administrator operations (create,
+delete) are paid once per triggerer process, not per task.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from datetime import timedelta
 from typing import Any
 
 from relay.airflow._names import WAKE_SUBSCRIPTION_PREFIX
+from relay.airflow._reader import RESULT_TYPES, Seen, seen_of
+from relay.protocol import CORRELATION_ID_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +39,31 @@ _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...]
 
 
 class Waiter:
-    """One wait's view of the hub: the correlation ids it still needs and the ones woken since."""
+    """One wait's view of the hub: the results heard of since it last looked, and whether it
+    should read its subscription again (wake-ups may have been missed)."""
 
     def __init__(self, correlation_ids: Iterable[str]) -> None:
         self.ids: frozenset[str] = frozenset(correlation_ids)
-        self.pending: set[str] = set(self.ids)
-        self.woken: set[str] = set()
+        self.heard: list[Seen] = []
+        self.reread = False
         self.event = asyncio.Event()
 
-    def wake(self, correlation_id: str) -> None:
-        """Note that a message for `correlation_id` arrived."""
-        if correlation_id in self.pending:
-            self.woken.add(correlation_id)
-            self.event.set()
-
-    def wake_all(self) -> None:
-        """Ask the wait to re-check every pending id (wake-ups may have been missed)."""
-        self.woken |= self.pending
+    def hear(self, seen: Seen) -> None:
+        """A result for one of our correlation ids was published."""
+        self.heard.append(seen)
         self.event.set()
 
-    def take(self) -> set[str]:
-        """The ids woken since the last call, clearing them."""
-        woken, self.woken = self.woken & self.pending, set()
+    def wake_all(self) -> None:
+        """Ask the wait to read its subscription again."""
+        self.reread = True
+        self.event.set()
+
+    def take(self) -> tuple[list[Seen], bool]:
+        """What was heard since the last call and whether to read again, clearing both."""
+        heard, reread = self.heard, self.reread
+        self.heard, self.reread = [], False
         self.event.clear()
-        return woken
+        return heard, reread
 
 
 class WakeHub:
@@ -120,14 +126,6 @@ class WakeHub:
                 self.close()
             else:
                 self._linger_handle = loop.call_later(self._linger, self._close_if_idle)
-
-    def forget(self, waiter: Waiter, correlation_id: str) -> None:
-        """Stop waking `waiter` for one id (its result is in)."""
-        waiters = self._waits.get(correlation_id)
-        if waiters is not None:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waits[correlation_id]
 
     async def ready(self) -> None:
         """Return once the wake subscription exists: results published from then on wake us."""
@@ -203,6 +201,8 @@ class WakeHub:
                     "name": self.subscription,
                     "topic": self.topic,
                     "ack_deadline_seconds": 10,
+                    # Google's minimums: an idle subscription expires after at least a day, and
+                    # keeps messages at least 10 minutes (a wake-up older than that is useless)
                     "expiration_policy": {"ttl": timedelta(days=1)},
                     "message_retention_duration": timedelta(minutes=10),
                     "labels": {"relay": "wake"},
@@ -252,10 +252,14 @@ class WakeHub:
             for received in response.received_messages:
                 ack_ids.append(received.ack_id)
                 self.received += 1
-                cid = received.message.attributes.get("ce-correlationid")
-                if cid is not None:
-                    for waiter in list(self._waits.get(cid, ())):
-                        waiter.wake(cid)
+                waiters = self._waits.get(
+                    received.message.attributes.get(CORRELATION_ID_ATTRIBUTE, "")
+                )
+                if waiters:
+                    seen = seen_of(received)
+                    if seen.type in RESULT_TYPES:
+                        for waiter in list(waiters):
+                            waiter.hear(Seen(seen.correlation_id, seen.message_id, seen.type))
             if ack_ids:
                 outbox.put_nowait(StreamingPullRequest(ack_ids=ack_ids))
 

@@ -10,37 +10,51 @@ process share one channel, and google-auth refreshes the cached credentials as t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
-import warnings
 import weakref
-from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
 from relay.airflow._identity import ImpersonationChain, client_key
 from relay.airflow._names import (
     WAIT_ACK_DEADLINE_SECONDS,
+    check_project_id,
     subscription_path,
+    task_subscription,
     topic_path,
-    wait_filter,
-    wait_subscription,
 )
 from relay.airflow.exceptions import RelayConfigError, RelayPublishError
-from relay.protocol import Message
+from relay.protocol import LimitError, Message, check_subscription_lifetime, group_filter
 
-# Real Pub/Sub refuses expiration TTLs under one day and retention under ten minutes.
+# An idle task subscription expires after this (Google's minimum); results stay this long.
 DEFAULT_SUBSCRIPTION_TTL = timedelta(days=1)
-_MIN_RETENTION = timedelta(minutes=10)
+DEFAULT_SUBSCRIPTION_RETENTION = timedelta(days=1)
+# How far before its creation a new task subscription is sought (clock skew to Google included).
+SEEK_MARGIN = timedelta(seconds=30)
+_CLEANUP_SECONDS = 120.0
+_T = TypeVar("_T")
 
-# relay's reads of a completion subscription are peeks that must not block: they use Pull with
-# return_immediately, which Pub/Sub and relay broker honour although the client calls it deprecated.
-warnings.filterwarnings(
-    "ignore", message="The return_immediately flag is deprecated", category=DeprecationWarning
-)
+
+def check_lifetime(ttl: timedelta | None, retention: timedelta) -> None:
+    """Refuse a task subscription expiration TTL (None: never) or message retention that Google
+    would refuse, as RelayConfigError."""
+    if not isinstance(retention, timedelta) or not isinstance(ttl, timedelta | None):
+        raise RelayConfigError(
+            f"subscription_ttl and subscription_retention must be timedeltas (ttl may be None: "
+            f"never expire), got {ttl!r} and {retention!r}"
+        )
+    try:
+        check_subscription_lifetime(
+            None if ttl is None else ttl.total_seconds(), retention.total_seconds()
+        )
+    except LimitError as exc:
+        raise RelayConfigError(exc.message) from None
 
 _LOCK = threading.Lock()
 _SYNC_CLIENTS: dict[tuple[Any, ...], Any] = {}
@@ -56,6 +70,8 @@ class RelayHook(GoogleBaseHook):
     :param gcp_conn_id: Airflow connection of type google_cloud_platform.
     :param impersonation_chain: service account (or chain) to impersonate (short-term credentials).
     :param project_id: project for short topic/subscription names; defaults to the connection's.
+    :param wait_project: project of the task subscriptions (default: the connection's extra
+        `wait_project`, else `project_id`): keeps their admin quota and grants apart.
     """
 
     conn_name_attr = "gcp_conn_id"
@@ -68,11 +84,13 @@ class RelayHook(GoogleBaseHook):
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         project_id: str | None = None,
+        wait_project: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(gcp_conn_id=gcp_conn_id, impersonation_chain=impersonation_chain, **kwargs)
         self._explicit_chain = impersonation_chain
         self._project_override = project_id
+        self._wait_project = wait_project
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -175,8 +193,10 @@ class RelayHook(GoogleBaseHook):
         attempts: int = 5,
         timeout: float = 30.0,
         backoff: float = 0.5,
+        deadline: float | None = None,
     ) -> list[str]:
-        """Publish messages (batched), re-sending only the failed ones with backoff.
+        """Publish messages (batched), re-sending only the failed ones with jittered backoff, at
+        most `attempts` times and not past `deadline` (epoch seconds).
 
         A retry sends the same bytes and attributes, so a request keeps its ce-id and consumers can
         de-duplicate a message that was delivered although its publish looked failed. Returns the
@@ -212,56 +232,125 @@ class RelayHook(GoogleBaseHook):
                 attempts,
                 last,
             )
-            if attempt < attempts:
-                time.sleep(min(backoff * 2 ** (attempt - 1), 10.0) * (0.5 + random.random()))
-        raise RelayPublishError(
-            f"could not publish to {path} after {attempts} attempt(s): {last!r}"
-        )
+            pause = min(backoff * 2 ** (attempt - 1), 10.0) * (0.5 + random.random())
+            if attempt == attempts or (deadline is not None and time.time() + pause > deadline):
+                break
+            time.sleep(pause)
+        raise RelayPublishError(f"could not publish to {path}: {_why(last, attempt)}")
 
     # -- completion subscriptions -----------------------------------------------------------------
 
-    def create_wait_subscription(
+    @property
+    def wait_project_id(self) -> str:
+        """The project of task subscriptions: the hook's `wait_project`, else the connection's
+        extra `wait_project`, else the project for short names."""
+        project = self._wait_project or self._get_field("wait_project", None)
+        return check_project_id(project) if project else self.relay_project_id
+
+    def create_task_subscription(
         self,
         completion_topic: str,
-        correlation_id: str,
+        group: str,
         *,
-        ttl: timedelta = DEFAULT_SUBSCRIPTION_TTL,
+        deadline: float,
+        ttl: timedelta | None = DEFAULT_SUBSCRIPTION_TTL,
+        retention: timedelta = DEFAULT_SUBSCRIPTION_RETENTION,
     ) -> str:
-        """Create (idempotently) the filtered subscription keeping the result of one correlation id.
+        """Create (idempotently) the subscription that keeps the results of one correlation-id
+        group, then Seek it back to before its creation.
 
-        Must run before the request is published: Pub/Sub only retains messages for subscriptions
-        that exist when they are published. The expiration policy removes abandoned ones.
+        Must run before the requests are published: a subscription gets only the messages
+        published after it exists, and Google promises nothing for the moment right after
+        CreateSubscription returns; the Seek replays that window from the topic's message
+        retention (`relay provision` turns it on for the completion topic). A subscription that
+        existed already (a retried task instance) is not sought: it may hold results of the
+        earlier try. Transient errors (quota included) are retried until `deadline`.
         """
-        from google.api_core.exceptions import AlreadyExists
+        from google.api_core.exceptions import AlreadyExists, GoogleAPICallError
 
         topic = self.topic_path(completion_topic)
-        path = wait_subscription(self.relay_project_id, topic, correlation_id)
-        request = {
+        path = task_subscription(self.wait_project_id, topic, group)
+        request: dict[str, Any] = {
             "name": path,
             "topic": topic,
-            "filter": wait_filter(correlation_id),
+            "filter": group_filter(group),
             "ack_deadline_seconds": WAIT_ACK_DEADLINE_SECONDS,
-            "expiration_policy": {"ttl": ttl},
-            "message_retention_duration": max(ttl, _MIN_RETENTION),
-            "labels": {"relay": "wait"},
+            "expiration_policy": {} if ttl is None else {"ttl": ttl},
+            "message_retention_duration": retention,
+            "labels": {"relay": "task"},
         }
+        subscriber = self.subscriber()
+        started = time.time()
         try:
-            self.subscriber().create_subscription(request=request)
+            self._retrying(
+                f"create subscription {path}",
+                lambda: subscriber.create_subscription(request=request, retry=None, timeout=30),
+                deadline,
+            )
         except AlreadyExists:
             self.log.info("completion subscription %s already exists (task retry?)", path)
+            return path
+        back_to = datetime.fromtimestamp(started, UTC) - SEEK_MARGIN
+        try:
+            self._retrying(
+                f"seek {path}",
+                lambda: subscriber.seek(
+                    request={"subscription": path, "time": back_to}, retry=None, timeout=30
+                ),
+                deadline,
+            )
+        except GoogleAPICallError as exc:
+            self.log.warning(
+                "could not seek %s to its creation time (%r): a result published in the moment "
+                "after creating it could be missed; does the completion topic retain messages?",
+                path,
+                exc,
+            )
         return path
 
     def delete_subscriptions(self, paths: Sequence[str]) -> None:
-        """Delete subscriptions, ignoring ones already gone; errors are logged, never raised."""
+        """Delete subscriptions (transient errors retried for a while), ignoring ones already
+        gone; errors are logged, never raised (the expiration policy removes what is left)."""
         from google.api_core.exceptions import GoogleAPIError, NotFound
 
+        subscriber = self.subscriber()
+        give_up = time.time() + _CLEANUP_SECONDS
         for path in paths:
             try:
-                self.subscriber().delete_subscription(request={"subscription": path}, timeout=30)
+                self._retrying(
+                    f"delete subscription {path}",
+                    lambda path=path: subscriber.delete_subscription(  # type: ignore[misc]
+                        request={"subscription": path}, retry=None, timeout=30
+                    ),
+                    give_up,
+                )
             except NotFound:
                 pass
-            except GoogleAPIError as exc:
+            except (GoogleAPIError, RelayPublishError) as exc:
                 self.log.warning("could not delete subscription %s (it will expire): %s", path, exc)
+
+    def _retrying(self, what: str, call: Callable[[], _T], deadline: float) -> _T:
+        """`call()`, retried with jittered exponential backoff on RESOURCE_EXHAUSTED,
+        UNAVAILABLE and DEADLINE_EXCEEDED until `deadline` (epoch seconds); RelayPublishError
+        then, naming the quota when that was the refusal."""
+        from google.api_core.exceptions import (
+            DeadlineExceeded,
+            ResourceExhausted,
+            ServiceUnavailable,
+        )
+
+        pause = 0.25
+        for attempt in itertools.count(1):
+            try:
+                return call()
+            except (ResourceExhausted, ServiceUnavailable, DeadlineExceeded) as exc:
+                wait = pause * (0.5 + random.random())
+                if time.time() + wait > deadline:
+                    raise RelayPublishError(f"could not {what}: {_why(exc, attempt)}") from exc
+                self.log.warning("%s: %r (attempt %d); retrying", what, exc, attempt)
+                time.sleep(wait)
+                pause = min(pause * 2, 10.0)
+        raise AssertionError("unreachable")
 
     # -- ID tokens for the direct HTTPS path ------------------------------------------------------
 
@@ -319,3 +408,20 @@ class RelayHook(GoogleBaseHook):
             if not credentials.valid:
                 credentials.refresh(google.auth.transport.requests.Request())
             return str(credentials.token)
+
+
+def _why(error: BaseException | None, attempts: int) -> str:
+    """Why a retried Pub/Sub call gave up; names the quota when Pub/Sub answered
+    RESOURCE_EXHAUSTED."""
+    from google.api_core.exceptions import ResourceExhausted
+
+    text = f"{error!r} (after {attempts} attempt(s), at the task's deadline)"
+    if isinstance(error, ResourceExhausted):
+        text += (
+            "; RESOURCE_EXHAUSTED is a quota: administrator operations (creating, seeking and "
+            "deleting subscriptions) are capped at 6,000 per minute per project, charged to the "
+            "caller's project, and publishing has a throughput quota (docs/airflow.md, "
+            '"Quotas and costs"; a wait_project keeps relay\'s subscriptions off the topic\'s '
+            "project)"
+        )
+    return text

@@ -27,21 +27,23 @@ from relay.airflow._identity import ImpersonationChain
 from relay.airflow._publish import (
     Published,
     build_requests,
+    context_group,
+    correlation_ids_for,
     default_source,
     publish_requests,
     task_request_ids,
 )
-from relay.airflow._result_trigger import (
-    COLLECT_ALL,
-    FAIL_FAST,
-    POLICIES,
-    RelayResultTrigger,
-    wait_blocking,
-)
+from relay.airflow._result_trigger import RelayResultTrigger, wait_blocking
 from relay.airflow._results import finish
 from relay.airflow._settle import resolve_settle
+from relay.airflow._wait import COLLECT_ALL, FAIL_FAST, ResultWait, WaitOutcome, check_policy
 from relay.airflow.exceptions import RelayConfigError
-from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_TTL, RelayHook
+from relay.airflow.hooks import (
+    DEFAULT_SUBSCRIPTION_RETENTION,
+    DEFAULT_SUBSCRIPTION_TTL,
+    RelayHook,
+    check_lifetime,
+)
 
 __all__ = [
     "RelayCallOperator",
@@ -64,6 +66,7 @@ class _RelayRequestOperator(BaseOperator):
         "event_type",
         "source",
         "project_id",
+        "wait_project",
         "impersonation_chain",
     )
     template_fields_renderers = {"data": "json", "items": "json"}
@@ -78,15 +81,18 @@ class _RelayRequestOperator(BaseOperator):
         source: str | None = None,
         expiry: datetime | timedelta | None = None,
         validate: bool = True,
-        subscription_ttl: timedelta = DEFAULT_SUBSCRIPTION_TTL,
+        subscription_ttl: timedelta | None = DEFAULT_SUBSCRIPTION_TTL,
+        subscription_retention: timedelta = DEFAULT_SUBSCRIPTION_RETENTION,
         publish_attempts: int = 5,
         publish_timeout: float = 30.0,
         project_id: str | None = None,
+        wait_project: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_lifetime(subscription_ttl, subscription_retention)
         self.topic = topic
         self.reply_topic = reply_topic
         self.event_type = event_type
@@ -94,9 +100,11 @@ class _RelayRequestOperator(BaseOperator):
         self.expiry = expiry
         self.validate = validate
         self.subscription_ttl = subscription_ttl
+        self.subscription_retention = subscription_retention
         self.publish_attempts = publish_attempts
         self.publish_timeout = publish_timeout
         self.project_id = project_id
+        self.wait_project = wait_project
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
 
@@ -107,6 +115,7 @@ class _RelayRequestOperator(BaseOperator):
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
             project_id=self.project_id,
+            wait_project=self.wait_project,
         )
 
     def _publish(
@@ -116,14 +125,17 @@ class _RelayRequestOperator(BaseOperator):
         correlation_ids: Sequence[str] | None,
         *,
         subscribe: bool,
-    ) -> list[Published]:
+        deadline: float,
+    ) -> Published:
         hook = self.hook
         events = build_requests(
             self.event_type,
             items,
             source=self.source or default_source(self.dag_id, self.task_id),
             reply_to=hook.topic_path(self.reply_topic),
-            correlation_ids=correlation_ids,
+            correlation_ids=correlation_ids_for(
+                context_group(context), len(items), correlation_ids
+            ),
             ids=task_request_ids(context, len(items)),
             expiry=self.expiry,
             validate=self.validate,
@@ -133,21 +145,27 @@ class _RelayRequestOperator(BaseOperator):
             topic=self.topic,
             reply_topic=self.reply_topic,
             events=events,
-            create_subscriptions=subscribe,
+            deadline=deadline,
+            create_subscription=subscribe,
             subscription_ttl=self.subscription_ttl,
+            subscription_retention=self.subscription_retention,
             attempts=self.publish_attempts,
             timeout=self.publish_timeout,
         )
         self.log.info(
-            "published %d %s request(s) to %s", len(published), self.event_type, self.topic
+            "published %d %s request(s) to %s (results in %s)",
+            len(events),
+            self.event_type,
+            self.topic,
+            published.subscription,
         )
         return published
 
     @staticmethod
-    def _push_ids(context: Any, published: Sequence[Published]) -> None:
+    def _push_ids(context: Any, published: Published) -> None:
         ti = context["ti"]
-        ti.xcom_push(key="event_ids", value=[p.event_id for p in published])
-        ti.xcom_push(key="correlation_ids", value=[p.correlation_id for p in published])
+        ti.xcom_push(key="event_ids", value=list(published.event_ids))
+        ti.xcom_push(key="correlation_ids", value=list(published.correlation_ids))
 
 
 class RelayPublishOperator(_RelayRequestOperator):
@@ -155,15 +173,16 @@ class RelayPublishOperator(_RelayRequestOperator):
 
     XCom: return value and key "correlation_ids" = list of correlation ids; key "event_ids" =
     list of ce-ids; key "requests" = [{event_id, correlation_id, subscription, message_id}]. With
-    `create_subscriptions` (default) each request's completion subscription exists before it is
-    published, so a later RelayResultSensor cannot miss an early result.
+    `create_subscriptions` (default) the completion subscription of the requests' group exists
+    before they are published, so a later RelayResultSensor cannot miss an early result.
 
     :param topic: request topic (short name or projects/P/topics/T).
     :param reply_topic: completion topic the function publishes results to (becomes ce-replyto).
     :param event_type: CloudEvents type of the requests; data is validated against its schema.
     :param data: the data of a single request (templated). Mutually exclusive with `items`.
     :param items: the data of several requests (templated).
-    :param correlation_ids: optional explicit correlation ids (one per request; default the ce-id).
+    :param correlation_ids: optional explicit correlation ids, one per request, all of the form
+        `<group>.<item>` with one group (default: `<this task instance's group>.<index>`).
     """
 
     template_fields: Sequence[str] = (
@@ -198,10 +217,16 @@ class RelayPublishOperator(_RelayRequestOperator):
             if isinstance(self.correlation_ids, str)
             else self.correlation_ids
         )
-        published = self._publish(context, items, cids, subscribe=self.create_subscriptions)
+        published = self._publish(
+            context,
+            items,
+            cids,
+            subscribe=self.create_subscriptions,
+            deadline=time.time() + self.publish_timeout * self.publish_attempts,
+        )
         self._push_ids(context, published)
-        context["ti"].xcom_push(key="requests", value=[p.to_dict() for p in published])
-        return [p.correlation_id for p in published]
+        context["ti"].xcom_push(key="requests", value=published.requests())
+        return list(published.correlation_ids)
 
 
 class _RelayWaitingOperator(_RelayRequestOperator):
@@ -226,6 +251,13 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         self.timeout = _seconds(timeout)
         if self.timeout <= 0:
             raise RelayConfigError("timeout must be positive: every wait needs a deadline")
+        retention = self.subscription_retention.total_seconds()
+        if self.timeout > retention:
+            raise RelayConfigError(
+                f"timeout {self.timeout:g} s is longer than subscription_retention "
+                f"{retention:g} s: a result older than the retention would be dropped before "
+                "the task takes it"
+            )
         self.recheck_interval = recheck_interval
         self.deferrable = deferrable
         self._wait_policy = COLLECT_ALL
@@ -234,14 +266,16 @@ class _RelayWaitingOperator(_RelayRequestOperator):
 
     def _wait(self, context: Any, items: Sequence[Any], cids: Sequence[str] | None) -> Any:
         deadline = time.time() + self.timeout
-        published = self._publish(context, items, cids, subscribe=True)
+        published = self._publish(context, items, cids, subscribe=True, deadline=deadline)
         self._push_ids(context, published)
-        waits = [[p.correlation_id, str(p.subscription)] for p in published]  # item order
         trigger = RelayResultTrigger(
-            completion_topic=self.hook.topic_path(self.reply_topic),
-            waits=waits,
-            deadline=deadline,
-            policy=self._wait_policy,
+            wait=ResultWait(
+                completion_topic=self.hook.topic_path(self.reply_topic),
+                subscription=str(published.subscription),
+                correlation_ids=published.correlation_ids,
+                deadline=deadline,
+                policy=self._wait_policy,
+            ),
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
             recheck_interval=self.recheck_interval,
@@ -250,15 +284,19 @@ class _RelayWaitingOperator(_RelayRequestOperator):
             return finish_or_defer(
                 self, context, trigger, settle=self.settle, defer_after=self.defer_after
             )
-        return self.execute_complete(context, wait_blocking(trigger))
+        return self.finish_wait(context, wait_blocking(trigger))
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
-        """Resume on the worker: fetch and ack results, delete the subscriptions, return data."""
+        """Resume on the worker from the trigger's event."""
+        topic = self.hook.topic_path(self.reply_topic)
+        return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
+
+    def finish_wait(self, context: Any, outcome: WaitOutcome) -> Any:
+        """Take and ack the results, delete the subscription, return the data or raise."""
         return finish(
             context,
             self.hook,
-            event["waits"],
-            event,
+            outcome,
             policy=self._wait_policy,
             timeout=self.timeout,
             single=self._single,
@@ -274,7 +312,8 @@ class RelayCallOperator(_RelayWaitingOperator):
     `RelayCallOperator.partial(...).expand(data=[...])`: one request per mapped task.
 
     :param data: the request data (templated).
-    :param correlation_id: optional explicit correlation id (templated; default: the ce-id).
+    :param correlation_id: optional explicit correlation id `<group>.<item>` (templated; default:
+        `<this task instance's group>.0`).
     :param timeout: how long to wait for the result (seconds or timedelta).
     :param deferrable: wait in the triggerer (recommended) instead of holding a worker slot.
     :param settle: deferrable only: seconds after the deferral before the trigger may fire
@@ -323,8 +362,7 @@ class RelayFanOutOperator(_RelayWaitingOperator):
 
     def __init__(self, *, items: Sequence[Any], policy: str = FAIL_FAST, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if policy not in POLICIES:
-            raise RelayConfigError(f"policy must be one of {POLICIES}, got {policy!r}")
+        check_policy(policy)
         self.items = items
         self.policy = policy
         self._wait_policy = policy

@@ -13,17 +13,12 @@ from airflow.sdk.configuration import conf
 
 from relay.airflow._defer_after import checked_defer_after, finish_or_defer
 from relay.airflow._identity import ImpersonationChain
-from relay.airflow._names import wait_subscription
-from relay.airflow._result_trigger import (
-    COLLECT_ALL,
-    POLICIES,
-    RelayResultTrigger,
-    peek_blocking,
-    wait_pairs,
-)
+from relay.airflow._names import correlation_group, task_subscription
+from relay.airflow._result_trigger import RelayResultTrigger, peek_blocking
 from relay.airflow._results import finish
 from relay.airflow._settle import resolve_settle
-from relay.airflow.exceptions import RelayConfigError
+from relay.airflow._wait import COLLECT_ALL, DONE, ERROR, ResultWait, WaitOutcome, check_policy
+from relay.airflow.exceptions import RelayConfigError, RelayResultLostError
 from relay.airflow.hooks import RelayHook
 
 __all__ = ["RelayResultSensor"]
@@ -32,8 +27,12 @@ __all__ = ["RelayResultSensor"]
 class RelayResultSensor(BaseSensorOperator):
     """Wait for the result of a correlation id (or several) on a completion topic.
 
-    The completion subscriptions must exist already (RelayPublishOperator creates them before it
-    publishes). Returns the result data (one id) or the list of result data (several, in order);
+    The ids must share one group (`<group>.<item>`, as RelayPublishOperator makes them), whose
+    completion subscription must exist already (RelayPublishOperator creates it before it
+    publishes, with the same `wait_project`). One sensor per group: the sensor deletes the
+    subscription when done (unless `delete_subscriptions=False`), and with it any result of ids
+    it did not wait for. Returns the result data (one id) or the list of result data (several, in
+    order);
     raises RelayResultError with the function's error type and message on dev.relay.result.failed,
     RelayTimeoutError after `timeout`, RelayPartialFailureError under policy collect_all.
 
@@ -53,6 +52,7 @@ class RelayResultSensor(BaseSensorOperator):
         "correlation_ids",
         "defer_after",
         "project_id",
+        "wait_project",
         "impersonation_chain",
     )
 
@@ -68,14 +68,14 @@ class RelayResultSensor(BaseSensorOperator):
         settle: float | None = None,
         defer_after: timedelta | float | str = 0,
         project_id: str | None = None,
+        wait_project: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         timeout: timedelta | float = timedelta(hours=1),
         **kwargs: Any,
     ) -> None:
         super().__init__(timeout=timeout, **kwargs)
-        if policy not in POLICIES:
-            raise RelayConfigError(f"policy must be one of {POLICIES}, got {policy!r}")
+        check_policy(policy)
         self.reply_topic = reply_topic
         self.correlation_ids = correlation_ids
         self.policy = policy
@@ -86,6 +86,7 @@ class RelayResultSensor(BaseSensorOperator):
         self.settle = None if settle is None else resolve_settle(settle)
         self.defer_after = checked_defer_after(defer_after)
         self.project_id = project_id
+        self.wait_project = wait_project
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
         self._seen: dict[str, Any] = {}
@@ -97,6 +98,7 @@ class RelayResultSensor(BaseSensorOperator):
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
             project_id=self.project_id,
+            wait_project=self.wait_project,
         )
 
     def _ids(self) -> list[str]:
@@ -106,19 +108,19 @@ class RelayResultSensor(BaseSensorOperator):
             raise RelayConfigError("correlation_ids is empty")
         return [str(i) for i in ids]
 
-    def _waits(self) -> list[list[str]]:
-        """[[correlation id, subscription], ...] in the order of `correlation_ids`."""
-        topic = self.hook.topic_path(self.reply_topic)
-        return [
-            [cid, wait_subscription(self.hook.relay_project_id, topic, cid)] for cid in self._ids()
-        ]
-
     def _trigger(self, deadline: float) -> RelayResultTrigger:
+        hook = self.hook
+        topic = hook.topic_path(self.reply_topic)
+        ids = self._ids()
+        subscription = task_subscription(hook.wait_project_id, topic, correlation_group(ids[0]))
         return RelayResultTrigger(
-            completion_topic=self.hook.topic_path(self.reply_topic),
-            waits=self._waits(),
-            deadline=deadline,
-            policy=self.policy,
+            wait=ResultWait(
+                completion_topic=topic,
+                subscription=subscription,
+                correlation_ids=tuple(ids),
+                deadline=deadline,
+                policy=self.policy,
+            ),
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
             recheck_interval=self.recheck_interval,
@@ -134,27 +136,25 @@ class RelayResultSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Any) -> PokeReturnValue:
-        """One peek at every pending subscription (non-deferrable mode)."""
-        trigger = self._trigger(time.time())
-        results = peek_blocking(trigger)
-        done = trigger.is_done(results)
-        if not done:
+        """One read of the subscription (non-deferrable mode)."""
+        outcome = peek_blocking(self._trigger(time.time()))
+        if outcome.status == ERROR:
+            raise RelayResultLostError(outcome.message)
+        if outcome.status != DONE:
             return PokeReturnValue(is_done=False)
-        payload = {
-            "status": "done",
-            "waits": wait_pairs(trigger.waits),
-            "results": results,
-            "message": "",
-        }
-        return PokeReturnValue(is_done=True, xcom_value=self.execute_complete(context, payload))
+        return PokeReturnValue(is_done=True, xcom_value=self.finish_wait(context, outcome))
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
-        """Resume on the worker: fetch and ack results, delete the subscriptions, return data."""
+        """Resume on the worker from the trigger's event."""
+        topic = self.hook.topic_path(self.reply_topic)
+        return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
+
+    def finish_wait(self, context: Any, outcome: WaitOutcome) -> Any:
+        """Take and ack the results, delete the subscription, return the data or raise."""
         return finish(
             context,
             self.hook,
-            event["waits"],
-            event,
+            outcome,
             policy=self.policy,
             timeout=float(self.timeout),
             single=isinstance(self.correlation_ids, str),

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 from relay.protocol._errors import InvalidAttributeError
+from relay.protocol._names import PROJECT_RULE, RESOURCE_RULE, is_topic_path
 
 SPECVERSION = "1.0"
 # Context attributes of CloudEvents 1.0 itself; everything else is an extension.
@@ -19,11 +20,6 @@ _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
 )
-# Google resource names: project ids are 6-30 chars (optionally domain-scoped, "example.com:proj");
-# topic ids 3-255 chars, start with a letter, no "goog" prefix.
-_PROJECT = r"(?:[a-z0-9][a-z0-9.-]{0,62}[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
-_TOPIC = r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
-_TOPIC_PATH = re.compile(rf"projects/({_PROJECT})/topics/({_TOPIC})")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;.*)?", re.DOTALL)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S*")
 
@@ -116,11 +112,10 @@ def format_time(value: datetime) -> str:
 def check_topic_path(name: str, value: object) -> str:
     """Return `value` if it is a full Pub/Sub topic name `projects/<project>/topics/<topic>`."""
     text = check_string(name, value)
-    if not _TOPIC_PATH.fullmatch(text):
+    if not is_topic_path(text):
         raise InvalidAttributeError(
             f"attribute {name!r} must be a Pub/Sub topic path 'projects/<project>/topics/<topic>' "
-            f"(project id 6-30 lowercase letters, digits, hyphens; topic 3-255 chars starting with "
-            f"a letter, not 'goog'), got {text!r}",
+            f"({PROJECT_RULE}; {RESOURCE_RULE}), got {text!r}",
             field=name,
         )
     return text

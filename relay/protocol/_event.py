@@ -24,6 +24,7 @@ from relay.protocol._attributes import (
 )
 from relay.protocol._data import dumps_json
 from relay.protocol._errors import InvalidAttributeError
+from relay.protocol._names import check_correlation_id
 
 RESULT_SUCCEEDED = "dev.relay.result.succeeded"
 RESULT_FAILED = "dev.relay.result.failed"
@@ -31,11 +32,15 @@ PROGRESS = "dev.relay.progress"
 EXAMPLE_ECHO = "dev.relay.example.echo"
 EXAMPLE_CSV_PROFILE = "dev.relay.example.csv.profile"
 
+def _check_correlation_id(name: str, value: object) -> str:
+    return check_correlation_id(check_string(name, value))
+
+
 # Extension values with a defined form, checked at construction.
 _EXTENSION_CHECKS = {
     "replyto": check_topic_path,
     "dataref": check_uri,
-    "correlationid": check_string,
+    "correlationid": _check_correlation_id,
     "causationid": check_string,
 }
 

@@ -59,3 +59,38 @@ def check_message(data: bytes, attributes: Mapping[str, str]) -> None:
             limit=MAX_MESSAGE_BYTES,
             actual=size,
         )
+
+
+# Google's bounds of a subscription's settings (the same in relay broker).
+MIN_EXPIRATION_TTL_SECONDS = 24 * 3600
+MIN_RETENTION_SECONDS = 10 * 60
+MAX_SUBSCRIPTION_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+def check_subscription_lifetime(ttl_seconds: float | None, retention_seconds: float) -> None:
+    """Check an expiration TTL (None: never expires) and a message retention against Google's
+    bounds: TTL at least a day, retention 10 minutes to 7 days and not above the TTL."""
+    if ttl_seconds is not None and ttl_seconds < MIN_EXPIRATION_TTL_SECONDS:
+        raise LimitError(
+            f"subscription expiration TTL {ttl_seconds:g} s is below Google's minimum of 1 day "
+            "(or set it to never expire)",
+            field="subscription_ttl",
+            limit=MIN_EXPIRATION_TTL_SECONDS,
+            actual=int(ttl_seconds),
+        )
+    if not MIN_RETENTION_SECONDS <= retention_seconds <= MAX_SUBSCRIPTION_RETENTION_SECONDS:
+        raise LimitError(
+            f"subscription message retention {retention_seconds:g} s is outside Google's range "
+            "of 10 minutes to 7 days",
+            field="subscription_retention",
+            limit=MAX_SUBSCRIPTION_RETENTION_SECONDS,
+            actual=int(retention_seconds),
+        )
+    if ttl_seconds is not None and retention_seconds > ttl_seconds:
+        raise LimitError(
+            f"subscription message retention {retention_seconds:g} s is above its expiration "
+            f"TTL {ttl_seconds:g} s (Google refuses that)",
+            field="subscription_retention",
+            limit=int(ttl_seconds),
+            actual=int(retention_seconds),
+        )

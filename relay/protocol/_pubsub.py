@@ -31,9 +31,9 @@ from relay.protocol._errors import (
 )
 from relay.protocol._event import Event, replace_data
 from relay.protocol._limits import DEFAULT_OFFLOAD_THRESHOLD, check_attributes, check_message
+from relay.protocol._names import ATTRIBUTE_PREFIX
 from relay.protocol._schemas import SchemaRegistry
 
-PREFIX = "ce-"
 CONTENT_TYPE = "content-type"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 _REQUIRED = ("specversion", "id", "source", "type")
@@ -64,13 +64,14 @@ def to_binary(
     """
     if registry is not None:
         _validate(registry, event)
-    attributes = {PREFIX + name: value for name, value in _attribute_strings(event).items()}
+    strings = _attribute_strings(event)
+    attributes = {ATTRIBUTE_PREFIX + name: value for name, value in strings.items()}
     attributes[CONTENT_TYPE] = event.datacontenttype
     data = encode_data(event.data)
     if offload_threshold is not None and len(data) > offload_threshold:
-        attributes.pop(PREFIX + "dataref", None)
+        attributes.pop(ATTRIBUTE_PREFIX + "dataref", None)
         check_attributes(attributes, reserve=1)
-        attributes[PREFIX + "dataref"] = _offload(data, blob_store, offload_threshold)
+        attributes[ATTRIBUTE_PREFIX + "dataref"] = _offload(data, blob_store, offload_threshold)
         data = b""
     check_message(data, attributes)
     return Message(data, attributes)
@@ -212,7 +213,7 @@ def _from_binary(
     registry: SchemaRegistry | None,
     blob_store: BlobStore | None,
 ) -> Event:
-    content_type = attrs.get(CONTENT_TYPE, attrs.get(PREFIX + "datacontenttype"))
+    content_type = attrs.get(CONTENT_TYPE, attrs.get(ATTRIBUTE_PREFIX + "datacontenttype"))
     if is_structured(content_type):
         raise DecodeError(
             f"content-type {content_type!r} marks a structured-mode message, not binary mode",
@@ -220,14 +221,14 @@ def _from_binary(
         )
     fields: dict[str, object] = {}
     for key, value in attrs.items():
-        if key[:3].lower() != PREFIX:
+        if key[:3].lower() != ATTRIBUTE_PREFIX:
             continue  # not a CloudEvents attribute (e.g. a publisher's own attribute)
-        if not key.startswith(PREFIX):
+        if not key.startswith(ATTRIBUTE_PREFIX):
             raise InvalidAttributeError(
                 f"attribute {key!r}: the 'ce-' prefix and CloudEvents names are lowercase",
                 field=key,
             )
-        name = key[len(PREFIX) :]
+        name = key[len(ATTRIBUTE_PREFIX) :]
         if name != "datacontenttype":
             fields[name] = value
     if content_type is not None:

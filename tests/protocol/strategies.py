@@ -41,12 +41,16 @@ times = st.datetimes(
 )
 
 
+# relay.protocol's one rule for correlation ids (docs/protocol.md)
+correlation_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@+=\-]{0,60}", fullmatch=True)
+
+
 def _extensions() -> st.SearchStrategy[dict[str, str]]:
     plain = st.dictionaries(extension_names, maybe_empty_text, max_size=6)
     formed = st.fixed_dictionaries(
         {},
         optional={
-            "correlationid": text,
+            "correlationid": correlation_ids,
             "causationid": text,
             "replyto": topic_paths,
             "expirytime": times.map(lambda t: t.isoformat()),
