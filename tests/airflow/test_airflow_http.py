@@ -22,7 +22,11 @@ pytestmark = pytest.mark.timeout(60)
 
 def http_trigger(fake: FakeGoogle, audience: str, **kwargs: Any) -> RelayHttpInvokeTrigger:
     (event,) = build_requests(
-        EXAMPLE_ECHO, [{"x": 1}], source="/tests", reply_to="projects/relay-test/topics/results"
+        EXAMPLE_ECHO,
+        [{"x": 1}],
+        source="/tests",
+        reply_to="projects/relay-test/topics/results",
+        correlation_ids=["g.0"],
     )
     headers, body = http_parts(event)
     import base64

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from relay.airflow._publish import build_requests, publish_requests, task_request_ids
+from relay.airflow._names import task_subscription
+from relay.airflow._publish import (
+    build_requests,
+    correlation_ids_for,
+    publish_requests,
+    task_request_ids,
+)
 from relay.airflow.exceptions import RelayConfigError, RelayPublishError
 from relay.airflow.hooks import RelayHook
 from relay.protocol import EXAMPLE_ECHO, SchemaValidationError, from_message, to_binary
@@ -22,17 +28,37 @@ pytestmark = [
 REPLY = "projects/relay-test/topics/results"
 
 
+def requests(items: list[Any], **kwargs: Any) -> list[Any]:
+    return build_requests(
+        EXAMPLE_ECHO,
+        items,
+        source="/t",
+        reply_to=REPLY,
+        correlation_ids=kwargs.pop("correlation_ids", correlation_ids_for("g1", len(items), None)),
+        **kwargs,
+    )
+
+
 def test_bad_input_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(SchemaValidationError, match=r"\$\.crash"):
-        build_requests(EXAMPLE_ECHO, [{"crash": "x"}], source="/t", reply_to=REPLY)
-    with pytest.raises(RelayConfigError, match="correlation id"):
-        build_requests(EXAMPLE_ECHO, [{}], source="/t", reply_to=REPLY, correlation_ids=['a" OR'])
+        requests([{"crash": "x"}])
+    with pytest.raises(RelayConfigError, match="correlation id 'a\" OR' is not valid"):
+        correlation_ids_for("g1", 1, ['a" OR'])
+    with pytest.raises(RelayConfigError, match=r"'abc' has no group.*<group>.<item>"):
+        correlation_ids_for("g1", 1, ["abc"])
+    with pytest.raises(RelayConfigError, match=r"'b\.1' is not in group 'a'"):
+        correlation_ids_for("g1", 2, ["a.1", "b.1"])
     with pytest.raises(RelayConfigError, match="unique"):
-        build_requests(
-            EXAMPLE_ECHO, [{}, {}], source="/t", reply_to=REPLY, correlation_ids=["a", "a"]
-        )
+        correlation_ids_for("g1", 2, ["a.1", "a.1"])
+    with pytest.raises(RelayConfigError, match="one each"):
+        correlation_ids_for("g1", 2, ["a.1"])
     with pytest.raises(RelayConfigError, match="one per item"):
-        build_requests(EXAMPLE_ECHO, [{}, {}], source="/t", reply_to=REPLY, correlation_ids=["a"])
+        requests([{}, {}], ids=["x"])
+
+
+def test_correlation_ids_are_the_group_and_an_index() -> None:
+    assert correlation_ids_for("t0af", 3, None) == ["t0af.0", "t0af.1", "t0af.2"]
+    assert correlation_ids_for("t0af", 2, ["orders.7", "orders.x.y"]) == ["orders.7", "orders.x.y"]
 
 
 def test_request_ids_belong_to_the_task_instance() -> None:
@@ -44,8 +70,9 @@ def test_request_ids_belong_to_the_task_instance() -> None:
     assert len(set(ids())) == 2
     assert not set(ids()) & set(ids(run_id="r2"))
     assert not set(ids()) & set(ids(map_index=0))
-    (event,) = build_requests(EXAMPLE_ECHO, [{}], source="/t", reply_to=REPLY, ids=ids(count=1))
-    assert event.id == event.correlationid == ids()[0]
+    (event,) = requests([{}], ids=ids(count=1))
+    assert event.id == ids()[0]
+    assert event.correlationid == "g1.0"
 
 
 def test_publish_retries_keep_the_ce_id(
@@ -61,7 +88,7 @@ def test_publish_retries_keep_the_ce_id(
     subscription = f"projects/{project}/subscriptions/{unique('function')}"
     own.publisher().create_topic(name=topic)
     own.subscriber().create_subscription(name=subscription, topic=topic)
-    (event,) = build_requests(EXAMPLE_ECHO, [{"retry": True}], source="/t", reply_to=REPLY)
+    (event,) = requests([{"retry": True}])
     own.kill()  # the first attempts fail: nobody listens
     restart = threading.Timer(2.0, own.start)
     restart.start()
@@ -85,7 +112,7 @@ def test_publish_retries_keep_the_ce_id(
     assert message_id
 
 
-def test_a_failed_publish_removes_the_subscriptions_it_created(
+def test_a_failed_publish_removes_the_subscription_it_created(
     broker: Any, project: str, unique: Any
 ) -> None:
     from google.api_core.exceptions import NotFound
@@ -93,18 +120,24 @@ def test_a_failed_publish_removes_the_subscriptions_it_created(
     results = f"projects/{project}/topics/{unique('results')}"
     broker.publisher().create_topic(name=results)
     hook = RelayHook()
-    events = build_requests(EXAMPLE_ECHO, [{"i": 1}], source="/t", reply_to=results)
+    group = unique("g")
+    events = build_requests(
+        EXAMPLE_ECHO,
+        [{"i": 1}],
+        source="/t",
+        reply_to=results,
+        correlation_ids=correlation_ids_for(group, 1, None),
+    )
+    path = task_subscription(project, results, group)
     with pytest.raises(RelayPublishError, match="could not publish"):
         publish_requests(
             hook,
             topic=f"projects/{project}/topics/{unique('missing')}",  # no such topic
             reply_topic=results,
             events=events,
+            deadline=time.time() + 30,
             attempts=2,
             timeout=5,
         )
-    from relay.airflow._names import wait_subscription
-
-    path = wait_subscription(project, results, str(events[0].correlationid))
     with pytest.raises(NotFound):
         broker.subscriber().get_subscription(subscription=path, timeout=10)

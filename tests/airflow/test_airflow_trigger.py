@@ -1,28 +1,30 @@
 """RelayResultTrigger in an asyncio loop against the real broker: early results, wake-ups, restarts,
-duplicates, isolation between correlation ids, timeouts and the shared hub's lifecycle."""
+duplicates, isolation between tasks, timeouts, the shared hub's lifecycle, one subscription per
+task, and waits deferred by relay 0.1."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
 from _airflow_responder import answer
 
 from relay.airflow import _result_trigger, _wakehub
-from relay.airflow._publish import Published, build_requests, publish_requests
+from relay.airflow._publish import Published, build_requests, correlation_ids_for, publish_requests
+from relay.airflow._result_trigger import wait_blocking
 from relay.airflow._results import collect, conclude, finish
-from relay.airflow.exceptions import RelayResultError, RelayTimeoutError
+from relay.airflow._wait import ResultWait, WaitOutcome
+from relay.airflow.exceptions import RelayConfigError, RelayResultError, RelayTimeoutError
 from relay.airflow.hooks import RelayHook
 from relay.airflow.triggers import RelayResultTrigger
-from relay.protocol import EXAMPLE_ECHO, RESULT_FAILED, RESULT_SUCCEEDED, Event
+from relay.protocol import EXAMPLE_ECHO, Event
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.filterwarnings("ignore:The return_immediately flag is deprecated"),
-]
+pytestmark = [pytest.mark.timeout(120)]
 
 
 @pytest.fixture
@@ -31,40 +33,102 @@ def hook(broker: Any) -> RelayHook:
 
 
 def send(
-    hook: RelayHook, topics: dict[str, str], *items: Any
-) -> tuple[list[Event], list[Published]]:
-    """Build and publish requests the way the operators do (subscriptions first)."""
+    hook: RelayHook, topics: dict[str, str], *items: Any, ids: list[str] | None = None
+) -> tuple[list[Event], Published]:
+    """Build and publish one task's requests the way the operators do (subscription first)."""
+    group = f"t{uuid.uuid4().hex[:12]}"
     events = build_requests(
-        EXAMPLE_ECHO, list(items), source="/tests/airflow", reply_to=topics["results"]
+        EXAMPLE_ECHO,
+        list(items),
+        source="/tests/airflow",
+        reply_to=topics["results"],
+        correlation_ids=correlation_ids_for(group, len(items), ids),
     )
     published = publish_requests(
-        hook, topic=topics["requests"], reply_topic=topics["results"], events=events
+        hook,
+        topic=topics["requests"],
+        reply_topic=topics["results"],
+        events=events,
+        deadline=time.time() + 60,
     )
     return events, published
 
 
-def make_trigger(
-    topics: dict[str, str], published: list[Published], timeout: float = 30.0, **kwargs: Any
-) -> RelayResultTrigger:
-    return RelayResultTrigger(
+def make_wait(
+    topics: dict[str, str], published: Published, timeout: float = 30.0, policy: str = "collect_all"
+) -> ResultWait:
+    return ResultWait(
         completion_topic=topics["results"],
-        waits={p.correlation_id: str(p.subscription) for p in published},
+        subscription=str(published.subscription),
+        correlation_ids=published.correlation_ids,
         deadline=time.time() + timeout,
-        linger=0.0,
-        **kwargs,
+        policy=policy,
     )
 
 
-async def first_event(trigger: RelayResultTrigger, limit: float = 40.0) -> dict[str, Any]:
+def make_trigger(
+    topics: dict[str, str],
+    published: Published,
+    timeout: float = 30.0,
+    policy: str = "collect_all",
+    **kwargs: Any,
+) -> RelayResultTrigger:
+    wait = make_wait(topics, published, timeout, policy)
+    return RelayResultTrigger(wait=wait, linger=0.0, **kwargs)
+
+
+async def first_event(trigger: RelayResultTrigger, limit: float = 40.0) -> WaitOutcome:
     event = await asyncio.wait_for(anext(trigger.run()), limit)
-    return dict(event.payload)
+    payload = jsonb(event.payload)  # what the metadata DB gives back
+    return WaitOutcome.from_event(payload, completion_topic=trigger.wait.completion_topic)
 
 
 def fresh(trigger: RelayResultTrigger) -> RelayResultTrigger:
     """What a new triggerer does: rebuild the trigger from its serialized form (via JSON)."""
     classpath, kwargs = trigger.serialize()
     assert classpath == "relay.airflow.triggers.RelayResultTrigger"
-    return RelayResultTrigger(**json.loads(json.dumps(kwargs)))
+    return RelayResultTrigger(**jsonb(kwargs))
+
+
+def jsonb(value: Any) -> Any:
+    """What PostgreSQL's JSONB does to trigger kwargs and events: object keys come back reordered
+    (sorted here, which is enough to break anything that relies on key order)."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def take(hook: RelayHook, outcome: WaitOutcome, policy: str = "collect_all") -> Any:
+    return finish(
+        {},
+        hook,
+        outcome,
+        policy=policy,
+        timeout=30,
+        single=len(outcome.wait.correlation_ids) == 1,
+    )
+
+
+def subscriptions_of(broker: Any, topic: str) -> list[str]:
+    return list(broker.publisher().list_topic_subscriptions(topic=topic, timeout=10))
+
+
+def subscription_exists(broker: Any, path: str) -> bool:
+    from google.api_core.exceptions import NotFound
+
+    try:
+        broker.subscriber().get_subscription(subscription=path, timeout=10)
+    except NotFound:
+        return False
+    return True
+
+
+async def wait_for_hub(topic: str, limit: float = 10.0) -> _wakehub.WakeHub:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        for hub in _wakehub.hubs():
+            if hub.topic == topic and hub.is_ready:
+                return hub
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no ready wake hub for {topic}")
 
 
 async def test_result_published_before_the_wait_starts_is_not_lost(
@@ -72,22 +136,11 @@ async def test_result_published_before_the_wait_starts_is_not_lost(
 ) -> None:
     events, published = send(hook, topics, {"n": 1})
     answer(broker.publisher(), events[0], {"early": True})  # before any trigger runs
-    trigger = make_trigger(topics, published, recheck_interval=3600)
-    payload = await first_event(trigger)
-    assert payload["status"] == "done"
-    assert payload["results"][events[0].correlationid]["type"] == RESULT_SUCCEEDED
-    outcomes = await asyncio.to_thread(collect, hook, trigger.waits, payload)
+    outcome = await first_event(make_trigger(topics, published, recheck_interval=3600))
+    assert outcome.status == "done"
+    assert list(outcome.found()) == [events[0].correlationid]
+    outcomes = await asyncio.to_thread(collect, hook, outcome)
     assert conclude(outcomes, policy="collect_all", timeout=30, single=True) == {"early": True}
-
-
-async def wait_for_hub(topic: str, limit: float = 10.0) -> _wakehub.WakeHub:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        for hub in _wakehub.hubs():
-            if hub.topic == topic and hub._ready.is_set():
-                return hub
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no ready wake hub for {topic}")
 
 
 async def test_a_result_wakes_the_wait_at_once(
@@ -96,15 +149,55 @@ async def test_a_result_wakes_the_wait_at_once(
     events, published = send(hook, topics, {"n": 1})
     trigger = make_trigger(topics, published, recheck_interval=3600)
     task = asyncio.create_task(first_event(trigger))
-    await wait_for_hub(topics["results"])
-    await asyncio.sleep(0.2)
+    hub = await wait_for_hub(topics["results"])
+    await asyncio.sleep(2.0)  # past the start read
     assert not task.done()
     started = time.monotonic()
-    await asyncio.to_thread(answer, broker.publisher(), events[0], {"late": True})
-    payload = await task
-    # woken by the hub: the early re-check would come 12 s after the start, the periodic one in 1 h
+    message_id = await asyncio.to_thread(answer, broker.publisher(), events[0], {"late": True})
+    outcome = await task
+    # heard from the hub: the early re-read comes 12 s after the start, the periodic one in 1 h
     assert time.monotonic() - started < 6.0
-    assert payload["status"] == "done"
+    assert hub.received >= 1
+    assert outcome.found() == {events[0].correlationid: message_id}
+    assert await asyncio.to_thread(take, hook, outcome) == {"late": True}
+
+
+async def test_a_fan_out_waits_on_one_subscription(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    items = [{"i": i} for i in range(50)]
+    events, published = send(hook, topics, *items)
+    assert subscriptions_of(broker, topics["results"]) == [published.subscription]
+    assert {str(e.correlationid).split(".")[0] for e in events} == {
+        published.correlation_ids[0].split(".")[0]
+    }
+    publisher = broker.publisher()
+    for event in events:
+        answer(publisher, event, event.data)
+    outcome = await first_event(make_trigger(topics, published))
+    assert outcome.status == "done"
+    assert await asyncio.to_thread(take, hook, outcome) == items
+    assert subscriptions_of(broker, topics["results"]) == []  # deleted, the hub's too
+
+
+async def test_the_worker_wait_reads_its_own_subscription_only(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    events, published = send(hook, topics, {"n": 1}, {"n": 2})
+    answer(broker.publisher(), events[0], {"n": 1})
+    seen: list[list[str]] = []
+
+    def answer_later() -> None:
+        time.sleep(1.5)
+        seen.append(subscriptions_of(broker, topics["results"]))
+        answer(broker.publisher(), events[1], {"n": 2})
+
+    later = asyncio.create_task(asyncio.to_thread(answer_later))
+    outcome = await asyncio.to_thread(wait_blocking, make_trigger(topics, published))
+    await later
+    assert outcome.status == "done"
+    assert seen == [[published.subscription]]  # no wake subscription of its own
+    assert await asyncio.to_thread(take, hook, outcome) == [{"n": 1}, {"n": 2}]
 
 
 async def test_a_triggerer_dying_mid_wait_loses_nothing(
@@ -119,25 +212,13 @@ async def test_a_triggerer_dying_mid_wait_loses_nothing(
         await task
     await _wakehub.close_all()
     await asyncio.to_thread(answer, broker.publisher(), events[0], {"after": "restart"})
-    second = fresh(first)
-    payload = await first_event(second)
-    assert payload["status"] == "done"
+    second = await first_event(fresh(first))
+    assert second.status == "done"
     # The event was yielded but the triggerer died before it was handed over: a third run must
     # find the very same result, because the trigger never acks.
-    third_payload = await first_event(fresh(first))
-    cid = str(events[0].correlationid)
-    assert third_payload["results"][cid]["message_id"] == payload["results"][cid]["message_id"]
-    value = await asyncio.to_thread(
-        finish,
-        {},
-        hook,
-        second.waits,
-        third_payload,
-        policy="collect_all",
-        timeout=30,
-        single=True,
-    )
-    assert value == {"after": "restart"}
+    third = await first_event(fresh(first))
+    assert third.found() == second.found()
+    assert await asyncio.to_thread(take, hook, third) == {"after": "restart"}
 
 
 async def test_a_trigger_dying_while_holding_the_result_loses_nothing(
@@ -146,17 +227,13 @@ async def test_a_trigger_dying_while_holding_the_result_loses_nothing(
     """Died between pulling the result and releasing it: the lease expires, the re-run finds it."""
     events, published = send(hook, topics, {"n": 1})
     await asyncio.to_thread(answer, broker.publisher(), events[0], {"leased": True})
-    subscriber = broker.subscriber()
-    leased = subscriber.pull(
-        subscription=str(published[0].subscription), max_messages=10, timeout=10
+    leased = broker.subscriber().pull(
+        subscription=str(published.subscription), max_messages=10, timeout=10
     )
     assert len(leased.received_messages) == 1  # held, never acked or released
-    payload = await first_event(make_trigger(topics, published, recheck_interval=3600), 40)
-    assert payload["status"] == "done"
-    outcomes = await asyncio.to_thread(
-        collect, hook, dict(make_trigger(topics, published).waits), payload
-    )
-    assert outcomes[0].data == {"leased": True}
+    outcome = await first_event(make_trigger(topics, published, recheck_interval=3600), 40)
+    assert outcome.status == "done"
+    assert await asyncio.to_thread(take, hook, outcome) == {"leased": True}
 
 
 async def test_duplicate_results_yield_the_first(
@@ -167,60 +244,47 @@ async def test_duplicate_results_yield_the_first(
     first_id = answer(publisher, events[0], {"copy": 1})
     answer(publisher, events[0], {"copy": 2})
     trigger = make_trigger(topics, published)
-    payload = await first_event(trigger)
+    outcome = await first_event(trigger)
     cid = str(events[0].correlationid)
-    assert payload["results"][cid]["message_id"] == first_id
+    assert outcome.found() == {cid: first_id}
     again = await first_event(fresh(trigger))  # a re-run decides the same way
-    assert again["results"][cid]["message_id"] == first_id
-    value = await asyncio.to_thread(
-        finish, {}, hook, trigger.waits, again, policy="collect_all", timeout=30, single=True
-    )
-    assert value == {"copy": 1}
+    assert again.found() == {cid: first_id}
+    assert await asyncio.to_thread(take, hook, again) == {"copy": 1}
 
 
-async def test_results_never_reach_another_correlation_id(
+async def test_results_never_reach_another_task(
     broker: Any, hook: RelayHook, topics: dict[str, str]
 ) -> None:
-    count = 300
-    events, published = await asyncio.to_thread(
-        send, hook, topics, *({"i": i} for i in range(count))
+    count = 200
+    sent_tasks = await asyncio.to_thread(
+        lambda: [send(hook, topics, {"i": i}) for i in range(count)]
     )
-    triggers = [make_trigger(topics, [p], recheck_interval=3600) for p in published]
+    triggers = [make_trigger(topics, p, recheck_interval=3600) for _, p in sent_tasks]
     tasks = [asyncio.create_task(first_event(t, 60)) for t in triggers]
     hub = await wait_for_hub(topics["results"])
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(2.0)
     publisher = broker.publisher()
     # a stranger's result on the same topic first, then every result in reverse order
-    stranger = build_requests(EXAMPLE_ECHO, [{}], source="/x", reply_to=topics["results"])[0]
+    (stranger,) = build_requests(
+        EXAMPLE_ECHO, [{}], source="/x", reply_to=topics["results"], correlation_ids=["other.0"]
+    )
 
     def publish_all() -> dict[str, str]:
         answer(publisher, stranger, {"stranger": True})
         return {
-            str(e.correlationid): answer(publisher, e, {"cid": e.correlationid})
-            for e in reversed(events)
+            str(events[0].correlationid): answer(publisher, events[0], events[0].data)
+            for events, _ in reversed(sent_tasks)
         }
 
     sent = await asyncio.to_thread(publish_all)
-    payloads = await asyncio.gather(*tasks)
+    outcomes = await asyncio.gather(*tasks)
     assert len(_wakehub.hubs()) <= 1
     assert hub.streams_opened == 1
-    for trigger, payload in zip(triggers, payloads, strict=True):
-        ((cid, info),) = payload["results"].items()
-        assert set(trigger.waits) == {cid}
-        assert info["message_id"] == sent[cid]
-    sample = [0, count // 2, count - 1]
-    for index in sample:
-        value = await asyncio.to_thread(
-            finish,
-            {},
-            hook,
-            triggers[index].waits,
-            payloads[index],
-            policy="collect_all",
-            timeout=30,
-            single=True,
-        )
-        assert value == {"cid": events[index].correlationid}
+    for (events, _), outcome in zip(sent_tasks, outcomes, strict=True):
+        cid = str(events[0].correlationid)
+        assert outcome.found() == {cid: sent[cid]}
+    for index in (0, count // 2, count - 1):
+        assert await asyncio.to_thread(take, hook, outcomes[index]) == {"i": index}
 
 
 async def test_failed_result_carries_the_error_type_and_message(
@@ -228,39 +292,28 @@ async def test_failed_result_carries_the_error_type_and_message(
 ) -> None:
     events, published = send(hook, topics, {"n": 1})
     answer(broker.publisher(), events[0], error="disk on fire")
-    trigger = make_trigger(topics, published)
-    payload = await first_event(trigger)
-    assert payload["results"][events[0].correlationid]["type"] == RESULT_FAILED
+    outcome = await first_event(make_trigger(topics, published))
+    assert outcome.status == "done"
     with pytest.raises(RelayResultError) as raised:
-        await asyncio.to_thread(
-            finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=30, single=True
-        )
+        await asyncio.to_thread(take, hook, outcome)
     assert raised.value.error_type == "EchoFailure"
     assert raised.value.error_message == "disk on fire"
     assert "EchoFailure: disk on fire" in str(raised.value)
 
 
-async def test_no_result_gives_a_clear_timeout(hook: RelayHook, topics: dict[str, str]) -> None:
+async def test_no_result_gives_a_clear_timeout_after_a_quiet_last_look(
+    hook: RelayHook, topics: dict[str, str]
+) -> None:
     events, published = send(hook, topics, {"n": 1})
     trigger = make_trigger(topics, published, timeout=1.5)
     started = time.monotonic()
-    payload = await first_event(trigger)
-    assert 1.0 < time.monotonic() - started < 5.0
-    assert payload["status"] == "timeout"
+    outcome = await first_event(trigger)
+    elapsed = time.monotonic() - started
+    # the last look reads for longer than a lease past the deadline before it says "no result"
+    assert 1.5 + _result_trigger.FINAL_QUIET_SECONDS <= elapsed < 30
+    assert outcome.status == "timeout"
     with pytest.raises(RelayTimeoutError, match=str(events[0].correlationid)):
-        await asyncio.to_thread(
-            finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=1.5, single=True
-        )
-
-
-def subscription_exists(broker: Any, path: str) -> bool:
-    from google.api_core.exceptions import NotFound
-
-    try:
-        broker.subscriber().get_subscription(subscription=path, timeout=10)
-    except NotFound:
-        return False
-    return True
+        await asyncio.to_thread(take, hook, outcome)
 
 
 async def test_fan_out_fail_fast_fires_at_the_first_failure(
@@ -268,17 +321,12 @@ async def test_fan_out_fail_fast_fires_at_the_first_failure(
 ) -> None:
     events, published = send(hook, topics, {"i": 0}, {"i": 1}, {"i": 2})
     answer(broker.publisher(), events[1], error="item 1 is bad")
-    trigger = make_trigger(topics, published, policy="fail_fast")
-    payload = await first_event(trigger)  # without waiting for items 0 and 2
-    assert payload["status"] == "done"
-    assert sorted(payload["pending"]) == sorted(
-        str(e.correlationid) for e in (events[0], events[2])
-    )
+    outcome = await first_event(make_trigger(topics, published, policy="fail_fast"))
+    assert outcome.status == "done"  # without waiting for items 0 and 2
+    assert list(outcome.found()) == [events[1].correlationid]
     with pytest.raises(RelayResultError, match="item 1 is bad"):
-        await asyncio.to_thread(
-            finish, {}, hook, trigger.waits, payload, policy="fail_fast", timeout=30, single=False
-        )
-    assert not any(subscription_exists(broker, s) for s in trigger.waits.values())
+        await asyncio.to_thread(take, hook, outcome, "fail_fast")
+    assert not subscription_exists(broker, str(published.subscription))
 
 
 async def test_fan_out_collect_all_names_what_failed(
@@ -290,15 +338,11 @@ async def test_fan_out_collect_all_names_what_failed(
     publisher = broker.publisher()
     answer(publisher, events[0], {"ok": 0})
     answer(publisher, events[1], error="item 1 is bad")
-    trigger = make_trigger(topics, published, policy="collect_all", timeout=3)
-    payload = await first_event(trigger)  # item 2 never answers: timeout after collecting
-    assert payload["status"] == "timeout"
+    outcome = await first_event(make_trigger(topics, published, timeout=3))
+    assert outcome.status == "timeout"  # item 2 never answers: timeout after collecting
     with pytest.raises(RelayPartialFailureError) as raised:
-        await asyncio.to_thread(
-            finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=3, single=False
-        )
-    failed = raised.value.failed
-    assert failed == {
+        await asyncio.to_thread(take, hook, outcome)
+    assert raised.value.failed == {
         str(events[1].correlationid): "EchoFailure: item 1 is bad",
         str(events[2].correlationid): "no result before the timeout",
     }
@@ -310,19 +354,19 @@ async def test_the_shared_hub_starts_lazily_and_leaves_with_the_last_wait(
     broker: Any, hook: RelayHook, topics: dict[str, str]
 ) -> None:
     assert not [h for h in _wakehub.hubs() if h.topic == topics["results"]]
-    events, published = send(hook, topics, {"i": 0}, {"i": 1})
+    sent = [send(hook, topics, {"i": 0}), send(hook, topics, {"i": 1})]
     tasks = [
-        asyncio.create_task(first_event(make_trigger(topics, [p], recheck_interval=3600)))
-        for p in published
+        asyncio.create_task(first_event(make_trigger(topics, p, recheck_interval=3600)))
+        for _, p in sent
     ]
     hub = await wait_for_hub(topics["results"])
     assert hub.waiting == 2
     assert subscription_exists(broker, hub.subscription)
-    answer(broker.publisher(), events[0], {})
+    answer(broker.publisher(), sent[0][0][0], {})
     await tasks[0]
     assert hub.waiting == 1
     assert not hub.closing
-    answer(broker.publisher(), events[1], {})
+    answer(broker.publisher(), sent[1][0][0], {})
     await tasks[1]
     assert hub.closing
     assert hub not in _wakehub.hubs()
@@ -337,31 +381,30 @@ async def test_a_vanished_subscription_is_a_clear_error(
     from relay.airflow.exceptions import RelayResultLostError
 
     _, published = send(hook, topics, {"i": 0})
-    hook.delete_subscriptions([str(published[0].subscription)])
-    trigger = make_trigger(topics, published)
-    payload = await first_event(trigger)
-    assert payload["status"] == "error"
-    assert str(published[0].subscription) in payload["message"]
+    hook.delete_subscriptions([str(published.subscription)])
+    outcome = await first_event(make_trigger(topics, published))
+    assert outcome.status == "error"
+    assert str(published.subscription) in outcome.message
     with pytest.raises(RelayResultLostError, match="does not exist"):
-        await asyncio.to_thread(
-            finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=30, single=True
-        )
+        await asyncio.to_thread(take, hook, outcome)
 
 
-def test_serialized_kwargs_hold_no_credentials(topics: dict[str, str]) -> None:
-    trigger = RelayResultTrigger(
+def test_serialized_kwargs_hold_no_credentials_and_stay_small(topics: dict[str, str]) -> None:
+    sub = "projects/relay-test/subscriptions/relay-task-x"
+    wait = ResultWait(
         completion_topic=topics["results"],
-        waits={"abc": "projects/relay-test/subscriptions/relay-wait-x"},
+        subscription=sub,
+        correlation_ids=tuple(f"t1.{i}" for i in range(10_000)),
         deadline=time.time() + 60,
+    )
+    trigger = RelayResultTrigger(
+        wait=wait,
         gcp_conn_id="google_cloud_default",
         impersonation_chain=["a@p.iam.gserviceaccount.com", "b@p.iam.gserviceaccount.com"],
     )
     classpath, kwargs = trigger.serialize()
     assert set(kwargs) == {
-        "completion_topic",
-        "waits",
-        "deadline",
-        "policy",
+        "wait",
         "gcp_conn_id",
         "impersonation_chain",
         "recheck_interval",
@@ -369,9 +412,44 @@ def test_serialized_kwargs_hold_no_credentials(topics: dict[str, str]) -> None:
         "not_before",
     }
     text = json.dumps(kwargs)  # JSON-serialisable, as the metadata DB needs
+    assert len(text) < 1_000  # 10,000 default ids travel as their group and count
     for secret_marker in ("token", "Bearer", "private_key", "authorization", "credentials"):
         assert secret_marker.lower() not in text.lower()
-    assert RelayResultTrigger(**json.loads(text)).serialize() == (classpath, kwargs)
+    rebuilt = RelayResultTrigger(**json.loads(text))
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert rebuilt.wait == wait
+
+
+def test_a_wait_is_checked_once_when_built() -> None:
+    topic = "projects/relay-test/topics/results"
+    sub = "projects/relay-test/subscriptions/relay-task-x"
+
+    def wait(ids: tuple[str, ...], **kwargs: Any) -> ResultWait:
+        fields: dict[str, Any] = {
+            "completion_topic": topic,
+            "subscription": sub,
+            "correlation_ids": ids,
+            "deadline": 1.0,
+        }
+        return ResultWait(**{**fields, **kwargs})
+
+    for bad, message in (
+        ((), "at least one"),
+        (("a.1", "a.1"), "twice"),
+        (("a.1", "b.1"), "share one group"),
+        (("nogroup",), "has no group"),
+        (('a." OR 1',), "not valid"),
+    ):
+        with pytest.raises(RelayConfigError, match=message):
+            wait(bad)
+    with pytest.raises(RelayConfigError, match="policy"):
+        wait(("a.1",), policy="sometimes")
+    with pytest.raises(RelayConfigError, match="subscription"):
+        wait(("a.1",), subscription="relay-task-x")
+    custom = wait(("orders.z", "orders.a"))
+    assert ResultWait.from_json(jsonb(custom.to_json())) == custom  # order kept through JSONB
+    with pytest.raises(RelayConfigError, match="not a relay wait"):
+        ResultWait.from_json({"topic": topic})
 
 
 async def test_the_hub_reconnects_after_the_broker_restarts(
@@ -379,8 +457,8 @@ async def test_the_hub_reconnects_after_the_broker_restarts(
 ) -> None:
     own = start_broker(tmp_path / "own")
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", own.host)
-    # No early re-check: on a slow machine the restart can outlast it, and the result would then be
-    # found by the re-check instead of the reconnected stream this test is about.
+    # No early re-read: on a slow machine the restart can outlast it, and the result would then be
+    # found by the re-read instead of the reconnected stream this test is about.
     monkeypatch.setattr(_result_trigger, "WAIT_ACK_DEADLINE_SECONDS", 3600)
     topics = {
         "requests": f"projects/{project}/topics/{unique('requests')}",
@@ -393,15 +471,13 @@ async def test_the_hub_reconnects_after_the_broker_restarts(
     trigger = make_trigger(topics, published, timeout=60, recheck_interval=3600)
     task = asyncio.create_task(first_event(trigger, 60))
     hub = await wait_for_hub(topics["results"])
+    await asyncio.sleep(2.0)  # past the start read
     await asyncio.to_thread(own.restart, kill=True)  # the stream breaks; data survives
     await asyncio.to_thread(answer, own.publisher(), events[0], {"after": "broker restart"})
-    payload = await task
-    assert payload["status"] == "done"
-    assert hub.streams_opened >= 2  # woken through a new stream, not by a re-check
-    value = await asyncio.to_thread(
-        finish, {}, hook, trigger.waits, payload, policy="collect_all", timeout=60, single=True
-    )
-    assert value == {"after": "broker restart"}
+    outcome = await task
+    assert outcome.status == "done"
+    assert hub.streams_opened >= 2  # heard through a new stream, not by a re-read
+    assert await asyncio.to_thread(take, hook, outcome) == {"after": "broker restart"}
     await _wakehub.close_all()
 
 
@@ -411,16 +487,9 @@ async def test_a_rerun_after_the_deadline_still_reports_a_result_that_came_in_ti
     events, published = send(hook, topics, {"n": 1})
     answer(broker.publisher(), events[0], {"in": "time"})
     late = make_trigger(topics, published, timeout=-5)  # the triggerer came back too late
-    payload = await first_event(late)
-    assert payload["status"] == "done"
+    assert (await first_event(late)).status == "done"
     empty = make_trigger(topics, send(hook, topics, {"n": 2})[1], timeout=-5)
-    assert (await first_event(empty))["status"] == "timeout"
-
-
-def jsonb(value: Any) -> Any:
-    """What PostgreSQL's JSONB does to trigger kwargs and events: object keys come back reordered
-    (sorted here, which is enough to break anything that relies on key order)."""
-    return json.loads(json.dumps(value, sort_keys=True))
+    assert (await first_event(empty)).status == "timeout"
 
 
 class _RecordingTi:
@@ -436,54 +505,102 @@ async def test_fan_out_results_keep_item_order_through_a_key_reordering_store(
 ) -> None:
     from relay.airflow.operators import RelayFanOutOperator
 
-    cids = ["c-zulu", "b-yankee", "a-xray", "d-whiskey"]  # sorting changes their order
-    assert sorted(cids) != cids
-    events = build_requests(
-        EXAMPLE_ECHO,
-        [{"i": i} for i in range(len(cids))],
-        source="/tests/airflow",
-        reply_to=topics["results"],
-        correlation_ids=cids,
-    )
-    published = publish_requests(
-        hook, topic=topics["requests"], reply_topic=topics["results"], events=events
-    )
+    ids = ["o.zulu", "o.yankee", "o.xray", "o.whiskey"]  # sorting changes their order
+    events, published = send(hook, topics, *({"i": i} for i in range(len(ids))), ids=ids)
     publisher = broker.publisher()
     for event in reversed(events):
         answer(publisher, event, event.data)
-    deferred = make_trigger(topics, published, recheck_interval=3600)
-    _, kwargs = deferred.serialize()
-    stored = jsonb(kwargs)  # the trigger row, as the triggerer reads it back
-    assert [cid for cid, _ in stored["waits"]] == cids
-    payload = jsonb(await first_event(RelayResultTrigger(**stored)))  # the stored event
-    assert payload["status"] == "done"
-    assert [cid for cid, _ in payload["waits"]] == cids
+    _, kwargs = make_trigger(topics, published, recheck_interval=3600).serialize()
+    event = await asyncio.wait_for(anext(RelayResultTrigger(**jsonb(kwargs)).run()), 40)
+    payload = jsonb(event.payload)  # the stored event
     operator = RelayFanOutOperator(
         task_id="fan",
         topic=topics["requests"],
         reply_topic=topics["results"],
         event_type=EXAMPLE_ECHO,
-        items=[{"i": i} for i in range(len(cids))],
+        items=[{"i": i} for i in range(len(ids))],
         policy="collect_all",
         deferrable=True,
     )
     ti = _RecordingTi()
     value = await asyncio.to_thread(operator.execute_complete, {"ti": ti}, payload)
-    assert value == [{"i": i} for i in range(len(cids))]
-    assert [o["correlation_id"] for o in ti.xcom["outcomes"]] == cids
-    assert [o["data"] for o in ti.xcom["outcomes"]] == [{"i": i} for i in range(len(cids))]
+    assert value == [{"i": i} for i in range(len(ids))]
+    assert [o["correlation_id"] for o in ti.xcom["outcomes"]] == ids
+    assert [o["data"] for o in ti.xcom["outcomes"]] == [{"i": i} for i in range(len(ids))]
 
 
-def test_waits_are_checked_pairs() -> None:
-    from relay.airflow._result_trigger import wait_pairs
-    from relay.airflow.exceptions import RelayConfigError
+def _legacy_subscription(broker: Any, topic: str, cid: str) -> str:
+    """The subscription relay 0.1 created for one request (its name and filter rule)."""
+    digest = hashlib.sha256(f"{topic}\0{cid}".encode()).hexdigest()[:40]
+    path = f"projects/relay-test/subscriptions/relay-wait-{digest}"
+    broker.subscriber().create_subscription(
+        request={
+            "name": path,
+            "topic": topic,
+            "filter": f'attributes.ce-correlationid = "{cid}"',
+            "ack_deadline_seconds": 10,
+        }
+    )
+    return path
 
-    sub = "projects/relay-test/subscriptions/relay-wait-x"
-    assert wait_pairs({"b": sub, "a": sub}) == [["b", sub], ["a", sub]]
-    assert wait_pairs((("b", sub), ("a", sub))) == [["b", sub], ["a", sub]]
-    for bad in ([["a", sub], ["a", sub]], [["a"]], ["ab"], [["bad id", sub]], [["a", ""]]):
-        with pytest.raises(RelayConfigError):
-            wait_pairs(bad)
+
+async def test_a_wait_deferred_by_relay_0_1_resumes(
+    broker: Any, hook: RelayHook, topics: dict[str, str]
+) -> None:
+    """An upgrade while a fan-out is deferred: its trigger row holds 0.1's kwargs (one
+    subscription per request), and the resumed task gets 0.1's event."""
+    from relay.airflow.operators import RelayFanOutOperator
+
+    events = build_requests(
+        EXAMPLE_ECHO,
+        [{"i": 0}, {"i": 1}],
+        source="/tests",
+        reply_to=topics["results"],
+        correlation_ids=[str(uuid.uuid4()), str(uuid.uuid4())],  # 0.1: the ce-ids
+    )
+    cids = [str(e.correlationid) for e in events]
+    pairs = [[cid, _legacy_subscription(broker, topics["results"], cid)] for cid in cids]
+    publisher = broker.publisher()
+    for event in events:
+        answer(publisher, event, event.data)
+    old_kwargs = {
+        "completion_topic": topics["results"],
+        "waits": pairs,
+        "deadline": time.time() + 30,
+        "policy": "collect_all",
+        "gcp_conn_id": "google_cloud_default",
+        "impersonation_chain": None,
+        "recheck_interval": 300.0,
+        "linger": 0.0,
+        "not_before": 0.0,
+    }
+    outcome = await first_event(RelayResultTrigger(**jsonb(old_kwargs)))
+    assert outcome.status == "done"
+    assert set(outcome.found()) == {cid for cid, _ in pairs}
+    operator = RelayFanOutOperator(
+        task_id="fan",
+        topic=topics["requests"],
+        reply_topic=topics["results"],
+        event_type=EXAMPLE_ECHO,
+        items=[{"i": 0}, {"i": 1}],
+        policy="collect_all",
+        deferrable=True,
+    )
+    old_event = {  # 0.1's event payload, fired before the upgrade
+        "status": "done",
+        "waits": pairs,
+        "results": {
+            cid: {"type": RESULT_SUCCEEDED, "message_id": mid, "publish_time": "", "ce_id": ""}
+            for cid, mid in outcome.found().items()
+        },
+        "pending": [],
+        "message": "",
+    }
+    value = await asyncio.to_thread(
+        operator.execute_complete, {"ti": _RecordingTi()}, jsonb(old_event)
+    )
+    assert value == [{"i": 0}, {"i": 1}]
+    assert not any(subscription_exists(broker, sub) for _, sub in pairs)
 
 
 def test_non_retryable_failures_fail_without_airflow_retries() -> None:
@@ -536,12 +653,12 @@ async def test_the_event_is_not_yielded_before_not_before(
     settled = make_trigger(topics, published, recheck_interval=3600, not_before=moment)
     rebuilt = fresh(settled)  # not_before survives serialization
     assert rebuilt.not_before == moment
-    payload = await first_event(rebuilt)
+    outcome = await first_event(rebuilt)
     assert time.time() >= moment
-    assert payload["status"] == "done"
+    assert outcome.status == "done"
     past = make_trigger(topics, published, recheck_interval=3600, not_before=time.time() - 60)
     started = time.monotonic()
-    assert (await first_event(past))["status"] == "done"
+    assert (await first_event(past)).status == "done"
     assert time.monotonic() - started < 1.5
 
 
@@ -549,7 +666,6 @@ def test_settle_defaults_to_the_heartbeat_interval_plus_a_margin(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from relay.airflow._settle import not_before, resolve_settle
-    from relay.airflow.exceptions import RelayConfigError
     from relay.airflow.operators import RelayCallOperator
 
     assert resolve_settle(None) == 8.0  # [workers] min_heartbeat_interval 5 + 3
@@ -559,3 +675,28 @@ def test_settle_defaults_to_the_heartbeat_interval_plus_a_margin(
     assert 4.0 < not_before(None) - time.time() <= 5.0
     with pytest.raises(RelayConfigError, match="settle"):
         RelayCallOperator(task_id="t", topic="t", reply_topic="r", event_type="e", settle=-1)
+
+
+def test_subscription_lifetimes_outside_googles_bounds_are_refused() -> None:
+    from datetime import timedelta
+
+    from relay.airflow.operators import RelayFanOutOperator
+
+    def build(**kwargs: Any) -> Any:
+        return RelayFanOutOperator(
+            task_id="t", topic="t", reply_topic="r", event_type="e", items=[], **kwargs
+        )
+
+    for kwargs, message in (
+        ({"subscription_ttl": timedelta(hours=23)}, "below Google's minimum of 1 day"),
+        ({"subscription_retention": timedelta(minutes=5)}, "10 minutes to 7 days"),
+        ({"subscription_retention": timedelta(days=8)}, "10 minutes to 7 days"),
+        (
+            {"subscription_ttl": timedelta(days=1), "subscription_retention": timedelta(days=2)},
+            "above its expiration",
+        ),
+        ({"timeout": timedelta(days=2)}, "longer than subscription_retention"),
+    ):
+        with pytest.raises(RelayConfigError, match=message):
+            build(**kwargs)
+    build(subscription_ttl=None, subscription_retention=timedelta(days=7), timeout=3600)
