@@ -22,7 +22,7 @@ from relay.airflow._wait import ResultWait, WaitOutcome
 from relay.airflow.exceptions import RelayConfigError, RelayResultError, RelayTimeoutError
 from relay.airflow.hooks import RelayHook
 from relay.airflow.triggers import RelayResultTrigger
-from relay.protocol import EXAMPLE_ECHO, Event
+from relay.protocol import EXAMPLE_ECHO, RESULT_SUCCEEDED, Event
 
 pytestmark = [pytest.mark.timeout(120)]
 
