@@ -29,7 +29,8 @@ from relay.functions._logging import emit, trace_fields
 from relay.functions._publisher import ResultPublisher, default_publisher
 from relay.functions._request import Request
 from relay.protocol import (
-    MAX_ATTRIBUTE_VALUE_BYTES,
+    CORRELATION_ID_ATTRIBUTE,
+    REPLY_TO_ATTRIBUTE,
     RESULT_SUCCEEDED,
     BlobStore,
     DataRefError,
@@ -475,18 +476,12 @@ def _response(
 
 
 def answerable(event: Event, message_id: str | None) -> Event:
-    """`event` if a result can be sent for it (replyto and a correlationid that fits in an
-    attribute), minus oversized trace attributes a result would copy; else Unanswerable."""
+    """`event` if a result can be sent for it (replyto and a correlationid, whose form the
+    protocol checked), minus oversized trace attributes a result would copy; else Unanswerable."""
     if not event.replyto or not event.correlationid:
         missing = "replyto" if not event.replyto else "correlationid"
         raise Unanswerable(
             f"request {event.id!r} has no {missing}: nowhere to send the result",
-            message_id=message_id,
-        )
-    if len(event.correlationid.encode("utf-8")) > MAX_ATTRIBUTE_VALUE_BYTES:
-        raise Unanswerable(
-            f"request {event.id!r} has a correlationid longer than {MAX_ATTRIBUTE_VALUE_BYTES} "
-            "bytes: no result could carry it",
             message_id=message_id,
         )
     oversized = {
@@ -500,8 +495,8 @@ def answerable(event: Event, message_id: str | None) -> Event:
 def _salvage(attributes: Mapping[str, str], delivery: Delivery) -> Event | None:
     """A stand-in request built from raw `ce-*` attributes when the envelope itself is broken,
     so a request that names replyto and correlationid still gets a failed result."""
-    reply_to = attributes.get("ce-replyto")
-    correlation_id = attributes.get("ce-correlationid")
+    reply_to = attributes.get(REPLY_TO_ATTRIBUTE)
+    correlation_id = attributes.get(CORRELATION_ID_ATTRIBUTE)
     if not reply_to or not correlation_id:
         return None
     try:

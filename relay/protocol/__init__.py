@@ -34,9 +34,13 @@ from relay.protocol._limits import (
 )
 from relay.protocol._names import (
     CORRELATION_ID_ATTRIBUTE,
+    CORRELATION_ID_RULE,
+    GROUP_RULE,
     ID_ATTRIBUTE,
     MAX_FILTER_BYTES,
+    PROJECT_RULE,
     REPLY_TO_ATTRIBUTE,
+    RESOURCE_RULE,
     TYPE_ATTRIBUTE,
     check_correlation_id,
     check_group,
@@ -63,9 +67,11 @@ from relay.protocol._schemas import SchemaRegistry, default_registry
 
 __all__ = [
     "CORRELATION_ID_ATTRIBUTE",
+    "CORRELATION_ID_RULE",
     "DEFAULT_OFFLOAD_THRESHOLD",
     "EXAMPLE_CSV_PROFILE",
     "EXAMPLE_ECHO",
+    "GROUP_RULE",
     "ID_ATTRIBUTE",
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_KEY_BYTES",
@@ -73,7 +79,9 @@ __all__ = [
     "MAX_FILTER_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROGRESS",
+    "PROJECT_RULE",
     "REPLY_TO_ATTRIBUTE",
+    "RESOURCE_RULE",
     "RESULT_FAILED",
     "RESULT_SUCCEEDED",
     "STRUCTURED_CONTENT_TYPE",

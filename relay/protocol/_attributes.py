@@ -115,7 +115,7 @@ def check_topic_path(name: str, value: object) -> str:
     if not is_topic_path(text):
         raise InvalidAttributeError(
             f"attribute {name!r} must be a Pub/Sub topic path 'projects/<project>/topics/<topic>' "
-            f"({PROJECT_RULE}; {RESOURCE_RULE}), got {text!r}",
+            f"(project id: {PROJECT_RULE}; topic: {RESOURCE_RULE}), got {text!r}",
             field=name,
         )
     return text

@@ -29,13 +29,10 @@ _PATHS = {
     for kind in ("topics", "subscriptions")
 }
 PROJECT_RULE = (
-    "a project id is 6-30 lowercase letters, digits and hyphens, starting with a letter "
+    "6-30 characters: lowercase letters, digits and hyphens, starting with a letter "
     "(optionally domain-scoped: example.com:my-project)"
 )
-RESOURCE_RULE = (
-    "a Pub/Sub name is 3-255 characters: a letter, then letters, digits or -_.~+%; "
-    "not starting with goog"
-)
+RESOURCE_RULE = "3-255 characters: a letter, then letters, digits or -_.~+%; not starting with goog"
 
 # Correlation ids are attribute values that go into subscription filters as string literals: a
 # conservative character set keeps quoting trivial. relay's waits group them: `<group>.<item>`.
@@ -56,14 +53,18 @@ MAX_FILTER_BYTES = 256
 def check_project_id(value: object, what: str = "project") -> str:
     """`value` if it is a Google project id, else InvalidAttributeError naming the rule."""
     if not isinstance(value, str) or not _PROJECT_ID.fullmatch(value):
-        raise InvalidAttributeError(f"{what} {value!r} is not valid: {PROJECT_RULE}", field=what)
+        raise InvalidAttributeError(
+            f"{what} {value!r} is not a valid project id ({PROJECT_RULE})", field=what
+        )
     return value
 
 
 def check_resource_id(value: object, what: str) -> str:
     """`value` if it is a valid topic or subscription id, else InvalidAttributeError."""
     if not isinstance(value, str) or not _RESOURCE_ID.fullmatch(value):
-        raise InvalidAttributeError(f"{what} {value!r} is not valid: {RESOURCE_RULE}", field=what)
+        raise InvalidAttributeError(
+            f"{what} {value!r} is not a valid Pub/Sub name ({RESOURCE_RULE})", field=what
+        )
     return value
 
 
@@ -72,7 +73,7 @@ def _full_path(kind: str, path: object) -> str:
         singular = kind[:-1]
         raise InvalidAttributeError(
             f"{singular} {path!r} is not of the form projects/<project>/{kind}/<name> "
-            f"({PROJECT_RULE}; {RESOURCE_RULE})",
+            f"(project id: {PROJECT_RULE}; name: {RESOURCE_RULE})",
             field=singular,
         )
     return path

@@ -11,6 +11,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
+from relay.protocol import (
+    PROJECT_RULE,
+    RESOURCE_RULE,
+    ProtocolError,
+    check_project_id,
+    check_resource_id,
+)
 from relay.topology._model import (
     Delivery,
     Function,
@@ -24,8 +31,6 @@ DEFAULT_FILE = "relay.yaml"
 DEFAULT_REGION = "europe-west1"
 DEFAULT_URL = "https://{region}-{project}.cloudfunctions.net/{name}"
 
-_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
-_RESOURCE = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 _FUNCTION = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _IDENTITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _EMAIL = re.compile(r"[^@\s:]+@[^@\s:]+\.[^@\s:]+")
@@ -195,12 +200,10 @@ class _Parser:
         return tuple(names)
 
     def resource_name(self, name: str, path: str) -> bool:
-        if not _RESOURCE.fullmatch(name) or name.lower().startswith("goog"):
-            self.issue(
-                path,
-                f"{name!r} is not a valid Pub/Sub name (3-255 characters: a letter, then letters, "
-                "digits or -_.~+%; not starting with goog)",
-            )
+        try:
+            check_resource_id(name, "name")
+        except ProtocolError:
+            self.issue(path, f"{name!r} is not a valid Pub/Sub name ({RESOURCE_RULE})")
             return False
         return True
 
@@ -259,13 +262,12 @@ class _Parser:
         if version != 1:
             self.issue("version", f"must be 1, got {version!r}")
         self.project = self.project_override or self.string(root.get("project"), "project") or ""
-        if self.project and not _PROJECT.fullmatch(self.project):
-            where = "--project" if self.project_override else "project"
-            self.issue(
-                where,
-                f"{self.project!r} is not a valid project id (6-30 characters: lowercase letters, "
-                "digits and hyphens, starting with a letter)",
-            )
+        if self.project:
+            try:
+                check_project_id(self.project)
+            except ProtocolError:
+                where = "--project" if self.project_override else "project"
+                self.issue(where, f"{self.project!r} is not a valid project id ({PROJECT_RULE})")
         self.region = self.string(root.get("region"), "region", required=False) or DEFAULT_REGION
 
         requests, completion, dead_letters, completion_subs = self.topics(root.get("topics"))

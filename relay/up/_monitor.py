@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from relay.protocol import Event, ProtocolError, from_message
+from relay.protocol import (
+    CORRELATION_ID_ATTRIBUTE,
+    TYPE_ATTRIBUTE,
+    Event,
+    ProtocolError,
+    from_message,
+)
 
 _TIMEOUT = 30.0
 
@@ -30,14 +36,14 @@ class Observed:
     @property
     def type(self) -> str:
         """The CloudEvents type (`ce-type` when the event could not be decoded)."""
-        return self.event.type if self.event else self.attributes.get("ce-type", "?")
+        return self.event.type if self.event else self.attributes.get(TYPE_ATTRIBUTE, "?")
 
     @property
     def correlation_id(self) -> str | None:
         """The result's correlation id (ce-correlationid)."""
         if self.event is not None:
             return self.event.correlationid
-        return self.attributes.get("ce-correlationid")
+        return self.attributes.get(CORRELATION_ID_ATTRIBUTE)
 
 
 class CompletionMonitor:

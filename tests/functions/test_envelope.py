@@ -69,10 +69,10 @@ def test_eventarc_binary_and_structured() -> None:
 
 def test_direct_http_binary_takes_header_values_verbatim() -> None:
     headers = {k: v for k, v in BINARY.attributes.items()}
-    headers["ce-correlationid"] = "batch%2F42"
+    headers["ce-replyto"] = "projects/relay-test/topics/batch%2F42"  # % is allowed in topic ids
     delivery = from_http(headers, BINARY.data)
     assert delivery.route == "http-binary"
-    assert delivery.message.attributes["ce-correlationid"] == "batch%2F42"
+    assert delivery.message.attributes["ce-replyto"] == "projects/relay-test/topics/batch%2F42"
     assert from_message(*delivery.message).data == {"text": "hé"}
 
 

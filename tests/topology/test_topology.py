@@ -364,7 +364,7 @@ CASES: list[tuple[str, Mutation, str]] = [
         _set("project", "Relay_Test"),
         "project: 'Relay_Test' is not a valid project id (6-30 characters: "
         "lowercase letters, digits "
-        "and hyphens, starting with a letter)",
+        "and hyphens, starting with a letter (optionally domain-scoped: example.com:my-project))",
     ),
     (
         "unknown placeholder",
