@@ -190,9 +190,7 @@ class _ProtoCodec:
 
 # -- Avro ----------------------------------------------------------------------------------------
 
-_PRIMITIVES = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
 
 
@@ -233,7 +231,9 @@ def _check_depth(value: Any) -> None:
 
 def _valid_name(name: Any) -> bool:
     return isinstance(name, str) and all(
-        part and (part[0].isalpha() or part[0] == "_") and part.isascii()
+        part
+        and (part[0].isalpha() or part[0] == "_")
+        and part.isascii()
         and all(c.isalnum() or c == "_" for c in part)
         for part in name.split(".")
     )
@@ -464,7 +464,7 @@ class _AvroCodec:
                 f"{path}: a union value must be null or an object with one key naming its type "
                 f"(one of {names}), not {_show(value)}."
             )
-        (key, inner), = value.items()
+        ((key, inner),) = value.items()
         if key not in names or key == "null":
             return f"{path}: {key!r} is not one of the union's types {names}."
         return self._json(branches[names.index(key)], inner, f"{path}.{key}", depth + 1)
@@ -620,4 +620,3 @@ def _show(value: Any) -> str:
 
 def _mismatch(path: str, value: Any, expected: str) -> str:
     return f"{path}: {_show(value)} does not match the schema, which expects {expected}."
-
