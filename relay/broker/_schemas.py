@@ -317,7 +317,7 @@ class SchemaRegistry:
 
         Empty settings are dropped; settings that differ from the topic's `previous` ones (all,
         for a new topic) must name an existing schema, JSON or BINARY, and existing revisions
-        in order.
+        in order (a revision id kept from `previous` may name a since deleted revision).
         """
         if not pb.HasField("schema_settings"):
             return None
@@ -341,13 +341,14 @@ class SchemaRegistry:
             revision_id = getattr(settings, attribute)
             if not revision_id:
                 continue
-            revision = state.find(revision_id)
-            if revision is None:
+            kept = previous is not None and getattr(previous, attribute) == revision_id
+            place = state.place(revision_id)  # a kept id may name a since deleted revision
+            if place is None or (not kept and state.find(revision_id) is None):
                 raise invalid(
                     f"Schema settings for the topic {topic}: {attribute} {revision_id!r} is not "
                     f"a revision of the schema {state.name}."
                 )
-            places.append(revision.ordinal)
+            places.append(place)
         if len(places) == 2 and places[0] > places[1]:
             raise invalid(
                 f"Schema settings for the topic {topic}: first_revision_id "
