@@ -2,7 +2,8 @@
 
 - `broker` (session): a running broker; sets PUBSUB_EMULATOR_HOST for the session. Attributes:
   .host ("127.0.0.1:PORT"), .port, .http_port, .http_url, .certs_url, .data_dir, .kill(),
-  .restart(), .stop(), plus .publisher() / .subscriber() clients bound to this broker.
+  .restart(), .stop(), plus .publisher() / .subscriber() / .schema_client() clients bound to
+  this broker.
 - `start_broker` (function): `start_broker(data_dir) -> BrokerProcess`, a broker of your own (to
   kill it); stopped at the end of the test.
 - `project`: "relay-test"; `unique`: unique("topic") -> "topic-<hex>".
@@ -154,6 +155,13 @@ class BrokerProcess:
 
         with self._env():
             return pubsub_v1.SubscriberClient(**kwargs)
+
+    def schema_client(self, **kwargs: Any) -> Any:
+        """A google.cloud.pubsub.SchemaServiceClient talking to this broker."""
+        from google.cloud.pubsub import SchemaServiceClient
+
+        with self._env():
+            return SchemaServiceClient(**kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from relay.broker._names import (
     check_topic,
     project_of,
 )
+from relay.broker._schemas import SchemaRegistry
 from relay.broker._state import (
     DEAD_LETTERING,
     BatchRef,
@@ -75,6 +76,7 @@ class TopicState:
     pb: Any
     retention_s: float | None
     subs: dict[str, SubState]
+    schema: Any = None  # pb.schema_settings when messages are validated against a schema
 
 
 def _merge(statements: list[Statement], sql: str, row: tuple[Any, ...]) -> None:
@@ -94,6 +96,7 @@ class Broker:
         self.store = Store(data_dir, fsync=fsync)
         self.push_concurrency = push_concurrency
         self.topics: dict[str, TopicState] = {}
+        self.schemas = SchemaRegistry(self.store, self.topics)
         self.subs: dict[str, SubState] = {}
         self.messages: dict[int, StoredMessage] = {}
         self.batches: dict[int, BatchRef] = {}  # stored batches with messages in memory
@@ -112,10 +115,12 @@ class Broker:
     def load(self) -> None:
         """Read the store into memory (before serving) and start the writer thread."""
         state = self.store.load()
+        self.schemas.load()
         self.last_seq = state.last_seq
         for topic_id, name, body in state.topics:
             pb = Topic.FromString(body)
-            self.topics[name] = TopicState(topic_id, name, pb, _safe_retention(pb), {})
+            schema = pb.schema_settings if pb.HasField("schema_settings") else None
+            self.topics[name] = TopicState(topic_id, name, pb, _safe_retention(pb), {}, schema)
             self._next_topic_id = max(self._next_topic_id, topic_id + 1)
         by_id: dict[int, SubState] = {}
         for sub_id, name, topic, start_seq, body in state.subscriptions:
@@ -265,9 +270,10 @@ class Broker:
         if name in self.topics:
             raise already_exists("topic", name)
         retention = topic_retention(pb)
+        schema = self.schemas.topic_schema(name, pb, None)
         topic_id = self._next_topic_id
         self._next_topic_id += 1
-        self.topics[name] = TopicState(topic_id, name, pb, retention, {})
+        self.topics[name] = TopicState(topic_id, name, pb, retention, {}, schema)
         await self.store.submit(
             [
                 (
@@ -286,11 +292,18 @@ class Broker:
         updated = Topic()
         updated.CopyFrom(topic.pb)
         for path in paths:
-            field = path.split(".")[0]
+            field, _, sub = path.partition(".")
             if field == "name" or field not in Topic.DESCRIPTOR.fields_by_name:
                 raise invalid(f"Invalid update_mask path: {path!r}.")
+            if field == "schema_settings" and sub:  # e.g. schema_settings.first_revision_id
+                if sub not in updated.schema_settings.DESCRIPTOR.fields_by_name:
+                    raise invalid(f"Invalid update_mask path: {path!r}.")
+                _copy_field(updated.schema_settings, pb.schema_settings, sub)
+                continue
             _copy_field(updated, pb, field)
-        topic.retention_s = topic_retention(updated)
+        retention = topic_retention(updated)
+        topic.schema = self.schemas.topic_schema(topic.name, updated, topic.schema)
+        topic.retention_s = retention
         topic.pb = updated
         await self.store.submit(
             [
@@ -466,7 +479,10 @@ class Broker:
     async def publish(self, topic_name: str, messages: Any) -> list[str]:
         """Publish: returns the message ids once the messages are committed."""
         topic = self.topic(topic_name)
-        return await self._publish(topic, messages, check_publish(messages))
+        checked = check_publish(messages)
+        if topic.schema is not None:
+            checked = self.schemas.validate_publish(topic.schema, messages, checked)
+        return await self._publish(topic, messages, checked)
 
     async def _publish(
         self, topic: TopicState, messages: Any, checked: CheckedMessages

@@ -10,10 +10,17 @@ __all__ = ["BrokerError", "already_exists", "failed_precondition", "invalid", "n
 class BrokerError(Exception):
     """A refused request; the gRPC layer turns it into a status with `code` and `message`."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        trailing_metadata: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # e.g. ("grpc-status-details-bin", <google.rpc.Status>): an ErrorInfo the clients decode
+        self.trailing_metadata = trailing_metadata
 
 
 def not_found(kind: str, name: str) -> BrokerError:

@@ -1,4 +1,5 @@
-"""The google.pubsub.v1 Publisher and Subscriber services as generic gRPC handlers over `Broker`.
+"""The google.pubsub.v1 Publisher, Subscriber and SchemaService services as generic gRPC handlers
+over `Broker`.
 
 Requests and responses are the raw protobuf classes behind google-cloud-pubsub's proto-plus types
 (`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged.
@@ -34,7 +35,7 @@ def _unary(fn: _Unary, request: str, response: str) -> Any:
         try:
             return await fn(req, context)
         except BrokerError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, exc.trailing_metadata)
         except Exception:
             _LOG.exception("%s failed", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "Internal error in the relay broker.")
@@ -48,7 +49,7 @@ def _unary(fn: _Unary, request: str, response: str) -> Any:
 
 
 def handlers(broker: Broker) -> list[Any]:
-    """The generic handlers of both services, bound to `broker`."""
+    """The generic handlers of the three services, bound to `broker`."""
     Empty = empty_pb2.Empty
     ListTopicsResponse = _pb("ListTopicsResponse")
     ListTopicSubscriptionsResponse = _pb("ListTopicSubscriptionsResponse")
@@ -172,4 +173,71 @@ def handlers(broker: Broker) -> list[Any]:
             ),
         },
     )
-    return [publisher, subscriber]
+    return [publisher, subscriber, _schema_service(broker)]
+
+
+def _schema_service(broker: Broker) -> Any:
+    """google.pubsub.v1.SchemaService over `broker.schemas`."""
+    schemas = broker.schemas
+    ListSchemasResponse = _pb("ListSchemasResponse")
+    ListSchemaRevisionsResponse = _pb("ListSchemaRevisionsResponse")
+    Empty = empty_pb2.Empty
+
+    async def create_schema(req: Any, context: Any) -> Any:
+        return await schemas.create(req)
+
+    async def get_schema(req: Any, context: Any) -> Any:
+        return schemas.get(req.name, req.view)
+
+    async def list_schemas(req: Any, context: Any) -> Any:
+        found, token = schemas.list_schemas(req.parent, req.view, req.page_size, req.page_token)
+        return ListSchemasResponse(schemas=found, next_page_token=token)
+
+    async def list_schema_revisions(req: Any, context: Any) -> Any:
+        found, token = schemas.list_revisions(req.name, req.view, req.page_size, req.page_token)
+        return ListSchemaRevisionsResponse(schemas=found, next_page_token=token)
+
+    async def commit_schema(req: Any, context: Any) -> Any:
+        return await schemas.commit(req.name, req.schema)
+
+    async def rollback_schema(req: Any, context: Any) -> Any:
+        return await schemas.rollback(req.name, req.revision_id)
+
+    async def delete_schema_revision(req: Any, context: Any) -> Any:
+        return await schemas.delete_revision(req.name)
+
+    async def delete_schema(req: Any, context: Any) -> Any:
+        await schemas.delete(req.name)
+        return Empty()
+
+    async def validate_schema(req: Any, context: Any) -> Any:
+        await schemas.validate_schema(req.parent, req.schema)
+        return _pb("ValidateSchemaResponse")()
+
+    async def validate_message(req: Any, context: Any) -> Any:
+        await schemas.validate_message(req)
+        return _pb("ValidateMessageResponse")()
+
+    return grpc.method_handlers_generic_handler(
+        "google.pubsub.v1.SchemaService",
+        {
+            "CreateSchema": _unary(create_schema, "CreateSchemaRequest", "Schema"),
+            "GetSchema": _unary(get_schema, "GetSchemaRequest", "Schema"),
+            "ListSchemas": _unary(list_schemas, "ListSchemasRequest", "ListSchemasResponse"),
+            "ListSchemaRevisions": _unary(
+                list_schema_revisions, "ListSchemaRevisionsRequest", "ListSchemaRevisionsResponse"
+            ),
+            "CommitSchema": _unary(commit_schema, "CommitSchemaRequest", "Schema"),
+            "RollbackSchema": _unary(rollback_schema, "RollbackSchemaRequest", "Schema"),
+            "DeleteSchemaRevision": _unary(
+                delete_schema_revision, "DeleteSchemaRevisionRequest", "Schema"
+            ),
+            "DeleteSchema": _unary(delete_schema, "DeleteSchemaRequest", "Empty"),
+            "ValidateSchema": _unary(
+                validate_schema, "ValidateSchemaRequest", "ValidateSchemaResponse"
+            ),
+            "ValidateMessage": _unary(
+                validate_message, "ValidateMessageRequest", "ValidateMessageResponse"
+            ),
+        },
+    )

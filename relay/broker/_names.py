@@ -1,6 +1,6 @@
 """Pub/Sub resource names: parse and validate them by Google's rules.
 
-A topic or subscription id starts with a letter, is 3-255 characters of letters, digits and
+A topic, subscription or schema id starts with a letter, is 3-255 characters of letters, digits and
 `-_.~+%`, and does not start with "goog". Any project id works (the broker is local).
 """
 
@@ -10,9 +10,18 @@ import re
 
 from relay.broker._errors import invalid
 
-__all__ = ["DELETED_TOPIC", "check_project", "check_subscription", "check_topic", "project_of"]
+__all__ = [
+    "DELETED_SCHEMA",
+    "DELETED_TOPIC",
+    "check_project",
+    "check_schema",
+    "check_subscription",
+    "check_topic",
+    "project_of",
+]
 
 DELETED_TOPIC = "_deleted-topic_"
+DELETED_SCHEMA = "_deleted-schema_"
 _ID = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 _PROJECT = re.compile(r"[^/\s]{1,100}")
 
@@ -46,6 +55,11 @@ def check_topic(name: str) -> str:
 def check_subscription(name: str) -> str:
     """Return `name` if it is a valid subscription name, else raise INVALID_ARGUMENT."""
     return _check(name, "subscriptions")
+
+
+def check_schema(name: str) -> str:
+    """Return `name` if it is a valid schema name (same id rules), else raise INVALID_ARGUMENT."""
+    return _check(name, "schemas")
 
 
 def check_project(name: str) -> str:

@@ -9,7 +9,8 @@ Tables: topics, subscriptions (the protobuf as a blob), batches (the messages of
 call, seqs first_seq..last_seq, as one blob of length-prefixed serialized PubsubMessages: one row
 per request keeps the writer fast) and pending (one row per subscription and unacked message with
 its delivery count; `acked=1` rows are acked messages kept for Seek when retain_acked_messages is
-set).
+set), schemas and schema_revisions (one row per revision, in commit order; a deleted revision
+keeps its row with a NULL definition, so the topics naming it still know where it stood).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS batches (first_seq INTEGER PRIMARY KEY, last_seq INTE
 CREATE TABLE IF NOT EXISTS pending (sub_id INTEGER NOT NULL, seq INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sub_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schemas (name TEXT PRIMARY KEY, type INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS schema_revisions (schema TEXT NOT NULL, ordinal INTEGER NOT NULL,
+    revision_id TEXT NOT NULL, create_ns INTEGER NOT NULL, definition TEXT,
+    compiled BLOB NOT NULL, PRIMARY KEY (schema, ordinal));
 """
 
 
@@ -132,6 +137,21 @@ class Store:
         top = conn.execute("SELECT MAX(last_seq) FROM batches").fetchone()
         state.last_seq = max(row[0] if row else 0, top[0] or 0)
         return state
+
+    def schema_rows(
+        self,
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, int, str, int, Any, bytes]]]:
+        """(name, type) of every schema and (schema, ordinal, revision_id, create_ns, definition,
+        compiled) of every revision, by ordinal (at start, before the writer runs)."""
+        conn = self._conn
+        schemas = list(conn.execute("SELECT name, type FROM schemas"))
+        revisions = list(
+            conn.execute(
+                "SELECT schema, ordinal, revision_id, create_ns, definition, compiled "
+                "FROM schema_revisions ORDER BY schema, ordinal"
+            )
+        )
+        return schemas, revisions
 
     def pending_rows(self) -> list[tuple[int, int, int, int]]:
         """(sub_id, seq, attempts, acked) of every pending row, by seq."""

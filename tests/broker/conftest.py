@@ -45,3 +45,9 @@ def make_sub(
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def schema_client(broker: Any) -> Any:
+    """A SchemaServiceClient on the session broker."""
+    return broker.schema_client()
