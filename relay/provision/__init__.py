@@ -7,6 +7,7 @@ resource); `gcloud_script(topology)` is the least-privilege IAM to grant. See do
 from relay.provision._desired import (
     PushSettings,
     SubscriptionSettings,
+    TopicSettings,
     desired_subscriptions,
     desired_topics,
     subscription_path,
@@ -31,6 +32,7 @@ __all__ = [
     "ProvisionError",
     "PushSettings",
     "SubscriptionSettings",
+    "TopicSettings",
     "admin_clients",
     "apply",
     "desired_subscriptions",

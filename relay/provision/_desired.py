@@ -17,6 +17,35 @@ class PushSettings:
     attributes: tuple[tuple[str, str], ...]
 
 
+# The completion topic keeps messages this long (Google's minimum), so a new task subscription can
+# be sought back over the moment of its creation (relay.airflow.hooks.create_task_subscription).
+COMPLETION_RETENTION_SECONDS = 10 * 60
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """The fields of a topic that `relay provision` owns: its message retention."""
+
+    name: str
+    retention_seconds: int | None
+    """None: the topic retains nothing (Google's default)."""
+
+    def differences(self, actual: TopicSettings) -> tuple[str, ...]:
+        """`message_retention_duration: actual -> desired` when they differ."""
+        if actual.retention_seconds == self.retention_seconds:
+            return ()
+        return (
+            f"message_retention_duration: {_describe_retention(actual.retention_seconds)} -> "
+            f"{_describe_retention(self.retention_seconds)}",
+        )
+
+    def summary(self) -> tuple[str, ...]:
+        """What a create sets."""
+        if self.retention_seconds is None:
+            return ()
+        return (f"message_retention_duration: {_describe_retention(self.retention_seconds)}",)
+
+
 @dataclass(frozen=True)
 class SubscriptionSettings:
     """The fields of a subscription that `relay provision` owns; everything else it leaves alone."""
@@ -99,9 +128,15 @@ def subscription_path(project: str, subscription: str) -> str:
     return f"projects/{project}/subscriptions/{subscription}"
 
 
-def desired_topics(topology: Topology) -> tuple[str, ...]:
-    """Full paths of every topic, requests first."""
-    return tuple(topic_path(topology.project, topic) for topic in topology.topics)
+def desired_topics(topology: Topology) -> tuple[TopicSettings, ...]:
+    """Every topic, requests first; the completion topic retains messages for a while."""
+    return tuple(
+        TopicSettings(
+            topic_path(topology.project, topic),
+            COMPLETION_RETENTION_SECONDS if topic == topology.completion_topic else None,
+        )
+        for topic in topology.topics
+    )
 
 
 def desired_subscriptions(topology: Topology) -> tuple[SubscriptionSettings, ...]:
@@ -162,6 +197,12 @@ def _describe_push(push: PushSettings | None) -> str:
     if attributes:
         parts.append(f"[{attributes}]")
     return " ".join(parts)
+
+
+def _describe_retention(seconds: int | None) -> str:
+    if seconds is None:
+        return "none"
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
 def _describe_retry(minimum: float, maximum: float) -> str:

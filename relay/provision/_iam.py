@@ -21,7 +21,8 @@ WAITER_PERMISSIONS = (
     "pubsub.subscriptions.get",
     "pubsub.subscriptions.consume",
 )
-"""A custom role for Airflow's per-wait subscriptions: no topic or publish rights of its own."""
+"""A custom role for Airflow's task subscriptions (create, Seek, pull, delete): no topic or
+publish rights of its own. Seek and pull need `consume`."""
 
 SERVICE_AGENT = "serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
 """The project's Pub/Sub service agent (needs the project number, looked up by the script)."""
@@ -69,17 +70,19 @@ def iam_bindings(topology: Topology) -> tuple[Binding, ...]:
                     topic,
                     "roles/pubsub.subscriber",
                     identity.member,
-                    f"{identity.name} attaches its per-wait subscriptions to {topic}",
+                    f"{identity.name} attaches its task subscriptions to {topic}",
                 )
             )
         if identity.waits_on:
+            project = identity.wait_project or topology.project
             bindings.append(
                 Binding(
                     "project",
-                    topology.project,
-                    f"projects/{topology.project}/roles/{WAITER_ROLE_ID}",
+                    project,
+                    f"projects/{project}/roles/{WAITER_ROLE_ID}",
                     identity.member,
-                    f"{identity.name} creates, pulls and deletes its per-wait subscriptions",
+                    f"{identity.name} creates, seeks, pulls and deletes its task subscriptions in "
+                    f"project {project}",
                 )
             )
         for function_name in identity.invokes:
@@ -177,10 +180,13 @@ def gcloud_script(topology: Topology) -> str:
         f"PROJECT_NUMBER=\"$(gcloud projects describe {project} --format='value(projectNumber)')\"",
     ]
     bindings = iam_bindings(topology)
-    if any(binding.kind == "project" for binding in bindings):
-        lines.append("# A custom role for per-wait subscriptions (create it once per project):")
+    for waiter_project in dict.fromkeys(b.resource for b in bindings if b.kind == "project"):
         lines.append(
-            f"gcloud iam roles create {WAITER_ROLE_ID} --project={project} "
+            "# A custom role for relay's task subscriptions (once per project; IAM cannot narrow "
+            "it to some subscriptions: a wait project of their own keeps it off the rest):"
+        )
+        lines.append(
+            f"gcloud iam roles create {WAITER_ROLE_ID} --project={shlex.quote(waiter_project)} "
             f"--title='relay waiter' --stage=GA --permissions={','.join(WAITER_PERMISSIONS)}"
         )
     for binding in bindings:

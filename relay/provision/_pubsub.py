@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from relay.provision._desired import (
     PushSettings,
     SubscriptionSettings,
+    TopicSettings,
     desired_subscriptions,
     desired_topics,
     update_mask,
@@ -42,7 +43,7 @@ class Change:
     """Full resource path, e.g. `projects/p/topics/t`."""
     action: Action
     details: tuple[str, ...] = ()
-    settings: SubscriptionSettings | None = None
+    settings: SubscriptionSettings | TopicSettings | None = None
 
     @property
     def short_name(self) -> str:
@@ -95,11 +96,13 @@ def plan(topology: Topology, publisher: PublisherClient, subscriber: SubscriberC
     changes: list[Change] = []
     for topic in desired_topics(topology):
         try:
-            publisher.get_topic(request={"topic": topic}, timeout=_TIMEOUT)
+            current = publisher.get_topic(request={"topic": topic.name}, timeout=_TIMEOUT)
         except exceptions.NotFound:
-            changes.append(Change("topic", topic, "create"))
-        else:
-            changes.append(Change("topic", topic, "unchanged"))
+            changes.append(Change("topic", topic.name, "create", topic.summary(), topic))
+            continue
+        differences = topic.differences(_topic_from_proto(current))
+        action: Action = "update" if differences else "unchanged"
+        changes.append(Change("topic", topic.name, action, differences, topic))
     for desired in desired_subscriptions(topology):
         try:
             current = subscriber.get_subscription(
@@ -119,7 +122,7 @@ def plan(topology: Topology, publisher: PublisherClient, subscriber: SubscriberC
             changes.append(Change("subscription", desired.name, "conflict", (detail,), desired))
             continue
         differences = desired.differences(actual)
-        action: Action = "update" if differences else "unchanged"
+        action = "update" if differences else "unchanged"
         changes.append(Change("subscription", desired.name, action, differences, desired))
     return Plan(topology.project, tuple(changes))
 
@@ -134,10 +137,17 @@ def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) 
         raise ProvisionError(f"nothing changed, the topology conflicts with the project:\n{lines}")
     for change in plan.pending:
         try:
-            if change.kind == "topic":
-                # Created meanwhile by someone else: that is the state we want.
-                with suppress(exceptions.AlreadyExists):
-                    publisher.create_topic(request={"name": change.name}, timeout=_TIMEOUT)
+            if isinstance(change.settings, TopicSettings):
+                request = _topic_to_proto(change.settings)
+                if change.action == "create":
+                    # Created meanwhile by someone else: updated on the next run.
+                    with suppress(exceptions.AlreadyExists):
+                        publisher.create_topic(request=request, timeout=_TIMEOUT)
+                else:
+                    mask = field_mask_pb2.FieldMask(paths=["message_retention_duration"])
+                    publisher.update_topic(
+                        request={"topic": request, "update_mask": mask}, timeout=_TIMEOUT
+                    )
             elif change.settings is not None and change.action == "create":
                 subscriber.create_subscription(
                     request=_settings_to_proto(change.settings), timeout=_TIMEOUT
@@ -248,3 +258,16 @@ def _settings_from_proto(subscription: Any) -> SubscriptionSettings:
         if dead_letter_topic
         else 0,
     )
+
+
+def _topic_to_proto(settings: TopicSettings) -> dict[str, Any]:
+    request: dict[str, Any] = {"name": settings.name}
+    if settings.retention_seconds is not None:
+        request["message_retention_duration"] = dt.timedelta(seconds=settings.retention_seconds)
+    return request
+
+
+def _topic_from_proto(topic: Any) -> TopicSettings:
+    retention = topic.message_retention_duration
+    seconds = int(retention.total_seconds()) if retention else None
+    return TopicSettings(topic.name, seconds or None)

@@ -36,7 +36,15 @@ _IDENTITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _EMAIL = re.compile(r"[^@\s:]+@[^@\s:]+\.[^@\s:]+")
 _MEMBER_KINDS = ("user", "group", "domain", "principal", "principalSet")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?")
-_IDENTITY_KEYS = ("service_account", "member", "publishes", "subscribes", "invokes", "waits_on")
+_IDENTITY_KEYS = (
+    "service_account",
+    "member",
+    "publishes",
+    "subscribes",
+    "invokes",
+    "waits_on",
+    "wait_project",
+)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -365,8 +373,21 @@ class _Parser:
                 subscribes=self.names(raw.get("subscribes"), _join(path, "subscribes"), _any),
                 invokes=self.names(raw.get("invokes"), _join(path, "invokes"), _any),
                 waits_on=self.names(raw.get("waits_on"), _join(path, "waits_on"), _any),
+                wait_project=self.wait_project(
+                    raw.get("wait_project"), _join(path, "wait_project")
+                ),
             )
         return identities
+
+    def wait_project(self, value: object, path: str) -> str | None:
+        project = self.string(value, path, required=False)
+        if project is None:
+            return None
+        try:
+            return check_project_id(project)
+        except ProtocolError:
+            self.issue(path, f"{project!r} is not a valid project id ({PROJECT_RULE})")
+            return None
 
     def member(self, raw: dict[str, Any], path: str) -> str | None:
         if ("service_account" in raw) == ("member" in raw):

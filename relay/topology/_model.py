@@ -34,7 +34,9 @@ class Identity:
     subscribes: tuple[str, ...] = ()
     invokes: tuple[str, ...] = ()
     waits_on: tuple[str, ...] = ()
-    """Topics on which it creates, pulls and deletes per-wait subscriptions (Airflow's waits)."""
+    """Topics to which it attaches its task subscriptions, one per waiting task (Airflow's)."""
+    wait_project: str | None = None
+    """The project where it creates those subscriptions (default: the topology's project)."""
 
     @property
     def service_account(self) -> str | None:

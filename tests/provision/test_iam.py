@@ -99,3 +99,25 @@ def test_gcloud_script_is_runnable_shell(tmp_path: Path) -> None:
         ["bash", "-n"], input=script, text=True, capture_output=True, check=False
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_wait_project_takes_the_waiter_role_and_the_topic_keeps_the_attach_grant() -> None:
+    text = (REPO / "relay.yaml").read_text().replace(
+        "    waits_on: [relay-results]\n",
+        "    waits_on: [relay-results]\n    wait_project: acme-waits\n",
+    )
+    from relay.topology import parse_topology
+
+    topology = parse_topology(text, check_sources=False, project="acme-prod")
+    airflow = "serviceAccount:relay-airflow@acme-prod.iam.gserviceaccount.com"
+    bindings = {(b.kind, b.resource, b.role, b.member) for b in iam_bindings(topology)}
+    assert ("project", "acme-waits", "projects/acme-waits/roles/relayWaiter", airflow) in bindings
+    assert ("topic", "relay-results", "roles/pubsub.subscriber", airflow) in bindings
+    assert not any(kind == "project" and where == "acme-prod" for kind, where, *_ in bindings)
+    lines = gcloud_script(topology).splitlines()
+    create_role = "gcloud iam roles create relayWaiter --project=acme-waits"
+    assert any(line.startswith(create_role) for line in lines)
+    assert (
+        "gcloud projects add-iam-policy-binding acme-waits --member="
+        f"{airflow} --role=projects/acme-waits/roles/relayWaiter --condition=None"
+    ) in lines

@@ -111,7 +111,9 @@ def _actions(plan: Any) -> dict[str, str]:
 
 
 def test_creates_every_resource_then_a_second_run_changes_nothing(
-    make: Callable[..., Topology], clients: tuple[PublisherClient, SubscriberClient]
+    make: Callable[..., Topology],
+    clients: tuple[PublisherClient, SubscriberClient],
+    names: dict[str, str],
 ) -> None:
     topology = make()
     publisher, subscriber = clients
@@ -138,6 +140,8 @@ def test_creates_every_resource_then_a_second_run_changes_nothing(
     assert echo.retry_policy.maximum_backoff.seconds == 30
     assert echo.dead_letter_policy.dead_letter_topic.endswith("/" + topology.dead_letter_topics[0])
     assert echo.dead_letter_policy.max_delivery_attempts == 5
+    results = publisher.get_topic(topic=f"projects/{topology.project}/topics/{names['results']}")
+    assert results.message_retention_duration.total_seconds() == 600  # for the creation seek
     audit = _subscription(subscriber, topology, topology.completion_subscriptions[0].name)
     assert (audit.push_config.push_endpoint, audit.ack_deadline_seconds) == ("", 20)
     assert not audit.HasField("dead_letter_policy")
@@ -276,3 +280,25 @@ def test_cli_reports_every_topology_mistake(tmp_path: Path) -> None:
     assert "topics.requests: must name at least one topic" in result.output
     assert "topics.completion: is required" in result.output
     assert "functions: is required (at least one function)" in result.output
+
+
+def test_a_completion_topic_without_retention_gets_it(
+    make: Callable[..., Topology],
+    clients: tuple[PublisherClient, SubscriberClient],
+    names: dict[str, str],
+) -> None:
+    topology = make()
+    publisher, _ = clients
+    path = f"projects/{topology.project}/topics/{names['results']}"
+    publisher.create_topic(name=path)  # made by hand, without retention
+
+    planned = provision(topology, dry_run=True, clients=clients)
+
+    change = next(c for c in planned.changes if c.name == path)
+    assert (change.action, change.details) == (
+        "update",
+        ("message_retention_duration: none -> 10m",),
+    )
+    provision(topology, clients=clients)
+    assert publisher.get_topic(topic=path).message_retention_duration.total_seconds() == 600
+    assert _actions(provision(topology, clients=clients))[names["results"]] == "unchanged"
