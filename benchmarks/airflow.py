@@ -129,16 +129,24 @@ class Bench:
         self.pool = ThreadPoolExecutor(8)
 
     def requests(self, count: int) -> list[tuple[Any, str]]:
-        """`count` request events and their completion subscriptions (created in parallel)."""
+        """`count` single-request tasks: each request event and its task's completion
+        subscription (created in parallel)."""
         from relay.airflow._publish import build_requests
-        from relay.protocol import EXAMPLE_ECHO
+        from relay.protocol import EXAMPLE_ECHO, correlation_group
 
         events = build_requests(
-            EXAMPLE_ECHO, [{"i": i} for i in range(count)], source="/bench", reply_to=self.topic
+            EXAMPLE_ECHO,
+            [{"i": i} for i in range(count)],
+            source="/bench",
+            reply_to=self.topic,
+            correlation_ids=[f"b{uuid.uuid4().hex[:16]}.0" for _ in range(count)],
         )
+        deadline = time.time() + 600
         subs = list(
             self.pool.map(
-                lambda e: self.hook.create_wait_subscription(self.topic, str(e.correlationid)),
+                lambda e: self.hook.create_task_subscription(
+                    self.topic, correlation_group(str(e.correlationid)), deadline=deadline
+                ),
                 events,
             )
         )
@@ -192,9 +200,7 @@ async def latency_relay(bench: Bench, samples: int, concurrency: int) -> list[fl
 
     def make(event: Any, subscription: str) -> Any:
         return RelayResultTrigger(
-            completion_topic=bench.topic,
-            waits=[[str(event.correlationid), subscription]],
-            deadline=time.time() + 120,
+            wait=_wait(bench, event, subscription, 120),
             # Wake latency, not the settle delay a deferring operator adds (default 8 s, see
             # docs/airflow.md): these results come within that window, so not_before is past.
             not_before=0.0,
@@ -238,20 +244,19 @@ async def scale(bench: Bench, waits: int, idle_seconds: float) -> dict[str, floa
 
     async def one(event: Any, subscription: str) -> None:
         trigger = RelayResultTrigger(
-            completion_topic=bench.topic,
-            waits=[[str(event.correlationid), subscription]],
-            deadline=time.time() + 600,
+            wait=_wait(bench, event, subscription, 600),
             not_before=0.0,  # measure the wake-up, not an operator's settle delay (see above)
         )
         event_out = await anext(trigger.run())
-        assert event_out.payload["status"] == "done", event_out.payload
+        assert event_out.payload["status"] == "done", event_out.payload["message"]
         done[str(event.correlationid)] = time.perf_counter()
 
     tasks = [asyncio.create_task(one(e, s)) for e, s in pairs]
     started = time.perf_counter()
-    # Let every wait register and read its subscription once, and the one early re-check (ack
-    # deadline + 2 s after start) pass, then measure the idle loop.
-    await asyncio.sleep(16)
+    # Let every wait register and read its subscription once, and the one early re-read (12-24 s
+    # after its start, each read 1.5 s, 64 at a time) pass, then measure the idle loop.
+    settle = 24 + waits * 1.5 / 64 + 4
+    await asyncio.sleep(settle)
     assert not done, "a result arrived before any was published"
     cpu_start, wall_start = _cpu_seconds(pid), time.perf_counter()
     await asyncio.sleep(idle_seconds)
@@ -271,7 +276,7 @@ async def scale(bench: Bench, waits: int, idle_seconds: float) -> dict[str, floa
     await asyncio.to_thread(bench.cleanup, [s for _, s in pairs])
     return {
         "waits": waits,
-        "setup_s": time.perf_counter() - started - 16 - idle_seconds,
+        "setup_s": time.perf_counter() - started - settle - idle_seconds,
         "idle_cpu_pct": idle_cpu * 100,
         "rss_mib": rss,
         "rss_before_waits_mib": rss_before,
@@ -285,6 +290,17 @@ async def scale(bench: Bench, waits: int, idle_seconds: float) -> dict[str, floa
         "latency_p99_ms": _percentile(latencies, 99) * 1000,
         "latency_max_ms": max(latencies) * 1000,
     }
+
+
+def _wait(bench: Bench, event: Any, subscription: str, timeout: float) -> Any:
+    from relay.airflow._wait import ResultWait
+
+    return ResultWait(
+        completion_topic=bench.topic,
+        subscription=subscription,
+        correlation_ids=(str(event.correlationid),),
+        deadline=time.time() + timeout,
+    )
 
 
 def _row(name: str, values: Sequence[float], target: str = "") -> str:

@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 RESULT_TYPES = (RESULT_SUCCEEDED, RESULT_FAILED)
 PULL_MAX_MESSAGES = 1_000
 ACK_BATCH = 2_500
-# One pull waits at most this long (a blocking pull answers at once when a message is there).
+# One pull waits at most this long (a blocking pull answers at once when a message is there), and
+# at least the minimum: a pull whose deadline is too near comes back empty without waiting.
 PULL_SECONDS = 2.0
+_MIN_PULL_SECONDS = 1.0
+# A pull that comes back empty sooner than this is followed by a pause of this long: Pub/Sub may
+# answer a pull at once with nothing, and reading again at once would spin.
+_MIN_EMPTY_PULL_SECONDS = 0.25
 # A read that brings nothing new for this long has read what the subscription holds.
 QUIET_SECONDS = 1.5
 # How long a read must stay quiet before a wait may be declared timed out: past the lease a dead
@@ -80,10 +85,11 @@ class Reading:
         from google.api_core.exceptions import DeadlineExceeded, GoogleAPICallError, NotFound
 
         self.pulls += 1
+        started = time.monotonic()
         try:
             response = await self.client.pull(
                 request={"subscription": self.subscription, "max_messages": PULL_MAX_MESSAGES},
-                timeout=max(wait, 0.5),
+                timeout=max(wait, _MIN_PULL_SECONDS),
                 retry=None,
             )
         except NotFound:
@@ -93,6 +99,10 @@ class Reading:
         except GoogleAPICallError as exc:  # UNAVAILABLE, RESOURCE_EXHAUSTED, ...: read again soon
             log.warning("pull from %s failed: %r; reading again", self.subscription, exc)
             await asyncio.sleep(_RETRY_PAUSE)
+            return []
+        if not response.received_messages:
+            if time.monotonic() - started < _MIN_EMPTY_PULL_SECONDS:
+                await asyncio.sleep(_MIN_EMPTY_PULL_SECONDS)
             return []
         if not self._held:
             self._leased_at = time.monotonic()

@@ -53,7 +53,7 @@ from relay.protocol import RESULT_FAILED
 _T = TypeVar("_T")
 # Reads of subscriptions under way at once per event loop: each is one outstanding pull (an
 # HTTP/2 stream on the shared channel, of which Google's front ends allow 100 per connection).
-_READ_CONCURRENCY = 32
+_READ_CONCURRENCY = 64
 # How long a wait waits for the shared hub before it falls back to reading every this many seconds.
 _HUB_PATIENCE = 30.0
 _READ_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -187,9 +187,11 @@ class RelayResultTrigger(BaseTrigger):
                 recheck_interval = min(recheck_interval, _HUB_PATIENCE)
             # Results published before the hub listened are in the subscription only.
             read_now = True
-            # One early re-read once a lease would have run out: covers an earlier run of this
-            # trigger that died holding results it had pulled.
-            next_read = time.time() + WAIT_ACK_DEADLINE_SECONDS + 2
+            # One early re-read once a lease would have run out (spread over as long again, so a
+            # triggerer starting many waits does not read them all at once): covers an earlier
+            # run of this trigger that died holding results it had pulled.
+            lease = WAIT_ACK_DEADLINE_SECONDS + 2
+            next_read = time.time() + lease * random.uniform(1.0, 2.0)
             while True:
                 heard, reread = waiter.take()
                 for seen in heard:
