@@ -1,7 +1,7 @@
 """Pub/Sub resource names: parse and validate them by Google's rules.
 
-A topic or subscription id starts with a letter, is 3-255 characters of letters, digits and
-`-_.~+%`, and does not start with "goog". Any project id works (the broker is local).
+A topic, subscription or snapshot id starts with a letter, is 3-255 characters of letters, digits
+and `-_.~+%`, and does not start with "goog". Any project id works (the broker is local).
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ import re
 
 from relay.broker._errors import invalid
 
-__all__ = ["DELETED_TOPIC", "check_project", "check_subscription", "check_topic", "project_of"]
+__all__ = [
+    "DELETED_TOPIC",
+    "check_project",
+    "check_resource",
+    "check_snapshot",
+    "check_subscription",
+    "check_topic",
+    "project_of",
+]
 
 DELETED_TOPIC = "_deleted-topic_"
 _ID = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
@@ -48,6 +56,16 @@ def check_subscription(name: str) -> str:
     return _check(name, "subscriptions")
 
 
+def check_snapshot(name: str) -> str:
+    """Return `name` if it is a valid snapshot name, else raise INVALID_ARGUMENT."""
+    return _check(name, "snapshots")
+
+
+def check_resource(name: str, collection: str) -> str:
+    """Return `name` if it is a valid `projects/{p}/{collection}/{id}`, else INVALID_ARGUMENT."""
+    return _check(name, collection)
+
+
 def check_project(name: str) -> str:
     """Return the project id of `projects/{id}`, else raise INVALID_ARGUMENT."""
     parts = name.split("/")
@@ -57,5 +75,5 @@ def check_project(name: str) -> str:
 
 
 def project_of(name: str) -> str:
-    """The project id of a valid topic or subscription name."""
+    """The project id of a valid topic, subscription or snapshot name."""
     return name.split("/")[1]
