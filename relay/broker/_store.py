@@ -226,7 +226,7 @@ class Store:
         def collect(conn: sqlite3.Connection) -> None:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (topic TEXT PRIMARY KEY, since INT)")
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS live (first_seq INTEGER PRIMARY KEY)")
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS held (topic TEXT PRIMARY KEY, after INT)")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS held (topic TEXT PRIMARY KEY, above INT)")
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS held_seq (seq INTEGER PRIMARY KEY)")
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS scope (topic TEXT PRIMARY KEY)")
             for table in ("keep", "live", "held", "held_seq", "scope"):
@@ -241,7 +241,7 @@ class Store:
                 f"DELETE FROM batches WHERE {scope}first_seq NOT IN (SELECT first_seq FROM live) "
                 "AND publish_ns < COALESCE((SELECT since FROM keep "
                 "WHERE keep.topic = batches.topic), 1 << 62) "
-                "AND last_seq <= COALESCE((SELECT after FROM held "
+                "AND last_seq <= COALESCE((SELECT above FROM held "
                 "WHERE held.topic = batches.topic), 1 << 62) "
                 "AND NOT EXISTS (SELECT 1 FROM held_seq "
                 "WHERE held_seq.seq BETWEEN batches.first_seq AND batches.last_seq)"

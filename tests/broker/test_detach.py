@@ -4,8 +4,10 @@ client."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,53 @@ def test_detached_is_not_settable(
             }
         )
     assert not subscriber.get_subscription(request={"subscription": sub}).detached
+
+
+@pytest.fixture
+def failing_endpoint() -> Iterator[tuple[str, list[float]]]:
+    """An HTTP endpoint answering 500 to every push: (url, the times of the pushes)."""
+    calls: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            calls.append(time.monotonic())
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", calls
+    server.shutdown()
+    server.server_close()
+
+
+def test_detach_stops_pushes(
+    publisher: Any,
+    topic: str,
+    make_sub: Callable[..., str],
+    failing_endpoint: tuple[str, list[float]],
+) -> None:
+    url, calls = failing_endpoint
+    sub = make_sub(
+        push_config={"push_endpoint": url},
+        retry_policy={"minimum_backoff": {"nanos": 100_000_000}, "maximum_backoff": {"seconds": 1}},
+    )
+    publisher.publish(topic, b"retried forever").result(10)
+    deadline = time.monotonic() + 10
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(calls) >= 3  # the endpoint keeps failing, so the push is retried
+    publisher.detach_subscription(request={"subscription": sub})
+    time.sleep(0.5)  # a push already in flight may still land
+    settled = len(calls)
+    time.sleep(1.5)  # longer than the maximum backoff: a live subscription would push again
+    assert len(calls) == settled
 
 
 def test_detach_refusals(publisher: Any, project: str) -> None:

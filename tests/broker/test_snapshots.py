@@ -334,6 +334,25 @@ def test_deleting_the_topic_leaves_snapshots_on_deleted_topic(
         )
 
 
+def test_snapshot_keeps_what_is_published_when_no_subscription_is_left(
+    publisher: Any,
+    subscriber: Any,
+    topic: str,
+    make_sub: Callable[..., str],
+    project: str,
+    unique: Callable[[str], str],
+) -> None:
+    source = make_sub()
+    name = _snapshot(subscriber, project, unique)
+    subscriber.create_snapshot(request={"name": name, "subscription": source})
+    subscriber.delete_subscription(subscription=source)
+    publisher.publish(topic, b"nobody subscribed").result(10)
+    later = make_sub()
+    assert _pull(subscriber, later) == []
+    subscriber.seek(request={"subscription": later, "snapshot": name})
+    assert _drain(subscriber, later) == [b"nobody subscribed"]
+
+
 # -- durability and storage (brokers of their own) ----------------------------------------------
 
 
