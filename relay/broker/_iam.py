@@ -229,6 +229,12 @@ def _checked_bindings(policy: Any) -> dict[str, list[str]]:
     """The policy's bindings merged by role, members deduplicated; INVALID_ARGUMENT naming the
     first bad role or member."""
     merged: dict[str, dict[str, None]] = {}
+    count = sum(len(binding.members) for binding in policy.bindings)
+    if count > MAX_PRINCIPALS:  # checked before the members themselves: bounds hostile input
+        raise invalid(
+            f"The policy refers to {count} principals; a policy can refer to at most "
+            f"{MAX_PRINCIPALS}."
+        )
     for binding in policy.bindings:
         role = binding.role
         if role not in ROLES and not _CUSTOM_ROLE.fullmatch(role):
@@ -253,10 +259,4 @@ def _checked_bindings(policy: Any) -> dict[str, list[str]]:
                     "domain:DOMAIN, deleted:...:EMAIL?uid=ID or principal(Set)://..."
                 )
             members[member] = None
-    count = sum(len(members) for members in merged.values())
-    if count > MAX_PRINCIPALS:
-        raise invalid(
-            f"The policy refers to {count} principals; a policy can refer to at most "
-            f"{MAX_PRINCIPALS}."
-        )
     return {role: list(members) for role, members in merged.items()}
