@@ -179,13 +179,14 @@ class IamPolicies:
         for permission in permissions:
             if "*" in permission:
                 raise invalid(
-                    f"Invalid permission {permission!r}: permissions with wildcards (such as '*' "
-                    "or 'pubsub.*') are not allowed."
+                    f"Invalid permission {permission[:200]!r}: permissions with wildcards (such "
+                    "as '*' or 'pubsub.*') are not allowed."
                 )
         bad = [p for p in permissions if p not in valid]
         if bad:
             raise invalid(
-                f"Invalid permission(s) for a Pub/Sub {collection[:-1]}: {', '.join(bad[:10])}; "
+                f"Invalid permission(s) for a Pub/Sub {collection[:-1]}: "
+                f"{', '.join(p[:200] for p in bad[:10])}; "
                 f"valid ones are {', '.join(sorted(valid))}."
             )
         exists = self.exists.get(collection)
@@ -214,7 +215,7 @@ def _collection(resource: str) -> str:
     if len(parts) == 2 and parts[0] == "projects":
         raise invalid(
             "This service cannot be used to manage the permissions of resources of type project "
-            f"({resource}); use the Resource Manager API."
+            f"({resource[:200]}); use the Resource Manager API."
         )
     if len(parts) != 4 or parts[0] != "projects" or parts[2] not in PERMISSIONS:
         raise invalid(

@@ -34,14 +34,14 @@ def _check(name: str, collection: str) -> str:
         or not _PROJECT.fullmatch(parts[1])
     ):
         raise invalid(
-            f"Invalid [{collection}] name: (name={name}); expected "
+            f"Invalid [{collection}] name: (name={name[:300]}); expected "
             f"projects/{{project}}/{collection}/{{id}}"
         )
     resource_id = parts[3]
     if not _ID.fullmatch(resource_id) or resource_id.lower().startswith("goog"):
         raise invalid(
-            f"Invalid [{collection}] name: (name={name}); the id must start with a letter, be "
-            "3-255 characters of letters, digits and -_.~+%, and not start with 'goog'"
+            f"Invalid [{collection}] name: (name={name[:300]}); the id must start with a letter, "
+            "be 3-255 characters of letters, digits and -_.~+%, and not start with 'goog'"
         )
     return name
 
@@ -70,7 +70,9 @@ def check_project(name: str) -> str:
     """Return the project id of `projects/{id}`, else raise INVALID_ARGUMENT."""
     parts = name.split("/")
     if len(parts) != 2 or parts[0] != "projects" or not _PROJECT.fullmatch(parts[1]):
-        raise invalid(f"Invalid [projects] name: (name={name}); expected projects/{{project}}")
+        raise invalid(
+            f"Invalid [projects] name: (name={name[:300]}); expected projects/{{project}}"
+        )
     return parts[1]
 
 

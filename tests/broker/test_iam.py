@@ -6,9 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core import exceptions
-from google.iam.v1 import policy_pb2
+from google.iam.v1 import iam_policy_pb2, policy_pb2
+from google.pubsub_v1 import types
 
 EMPTY_ETAG = b"\x00\x20\x01"  # "ACAB": what Google returns for a resource without a policy
 
@@ -320,3 +322,64 @@ def test_policies_survive_kill(
         )
     publisher.stop()
     subscriber.close()
+
+
+_HUGE = "a" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "response_class"),
+    [
+        (
+            "/google.iam.v1.IAMPolicy/GetIamPolicy",
+            iam_policy_pb2.GetIamPolicyRequest(resource=f"projects/p/topics/{_HUGE}"),
+            policy_pb2.Policy,
+        ),
+        (
+            "/google.iam.v1.IAMPolicy/GetIamPolicy",
+            iam_policy_pb2.GetIamPolicyRequest(resource=f"projects/{_HUGE}"),
+            policy_pb2.Policy,
+        ),
+        (
+            "/google.iam.v1.IAMPolicy/TestIamPermissions",
+            iam_policy_pb2.TestIamPermissionsRequest(
+                resource="projects/p/topics/abc", permissions=[_HUGE, f"*{_HUGE}"]
+            ),
+            iam_policy_pb2.TestIamPermissionsResponse,
+        ),
+        (
+            "/google.iam.v1.IAMPolicy/TestIamPermissions",
+            iam_policy_pb2.TestIamPermissionsRequest(
+                resource="projects/p/topics/abc", permissions=[f"*{_HUGE}"]
+            ),
+            iam_policy_pb2.TestIamPermissionsResponse,
+        ),
+        (
+            "/google.pubsub.v1.Subscriber/CreateSnapshot",
+            types.CreateSnapshotRequest.pb()(
+                name=f"projects/p/snapshots/{_HUGE}", subscription="projects/p/subscriptions/abc"
+            ),
+            types.Snapshot.pb(),
+        ),
+        (
+            "/google.pubsub.v1.Subscriber/ListSnapshots",
+            types.ListSnapshotsRequest.pb()(project=f"projects/{_HUGE}/x"),
+            types.ListSnapshotsResponse.pb(),
+        ),
+    ],
+)
+def test_huge_values_are_invalid_argument(
+    broker: Any, method: str, request_message: Any, response_class: Any
+) -> None:
+    """Raw gRPC (the stock client refuses to send such names in its routing header): the error
+    message quotes a bounded part of the value, so the status itself can be sent."""
+    with grpc.insecure_channel(broker.host) as channel:
+        call = channel.unary_unary(
+            method,
+            request_serializer=type(request_message).SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request_message, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(caught.value.details()) < 2_000
