@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from relay.broker._errors import invalid
+import grpc
+
+from relay.broker._errors import BrokerError, invalid
 from relay.broker._filter import FilterError, compile_filter
 from relay.broker._names import check_topic
 from relay.broker._state import SubConfig
@@ -27,6 +29,13 @@ DEFAULT_EXPIRATION_TTL = 31 * 24 * 3600
 DEFAULT_MIN_BACKOFF = 10.0
 DEFAULT_MAX_BACKOFF = 600.0
 PUSH_CONCURRENCY_ATTRIBUTE = "x-relay-push-concurrency"
+# Export subscriptions: Google writes their messages to another service, which a local broker
+# cannot reach; refused (UNIMPLEMENTED) rather than stored as a configuration that does nothing.
+_UNDELIVERABLE = {
+    "bigquery_config": "BigQuery",
+    "cloud_storage_config": "Cloud Storage",
+    "bigtable_config": "Bigtable",
+}
 
 
 def seconds(duration: Any) -> float:
@@ -55,6 +64,13 @@ def subscription_config(pb: Any) -> SubConfig:
     Raises INVALID_ARGUMENT naming the bad field. Existence of referenced topics is the caller's
     job (NOT_FOUND).
     """
+    for field, service in _UNDELIVERABLE.items():
+        if pb.HasField(field):
+            raise BrokerError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{service} subscriptions ({field}) are not supported: the relay broker cannot "
+                f"deliver to {service}. Use a pull or push subscription instead.",
+            )
     ack = pb.ack_deadline_seconds or DEFAULT_ACK_DEADLINE
     if not 10 <= ack <= 600:
         raise invalid(

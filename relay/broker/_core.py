@@ -21,7 +21,14 @@ from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types
 
 from relay.broker._config import subscription_config, topic_retention
-from relay.broker._errors import BrokerError, already_exists, invalid, not_found
+from relay.broker._errors import (
+    BrokerError,
+    already_exists,
+    failed_precondition,
+    invalid,
+    not_found,
+)
+from relay.broker._iam import IamPolicies
 from relay.broker._limits import CheckedMessages, check_publish
 from relay.broker._names import (
     DELETED_TOPIC,
@@ -31,8 +38,10 @@ from relay.broker._names import (
     project_of,
 )
 from relay.broker._schemas import SchemaRegistry
+from relay.broker._snapshots import Snapshots
 from relay.broker._state import (
     DEAD_LETTERING,
+    DONE,
     BatchRef,
     Consumer,
     Entry,
@@ -42,7 +51,7 @@ from relay.broker._state import (
 from relay.broker._store import Statement, Store, pack, unpack
 from relay.broker._timers import Scheduler
 
-__all__ = ["Broker", "TopicState"]
+__all__ = ["Broker", "TopicState", "detached", "paged"]
 
 _LOG = logging.getLogger("relay.broker")
 
@@ -96,7 +105,6 @@ class Broker:
         self.store = Store(data_dir, fsync=fsync)
         self.push_concurrency = push_concurrency
         self.topics: dict[str, TopicState] = {}
-        self.schemas = SchemaRegistry(self.store, self.topics)
         self.subs: dict[str, SubState] = {}
         self.messages: dict[int, StoredMessage] = {}
         self.batches: dict[int, BatchRef] = {}  # stored batches with messages in memory
@@ -109,6 +117,15 @@ class Broker:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set by the server once the push machinery exists: called when a sub's push config changes.
         self.on_push_change: Callable[[SubState], None] = lambda sub: None
+        self.snapshots = Snapshots(self)
+        self.iam = IamPolicies(self.store)
+        self.schemas = SchemaRegistry(self.store, self.topics, self.iam.drop)
+        self.iam.exists.update(
+            topics=self.topics.__contains__,
+            subscriptions=self.subs.__contains__,
+            snapshots=self.snapshots.by_name.__contains__,
+            schemas=self.schemas.exists,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -135,7 +152,7 @@ class Broker:
             by_id[sub_id] = sub
             self._next_sub_id = max(self._next_sub_id, sub_id + 1)
             owner = self.topics.get(topic)
-            if owner is not None:
+            if owner is not None and not pb.detached:
                 owner.subs[name] = sub
         pending = self.store.pending_rows()
         self._load_messages(sorted({seq for _, seq, _, _ in pending}))
@@ -149,6 +166,8 @@ class Broker:
                 owning_sub.add_acked(msg)
             else:
                 owning_sub.add(msg, attempts)
+        self.snapshots.load()
+        self.iam.load()
         self.store.start()
         self._spawn(self._collect_garbage())
         for sub in self.subs.values():
@@ -214,7 +233,7 @@ class Broker:
         if self.batches.get(batch.first_seq) is batch:
             del self.batches[batch.first_seq]
         topic = self.topics.get(msg.topic)
-        if topic is None or not topic.retention_s:
+        if (topic is None or not topic.retention_s) and msg.topic not in self.snapshots.by_topic:
             _merge(statements, _SQL_DELETE_BATCH, (batch.first_seq,))
 
     def dead_letter(self, sub: SubState, entry: Entry) -> None:
@@ -320,7 +339,7 @@ class Broker:
         project_id = check_project(project)
         prefix = f"projects/{project_id}/topics/"
         names = sorted(n for n in self.topics if n.startswith(prefix))
-        page, token = _page(names, page_size, page_token)
+        page, token = paged(names, page_size, page_token)
         return [self.topics[n].pb for n in page], token
 
     def list_topic_subscriptions(
@@ -328,13 +347,16 @@ class Broker:
     ) -> tuple[list[str], str]:
         """ListTopicSubscriptions."""
         topic = self.topic(topic_name)
-        return _page(sorted(topic.subs), page_size, page_token)
+        return paged(sorted(topic.subs), page_size, page_token)
 
     async def delete_topic(self, name: str) -> None:
-        """DeleteTopic: its subscriptions stay, attached to `_deleted-topic_`."""
+        """DeleteTopic: its subscriptions and snapshots stay, attached to `_deleted-topic_`."""
         topic = self.topic(name)
         del self.topics[topic.name]
         statements: list[Statement] = [("DELETE FROM topics WHERE id = ?", [(topic.topic_id,)])]
+        self.iam.drop(topic.name, statements)
+        held = topic.name in self.snapshots.by_topic
+        self.snapshots.topic_deleted(topic.name, statements)
         for sub in topic.subs.values():
             sub.pb.topic = DELETED_TOPIC
             sub.topic = DELETED_TOPIC
@@ -345,6 +367,8 @@ class Broker:
                 )
             )
         await self.store.submit(statements)
+        if held:
+            self.sweep(topic.name)
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -361,6 +385,8 @@ class Broker:
         check_topic(pb.topic)
         if name in self.subs:
             raise already_exists("subscription", name)
+        if pb.detached:
+            raise invalid("A subscription cannot be created detached; use DetachSubscription.")
         topic = self.topic(pb.topic)
         if len(topic.subs) >= MAX_SUBSCRIPTIONS_PER_TOPIC:
             raise BrokerError(
@@ -400,7 +426,7 @@ class Broker:
         updated.CopyFrom(sub.pb)
         for path in paths:
             field = path.split(".")[0]
-            if field in ("name", "topic", "filter", "enable_message_ordering"):
+            if field in ("name", "topic", "filter", "enable_message_ordering", "detached"):
                 raise invalid(f"The field {field!r} of a subscription cannot be updated.")
             if field not in Subscription.DESCRIPTOR.fields_by_name:
                 raise invalid(f"Invalid update_mask path: {path!r}.")
@@ -444,7 +470,7 @@ class Broker:
         project_id = check_project(project)
         prefix = f"projects/{project_id}/subscriptions/"
         names = sorted(n for n in self.subs if n.startswith(prefix))
-        page, token = _page(names, page_size, page_token)
+        page, token = paged(names, page_size, page_token)
         return [self.subs[n].pb for n in page], token
 
     async def delete_subscription(self, name: str) -> None:
@@ -459,9 +485,19 @@ class Broker:
             topic.subs.pop(sub.name, None)
         sub.close()
         statements: list[Statement] = [
-            ("DELETE FROM pending WHERE sub_id = ?", [(sub.sub_id,)]),
             ("DELETE FROM subscriptions WHERE id = ?", [(sub.sub_id,)]),
         ]
+        self._drop_messages(sub, statements)
+        self.iam.drop(sub.name, statements)
+        if sub.config.push_endpoint:
+            self.on_push_change(sub)
+        return statements
+
+    def _drop_messages(self, sub: SubState, statements: list[Statement]) -> None:
+        """Forget every message of `sub` (unacked and retained); stale references go inert."""
+        statements.append(("DELETE FROM pending WHERE sub_id = ?", [(sub.sub_id,)]))
+        for entry in sub.entries.values():
+            entry.state = DONE
         for msg in [e.msg for e in sub.entries.values()] + list(sub.acked.values()):
             msg.refs -= 1
             if msg.refs <= 0:
@@ -470,9 +506,28 @@ class Broker:
         sub.acked.clear()
         sub.ready.clear()
         sub.keys.clear()
-        if sub.config.push_endpoint:
-            self.on_push_change(sub)
-        return statements
+
+    async def detach_subscription(self, name: str) -> None:
+        """DetachSubscription: "All messages retained in the subscription are dropped. Subsequent
+        Pull and StreamingPull requests will return FAILED_PRECONDITION. If the subscription is a
+        push subscription, pushes to the endpoint will stop." It stays, with `detached` set."""
+        sub = self.sub(name)
+        if sub.pb.detached:
+            return
+        topic = self.topics.get(sub.topic)
+        if topic is not None:
+            topic.subs.pop(sub.name, None)
+        sub.pb.detached = True
+        statements: list[Statement] = [
+            (
+                "UPDATE subscriptions SET body = ? WHERE id = ?",
+                [(sub.pb.SerializeToString(), sub.sub_id)],
+            )
+        ]
+        self._drop_messages(sub, statements)
+        for consumer in list(sub.consumers) + list(sub.waiters):
+            consumer.wake()  # open streams end with FAILED_PRECONDITION
+        await self.store.submit(statements)
 
     # -- publish ---------------------------------------------------------------------------------
 
@@ -493,7 +548,7 @@ class Broker:
         self.last_seq += len(messages)
         subs = list(topic.subs.values())
         ids = [str(seq) for seq in range(first, self.last_seq + 1)]
-        keep = bool(subs) or bool(topic.retention_s)
+        keep = bool(subs) or bool(topic.retention_s) or topic.name in self.snapshots.by_topic
         statements: list[Statement] = [(_SQL_LAST_SEQ, [(self.last_seq,)])]
         stored: list[StoredMessage] = []
         if keep:
@@ -569,6 +624,8 @@ class Broker:
         sub = self.sub(name)
         if max_messages <= 0:
             raise invalid("max_messages must be a positive integer.")
+        if sub.pb.detached:
+            raise detached(sub)
         sub.touch()
         consumer = Consumer(sub.config.ack_deadline, max_messages)
         try:
@@ -591,6 +648,8 @@ class Broker:
                 entries = sub.take(consumer, max_messages)
             if sub.deleted:
                 raise not_found("subscription", name)
+            if sub.pb.detached:
+                raise detached(sub)
             return entries
         finally:
             consumer.closed = True
@@ -615,10 +674,14 @@ class Broker:
         sub.modify(list(ack_ids), deadline)
 
     async def seek(self, name: str, request: Any) -> None:
-        """Seek to a time: older messages count as acked, retained newer ones come back."""
+        """Seek to a time (older messages count as acked, retained newer ones come back) or to a
+        snapshot (`_snapshots`)."""
         sub = self.sub(name)
+        if sub.pb.detached:
+            raise detached(sub)
         if request.snapshot:
-            raise BrokerError(grpc.StatusCode.UNIMPLEMENTED, "Snapshots are not supported.")
+            await self.snapshots.seek(sub, request.snapshot)
+            return
         if not request.HasField("time"):
             raise invalid("Seek needs a time (or a snapshot).")
         cutoff = request.time.seconds * 1_000_000_000 + request.time.nanos
@@ -627,30 +690,39 @@ class Broker:
         back = [m for m in sub.acked.values() if m.publish_ns >= cutoff]
         topic = self.topics.get(sub.topic)
         if topic is not None and topic.retention_s:
-            for first, publish_ns, blob in await self.store.retained_batches(
-                topic.name, cutoff, sub.start_seq
-            ):
+            # "messages published to the topic in the last message_retention_duration are always
+            # available to subscribers ... any attached subscription [can] seek to a timestamp
+            # that is up to message_retention_duration in the past" (Topic): also those published
+            # before the subscription existed, if they match its filter.
+            since = max(cutoff, time.time_ns() - int(topic.retention_s * 1e9))
+            predicate = sub.config.predicate
+            for first, publish_ns, blob in await self.store.retained_batches(topic.name, since, 0):
                 for seq, body in enumerate(unpack(blob), start=first):
-                    if seq <= sub.start_seq or seq in sub.entries or seq in sub.acked:
+                    if seq in sub.entries or seq in sub.acked:
                         continue
                     pb = PubsubMessage.FromString(body)
-                    predicate = sub.config.predicate
                     if predicate is not None and not predicate(dict(pb.attributes)):
                         continue  # never delivered to this subscription: not replayed either
-                    msg = self.messages.get(seq)
-                    if msg is None:
-                        batch = self.batches.get(first)
-                        if batch is None:
-                            batch = self.batches[first] = BatchRef(first)
-                        msg = StoredMessage(
-                            seq, topic.name, body, publish_ns, pb.ordering_key, batch
-                        )
-                        self.messages[seq] = msg
-                    back.append(msg)
+                    key = pb.ordering_key
+                    back.append(self.stored_message(seq, topic.name, body, publish_ns, key, first))
         sub.unack(back, statements)
         sub.touch()
+        self.rearm_retention(sub)
         if statements:
             await self.store.submit(statements)
+
+    def stored_message(
+        self, seq: int, topic: str, body: bytes, publish_ns: int, ordering_key: str, first_seq: int
+    ) -> StoredMessage:
+        """The in-memory message of `seq`, made from its stored batch if no longer in memory."""
+        msg = self.messages.get(seq)
+        if msg is None:
+            batch = self.batches.get(first_seq)
+            if batch is None:
+                batch = self.batches[first_seq] = BatchRef(first_seq)
+            msg = StoredMessage(seq, topic, body, publish_ns, ordering_key, batch)
+            self.messages[seq] = msg
+        return msg
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -671,6 +743,10 @@ class Broker:
             self.store.post(self._drop_subscription(sub))
             return
         self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, token)
+
+    def rearm_retention(self, sub: SubState) -> None:
+        """Messages a Seek brought back may be older than the next retention sweep expects."""
+        self._arm_retention(sub)
 
     def _arm_retention(self, sub: SubState) -> None:
         """Schedule the next retention sweep: when the oldest held message runs out."""
@@ -705,27 +781,55 @@ class Broker:
         everything = True
         while True:
             gc.collect()
-            keep = {
-                t.name: time.time_ns() - int(t.retention_s * 1e9)
-                for t in self.topics.values()
-                if t.retention_s
-            }
-            if keep or everything:
-                await self.store.collect_garbage(keep, set(self.batches), everything=everything)
+            await self._sweep_store(everything=everything)
             everything = False
             await asyncio.sleep(_GC_INTERVAL)
 
+    async def _sweep_store(
+        self, *, everything: bool = False, sweep: set[str] | None = None
+    ) -> None:
+        """Delete the stored batches that nothing holds any more (see `Store.collect_garbage`)."""
+        keep = {
+            t.name: time.time_ns() - int(t.retention_s * 1e9)
+            for t in self.topics.values()
+            if t.retention_s
+        }
+        held_after, held_seqs = self.snapshots.holds()
+        if keep or everything or held_after or sweep:
+            await self.store.collect_garbage(
+                keep,
+                set(self.batches),
+                everything=everything,
+                held_after=held_after,
+                held_seqs=held_seqs,
+                sweep=sweep,
+            )
 
-def _page(names: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    def sweep(self, topic: str) -> None:
+        """A snapshot stopped holding `topic`'s messages: delete the batches nothing else holds."""
+        if not self.closing:
+            self._spawn(self._sweep_store(sweep={topic}))
+
+
+def detached(sub: SubState) -> BrokerError:
+    """FAILED_PRECONDITION for a pull, stream or seek on a detached subscription."""
+    return failed_precondition(
+        f"The subscription {sub.name} is detached from its topic: it receives no messages and "
+        "Pull, StreamingPull and Seek fail."
+    )
+
+
+def paged(names: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    """One page of sorted `names` and the token of the next (empty on the last page)."""
     if page_size < 0:
         raise invalid("page_size must not be negative.")
     size = page_size or 100
     start = 0
     if page_token:
         start = next((i for i, n in enumerate(names) if n > page_token), len(names))
-    page = names[start : start + size]
-    token = page[-1] if start + size < len(names) and page else ""
-    return page, token
+    chunk = names[start : start + size]
+    token = chunk[-1] if start + size < len(names) and chunk else ""
+    return chunk, token
 
 
 def _copy_field(target: Any, source: Any, field: str) -> None:

@@ -1,5 +1,6 @@
-"""The google.pubsub.v1 Publisher, Subscriber and SchemaService services as generic gRPC handlers
-over `Broker`.
+"""The google.pubsub.v1 Publisher, Subscriber and SchemaService services, and
+google.iam.v1.IAMPolicy (where the Pub/Sub clients' get_iam_policy & co. call), as generic gRPC
+handlers over `Broker`.
 
 Requests and responses are the raw protobuf classes behind google-cloud-pubsub's proto-plus types
 (`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged.
@@ -12,10 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import empty_pb2
 from google.pubsub_v1 import types
 
-from relay.broker._core import Broker
+from relay.broker._core import Broker, paged
 from relay.broker._errors import BrokerError
 from relay.broker._streaming import fill_received, streaming_pull
 
@@ -30,7 +32,7 @@ def _pb(name: str) -> Any:
     return getattr(types, name).pb()
 
 
-def _unary(fn: _Unary, request: str, response: str) -> Any:
+def _unary(fn: _Unary, request: str | type, response: str | type) -> Any:
     async def handle(req: Any, context: Any) -> Any:
         try:
             return await fn(req, context)
@@ -40,10 +42,13 @@ def _unary(fn: _Unary, request: str, response: str) -> Any:
             _LOG.exception("%s failed", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "Internal error in the relay broker.")
 
-    response_cls = empty_pb2.Empty if response == "Empty" else _pb(response)
+    response_cls: Any = empty_pb2.Empty if response == "Empty" else response
+    if isinstance(response_cls, str):
+        response_cls = _pb(response_cls)
+    request_cls: Any = request if isinstance(request, type) else _pb(request)
     return grpc.unary_unary_rpc_method_handler(
         handle,
-        request_deserializer=_pb(request).FromString,
+        request_deserializer=request_cls.FromString,
         response_serializer=response_cls.SerializeToString,
     )
 
@@ -56,6 +61,7 @@ def handlers(broker: Broker) -> list[Any]:
     ListSubscriptionsResponse = _pb("ListSubscriptionsResponse")
     PublishResponse = _pb("PublishResponse")
     PullResponse = _pb("PullResponse")
+    snapshots = broker.snapshots
 
     async def create_topic(req: Any, context: Any) -> Any:
         return await broker.create_topic(req)
@@ -122,6 +128,42 @@ def handlers(broker: Broker) -> list[Any]:
         broker.modify_ack_deadline(req.subscription, list(req.ack_ids), req.ack_deadline_seconds)
         return Empty()
 
+    async def detach_subscription(req: Any, context: Any) -> Any:
+        await broker.detach_subscription(req.subscription)
+        return _pb("DetachSubscriptionResponse")()
+
+    async def list_topic_snapshots(req: Any, context: Any) -> Any:
+        names, token = paged(snapshots.topic_names(req.topic), req.page_size, req.page_token)
+        return _pb("ListTopicSnapshotsResponse")(snapshots=names, next_page_token=token)
+
+    async def create_snapshot(req: Any, context: Any) -> Any:
+        return await snapshots.create(req)
+
+    async def get_snapshot(req: Any, context: Any) -> Any:
+        return snapshots.get(req.snapshot).pb
+
+    async def update_snapshot(req: Any, context: Any) -> Any:
+        return await snapshots.update(req.snapshot, list(req.update_mask.paths))
+
+    async def list_snapshots(req: Any, context: Any) -> Any:
+        names, token = paged(snapshots.names(req.project), req.page_size, req.page_token)
+        found = [snapshots.get(name).pb for name in names]
+        return _pb("ListSnapshotsResponse")(snapshots=found, next_page_token=token)
+
+    async def delete_snapshot(req: Any, context: Any) -> Any:
+        await snapshots.delete(req.snapshot)
+        return Empty()
+
+    async def set_iam_policy(req: Any, context: Any) -> Any:
+        return await broker.iam.set(req.resource, req.policy, list(req.update_mask.paths))
+
+    async def get_iam_policy(req: Any, context: Any) -> Any:
+        return broker.iam.get(req.resource, req.options.requested_policy_version)
+
+    async def test_iam_permissions(req: Any, context: Any) -> Any:
+        granted = broker.iam.test(req.resource, list(req.permissions))
+        return iam_policy_pb2.TestIamPermissionsResponse(permissions=granted)
+
     async def seek(req: Any, context: Any) -> Any:
         await broker.seek(req.subscription, req)
         return _pb("SeekResponse")()
@@ -147,6 +189,12 @@ def handlers(broker: Broker) -> list[Any]:
             ),
             "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
             "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
+            "DetachSubscription": _unary(
+                detach_subscription, "DetachSubscriptionRequest", "DetachSubscriptionResponse"
+            ),
+            "ListTopicSnapshots": _unary(
+                list_topic_snapshots, "ListTopicSnapshotsRequest", "ListTopicSnapshotsResponse"
+            ),
         },
     )
     subscriber = grpc.method_handlers_generic_handler(
@@ -166,6 +214,13 @@ def handlers(broker: Broker) -> list[Any]:
             "Acknowledge": _unary(acknowledge, "AcknowledgeRequest", "Empty"),
             "ModifyAckDeadline": _unary(modify_ack_deadline, "ModifyAckDeadlineRequest", "Empty"),
             "Seek": _unary(seek, "SeekRequest", "SeekResponse"),
+            "CreateSnapshot": _unary(create_snapshot, "CreateSnapshotRequest", "Snapshot"),
+            "GetSnapshot": _unary(get_snapshot, "GetSnapshotRequest", "Snapshot"),
+            "UpdateSnapshot": _unary(update_snapshot, "UpdateSnapshotRequest", "Snapshot"),
+            "ListSnapshots": _unary(
+                list_snapshots, "ListSnapshotsRequest", "ListSnapshotsResponse"
+            ),
+            "DeleteSnapshot": _unary(delete_snapshot, "DeleteSnapshotRequest", "Empty"),
             "StreamingPull": grpc.stream_stream_rpc_method_handler(
                 streaming,
                 request_deserializer=_pb("StreamingPullRequest").FromString,
@@ -173,7 +228,23 @@ def handlers(broker: Broker) -> list[Any]:
             ),
         },
     )
-    return [publisher, subscriber, _schema_service(broker)]
+    iam = grpc.method_handlers_generic_handler(
+        "google.iam.v1.IAMPolicy",
+        {
+            "SetIamPolicy": _unary(
+                set_iam_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy
+            ),
+            "GetIamPolicy": _unary(
+                get_iam_policy, iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy
+            ),
+            "TestIamPermissions": _unary(
+                test_iam_permissions,
+                iam_policy_pb2.TestIamPermissionsRequest,
+                iam_policy_pb2.TestIamPermissionsResponse,
+            ),
+        },
+    )
+    return [publisher, subscriber, iam, _schema_service(broker)]
 
 
 def _schema_service(broker: Broker) -> Any:

@@ -1,7 +1,7 @@
 """Pub/Sub resource names: parse and validate them by Google's rules.
 
-A topic, subscription or schema id starts with a letter, is 3-255 characters of letters, digits and
-`-_.~+%`, and does not start with "goog". Any project id works (the broker is local).
+A topic, subscription, snapshot or schema id starts with a letter, is 3-255 characters of letters,
+digits and `-_.~+%`, and does not start with "goog". Any project id works (the broker is local).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ __all__ = [
     "DELETED_SCHEMA",
     "DELETED_TOPIC",
     "check_project",
+    "check_resource",
     "check_schema",
+    "check_snapshot",
     "check_subscription",
     "check_topic",
     "project_of",
@@ -35,14 +37,14 @@ def _check(name: str, collection: str) -> str:
         or not _PROJECT.fullmatch(parts[1])
     ):
         raise invalid(
-            f"Invalid [{collection}] name: (name={name}); expected "
+            f"Invalid [{collection}] name: (name={name[:300]}); expected "
             f"projects/{{project}}/{collection}/{{id}}"
         )
     resource_id = parts[3]
     if not _ID.fullmatch(resource_id) or resource_id.lower().startswith("goog"):
         raise invalid(
-            f"Invalid [{collection}] name: (name={name}); the id must start with a letter, be "
-            "3-255 characters of letters, digits and -_.~+%, and not start with 'goog'"
+            f"Invalid [{collection}] name: (name={name[:300]}); the id must start with a letter, "
+            "be 3-255 characters of letters, digits and -_.~+%, and not start with 'goog'"
         )
     return name
 
@@ -62,14 +64,26 @@ def check_schema(name: str) -> str:
     return _check(name, "schemas")
 
 
+def check_snapshot(name: str) -> str:
+    """Return `name` if it is a valid snapshot name, else raise INVALID_ARGUMENT."""
+    return _check(name, "snapshots")
+
+
+def check_resource(name: str, collection: str) -> str:
+    """Return `name` if it is a valid `projects/{p}/{collection}/{id}`, else INVALID_ARGUMENT."""
+    return _check(name, collection)
+
+
 def check_project(name: str) -> str:
     """Return the project id of `projects/{id}`, else raise INVALID_ARGUMENT."""
     parts = name.split("/")
     if len(parts) != 2 or parts[0] != "projects" or not _PROJECT.fullmatch(parts[1]):
-        raise invalid(f"Invalid [projects] name: (name={name}); expected projects/{{project}}")
+        raise invalid(
+            f"Invalid [projects] name: (name={name[:300]}); expected projects/{{project}}"
+        )
     return parts[1]
 
 
 def project_of(name: str) -> str:
-    """The project id of a valid topic or subscription name."""
+    """The project id of a valid topic, subscription or snapshot name."""
     return name.split("/")[1]

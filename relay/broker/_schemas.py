@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,10 +126,20 @@ class SchemaRegistry:
     """All schemas of the broker; `topics` is the broker's own topic dict (read and updated
     when a schema is deleted)."""
 
-    def __init__(self, store: Store, topics: MutableMapping[str, Any]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        topics: MutableMapping[str, Any],
+        drop_policy: Callable[[str, list[Statement]], None],
+    ) -> None:
         self._store = store
         self._topics: Mapping[str, _Topic] = topics
         self._schemas: dict[str, SchemaState] = {}
+        self._drop_policy = drop_policy  # a deleted schema's IAM policy goes with it
+
+    def exists(self, name: str) -> bool:
+        """Whether the schema `name` exists."""
+        return name in self._schemas
 
     def load(self) -> None:
         """Read schemas and revisions from the store (at start, before its writer runs)."""
@@ -270,6 +280,7 @@ class SchemaRegistry:
             ("DELETE FROM schemas WHERE name = ?", [(state.name,)]),
             ("DELETE FROM schema_revisions WHERE schema = ?", [(state.name,)]),
         ]
+        self._drop_policy(state.name, statements)
         for topic in self._topics.values():
             if topic.schema is not None and topic.schema.schema == state.name:
                 topic.schema.schema = DELETED_SCHEMA

@@ -486,6 +486,22 @@ class SubState:
             statements.append((_SQL_ACKED, marked))
         self.notify()
 
+    def ack_where(self, select: Callable[[Entry], bool], statements: list[Statement]) -> None:
+        """Seek to a snapshot: the unacked messages `select` picks count as acknowledged."""
+        chosen = [e for e in self.entries.values() if e.state != DEAD_LETTERING and select(e)]
+        if not chosen:
+            return
+        retain = self.config.retain_acked
+        for entry in chosen:
+            self._remove(entry)
+            if retain:
+                self.acked[entry.msg.seq] = entry.msg
+            else:
+                self._drop_ref(entry.msg, statements)
+        rows = [(self.sub_id, entry.msg.seq) for entry in chosen]
+        statements.append((_SQL_ACKED if retain else _SQL_DELETE, rows))
+        self.notify()
+
     def unack(self, msgs: list[StoredMessage], statements: list[Statement]) -> None:
         """Seek: make these messages (retained acked ones, or ones read back) unacked again."""
         rows = []

@@ -11,6 +11,8 @@ per request keeps the writer fast) and pending (one row per subscription and una
 its delivery count; `acked=1` rows are acked messages kept for Seek when retain_acked_messages is
 set), schemas and schema_revisions (one row per revision, in commit order; a deleted revision
 keeps its row with a NULL definition, so the topics naming it still know where it stood).
+Snapshots (`_snapshots`): snapshots plus snapshot_messages (the seqs of the backlog each one
+captured); IAM policies (`_iam`): iam_policies, one serialized google.iam.v1.Policy per resource.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ CREATE TABLE IF NOT EXISTS schemas (name TEXT PRIMARY KEY, type INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS schema_revisions (schema TEXT NOT NULL, ordinal INTEGER NOT NULL,
     revision_id TEXT NOT NULL, create_ns INTEGER NOT NULL, definition TEXT,
     compiled BLOB NOT NULL, PRIMARY KEY (schema, ordinal));
+CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, topic TEXT NOT NULL,
+    start_seq INTEGER NOT NULL, expire_ns INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot_messages (snapshot TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (snapshot, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS iam_policies (resource TEXT PRIMARY KEY, body BLOB NOT NULL);
 """
 
 
@@ -153,6 +160,10 @@ class Store:
         )
         return schemas, revisions
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query (at start, before the writer runs)."""
+        return list(self._conn.execute(sql, params))
+
     def pending_rows(self) -> list[tuple[int, int, int, int]]:
         """(sub_id, seq, attempts, acked) of every pending row, by seq."""
         return list(
@@ -191,33 +202,70 @@ class Store:
 
         return await asyncio.get_running_loop().run_in_executor(None, read)
 
+    async def topic_batches(self, topic: str, after_seq: int) -> list[tuple[int, int, bytes]]:
+        """(first_seq, publish_ns, blob) of `topic`'s batches holding a seq above `after_seq`."""
+
+        def read() -> list[tuple[int, int, bytes]]:
+            with self._reader_lock:
+                return list(
+                    self._reader.execute(
+                        "SELECT first_seq, publish_ns, body FROM batches WHERE topic = ? "
+                        "AND last_seq > ? ORDER BY first_seq",
+                        (topic, after_seq),
+                    )
+                )
+
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
     def collect_garbage(
-        self, keep_topics: dict[str, int], live: set[int], *, everything: bool
+        self,
+        keep_topics: dict[str, int],
+        live: set[int],
+        *,
+        everything: bool,
+        held_after: dict[str, int] | None = None,
+        held_seqs: set[int] | None = None,
+        sweep: set[str] | None = None,
     ) -> asyncio.Future[None]:
-        """Delete batches no subscription holds, except those inside a topic's retention.
+        """Delete batches nothing holds: no subscription, no snapshot, no topic's retention.
 
         `live` holds the first_seq of every batch with a message still in memory (a subscription
-        needs it); `keep_topics` maps topic name -> oldest publish_ns still retained for it. With
-        `everything` all topics are swept (at start: rows a crash or a deletion left behind),
-        otherwise only the retaining ones (the others lose their rows when the last message is
-        acked). Runs in the writer thread, inside its transaction, so publishes queued later are
-        never touched.
+        needs it); `keep_topics` maps topic name -> oldest publish_ns still retained for it;
+        snapshots hold `held_after` (topic -> the batches above that seq) and `held_seqs` (the
+        seqs of their backlogs). With `everything` all topics are swept (at start: rows a crash
+        or a deletion left behind), otherwise only the retaining ones, the snapshot-holding ones
+        and those in `sweep` (the others lose their rows when the last message is acked). Runs
+        in the writer thread, inside its transaction, so publishes queued later are never touched.
         """
         keep = list(keep_topics.items())
         alive = [(first,) for first in live]
+        after = list((held_after or {}).items())
+        seqs = [(seq,) for seq in held_seqs or ()]
+        scoped = set(keep_topics) | set(held_after or ()) | (sweep or set())
+        scope_topics = [(topic,) for topic in scoped]
 
         def collect(conn: sqlite3.Connection) -> None:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS keep (topic TEXT PRIMARY KEY, since INT)")
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS live (first_seq INTEGER PRIMARY KEY)")
-            conn.execute("DELETE FROM keep")
-            conn.execute("DELETE FROM live")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS held (topic TEXT PRIMARY KEY, above INT)")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS held_seq (seq INTEGER PRIMARY KEY)")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS scope (topic TEXT PRIMARY KEY)")
+            for table in ("keep", "live", "held", "held_seq", "scope"):
+                conn.execute(f"DELETE FROM {table}")
             conn.executemany("INSERT INTO keep VALUES (?, ?)", keep)
             conn.executemany("INSERT INTO live VALUES (?)", alive)
-            scope = "" if everything else "topic IN (SELECT topic FROM keep) AND "
+            conn.executemany("INSERT INTO held VALUES (?, ?)", after)
+            conn.executemany("INSERT INTO held_seq VALUES (?)", seqs)
+            conn.executemany("INSERT INTO scope VALUES (?)", scope_topics)
+            scope = "" if everything else "topic IN (SELECT topic FROM scope) AND "
             conn.execute(
                 f"DELETE FROM batches WHERE {scope}first_seq NOT IN (SELECT first_seq FROM live) "
                 "AND publish_ns < COALESCE((SELECT since FROM keep "
-                "WHERE keep.topic = batches.topic), 1 << 62)"
+                "WHERE keep.topic = batches.topic), 1 << 62) "
+                "AND last_seq <= COALESCE((SELECT above FROM held "
+                "WHERE held.topic = batches.topic), 1 << 62) "
+                "AND NOT EXISTS (SELECT 1 FROM held_seq "
+                "WHERE held_seq.seq BETWEEN batches.first_seq AND batches.last_seq)"
             )
 
         loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.pubsub_v1 import types
 
-from relay.broker._core import Broker
+from relay.broker._core import Broker, detached
 from relay.broker._errors import BrokerError, invalid, not_found
 from relay.broker._state import Consumer, Entry, SubState, ack_id_of
 from relay.broker._store import Statement
@@ -124,6 +124,8 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
     if not first.subscription:
         raise invalid("The first StreamingPullRequest must name a subscription.")
     sub = broker.sub(first.subscription)
+    if sub.pb.detached:
+        raise detached(sub)
     consumer = Consumer(
         _check_deadline(first.stream_ack_deadline_seconds),
         max(first.max_outstanding_messages, 0),
@@ -139,6 +141,8 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
         while True:
             if sub.deleted:
                 raise not_found("subscription", sub.name)
+            if sub.pb.detached:
+                raise detached(sub)
             if broker.closing or consumer.closed:
                 raise BrokerError(grpc.StatusCode.UNAVAILABLE, "The broker is shutting down.")
             if reader.done():

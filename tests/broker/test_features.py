@@ -183,10 +183,10 @@ def test_seek_replays_topic_retention(
     assert [m.message.data for m in _pull(subscriber, sub)] == [b"kept by the topic"]
 
 
-def test_seek_to_snapshot_is_unimplemented(
+def test_seek_to_missing_snapshot_is_not_found(
     subscriber: Any, make_sub: Callable[..., str], project: str
 ) -> None:
-    with pytest.raises(exceptions.MethodNotImplemented, match="Snapshots"):
+    with pytest.raises(exceptions.NotFound, match="snapshot"):
         subscriber.seek(
-            request={"subscription": make_sub(), "snapshot": f"projects/{project}/snapshots/s"}
+            request={"subscription": make_sub(), "snapshot": f"projects/{project}/snapshots/s-1"}
         )
