@@ -383,3 +383,28 @@ def test_huge_values_are_invalid_argument(
             call(request_message, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(caught.value.details()) < 2_000
+
+
+def test_schema_policy_is_stored_and_goes_with_its_schema(
+    schema_client: Any, project: str, unique: Callable[[str], str]
+) -> None:
+    from google.pubsub_v1.types import Schema
+
+    schema = schema_client.create_schema(
+        request={
+            "parent": f"projects/{project}",
+            "schema": Schema(
+                type_=Schema.Type.AVRO,
+                definition='{"type": "record", "name": "R", "fields": '
+                '[{"name": "a", "type": "int"}]}',
+            ),
+            "schema_id": unique("schema"),
+        }
+    )
+    policy = _policy(("roles/pubsub.viewer", ["allUsers"]))
+    schema_client.set_iam_policy(request={"resource": schema.name, "policy": policy})
+    stored = schema_client.get_iam_policy(request={"resource": schema.name})
+    assert _bindings(stored) == {"roles/pubsub.viewer": ["allUsers"]}
+    schema_client.delete_schema(request={"name": schema.name})
+    with pytest.raises(exceptions.NotFound):
+        schema_client.get_iam_policy(request={"resource": schema.name})
