@@ -27,7 +27,11 @@ PULL_MAX_MESSAGES = 1_000
 ACK_BATCH = 2_500
 # One pull waits at most this long (a blocking pull answers at once when a message is there), and
 # at least the minimum: a pull whose deadline is too near comes back empty without waiting.
+# Google may answer pulls with a deadline this short with fewer messages than it holds, or none.
 PULL_SECONDS = 2.0
+# Pulls of a reader that waits anyway (a worker waiting for its results, the last look at the
+# deadline) wait this long: the form Google recommends, answered as soon as a message is there.
+LONG_PULL_SECONDS = 20.0
 _MIN_PULL_SECONDS = 1.0
 # A pull that comes back empty sooner than this is followed by a pause of this long: Pub/Sub may
 # answer a pull at once with nothing, and reading again at once would spin.
@@ -77,7 +81,6 @@ class Reading:
         self.wanted = frozenset(wanted)
         self.pulls = 0
         self._held: dict[str, tuple[str, str]] = {}  # message id -> (ack id, correlation id)
-        self._leased_at = 0.0
 
     async def pull(self, wait: float = PULL_SECONDS) -> list[Seen]:
         """One blocking pull of up to 1,000 messages; returns the results of wanted ids not seen
@@ -104,8 +107,6 @@ class Reading:
             if time.monotonic() - started < _MIN_EMPTY_PULL_SECONDS:
                 await asyncio.sleep(_MIN_EMPTY_PULL_SECONDS)
             return []
-        if not self._held:
-            self._leased_at = time.monotonic()
         fresh: list[Seen] = []
         junk: list[str] = []
         for received in response.received_messages:
@@ -131,31 +132,36 @@ class Reading:
         quiet: float,
         until: float,
         done: Callable[[], bool],
+        pull_seconds: float = PULL_SECONDS,
     ) -> None:
-        """Pull, recording each new result, until `done()`, `quiet` seconds without a new
-        message, or `until` (epoch seconds)."""
+        """Pull (each pull waiting up to `pull_seconds`), recording each new result, until
+        `done()`, `quiet` seconds without a new message, or `until` (epoch seconds)."""
         last_new = time.monotonic()
-        while not done():
-            now = time.time()
-            left = min(until - now, quiet - (time.monotonic() - last_new))
-            if left <= 0:
-                return
-            fresh = await self.pull(min(PULL_SECONDS, left))
-            for seen in fresh:
-                record(seen)
-            if fresh:
-                last_new = time.monotonic()
-            await self.keep()
+        keeper = asyncio.get_running_loop().create_task(self._keep())
+        try:
+            while not done():
+                now = time.time()
+                left = min(until - now, quiet - (time.monotonic() - last_new))
+                if left <= 0:
+                    return
+                fresh = await self.pull(min(pull_seconds, left))
+                for seen in fresh:
+                    record(seen)
+                if fresh:
+                    last_new = time.monotonic()
+        finally:
+            keeper.cancel()
 
-    async def keep(self) -> None:
-        """Extend the leases of what is held, once they are half way to running out."""
-        if self._held and time.monotonic() - self._leased_at >= _EXTEND_AFTER:
-            self._leased_at = time.monotonic()
-            await self._call(
-                "modify_ack_deadline",
-                [ack for ack, _ in self._held.values()],
-                WAIT_ACK_DEADLINE_SECONDS,
-            )
+    async def _keep(self) -> None:
+        """While a read lasts, extend the leases of what it holds before they run out."""
+        while True:
+            await asyncio.sleep(_EXTEND_AFTER)
+            if self._held:
+                await self._call(
+                    "modify_ack_deadline",
+                    [ack for ack, _ in self._held.values()],
+                    WAIT_ACK_DEADLINE_SECONDS,
+                )
 
     async def release(self, take: Collection[str] = ()) -> None:
         """End the reading: ack what is held for the correlation ids in `take` (the worker has

@@ -30,7 +30,7 @@ from relay.airflow._identity import ImpersonationChain
 from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS, project_of
 from relay.airflow._reader import (
     FINAL_QUIET_SECONDS,
-    PULL_SECONDS,
+    LONG_PULL_SECONDS,
     QUIET_SECONDS,
     Reading,
     Seen,
@@ -236,7 +236,13 @@ class RelayResultTrigger(BaseTrigger):
             while not found.done() and time.time() < deadline:
                 await asyncio.gather(
                     *(
-                        r.read(found.record, quiet=PULL_SECONDS, until=deadline, done=found.done)
+                        r.read(
+                            found.record,
+                            quiet=LONG_PULL_SECONDS,
+                            until=deadline,
+                            done=found.done,
+                            pull_seconds=LONG_PULL_SECONDS,
+                        )
                         for r in readings
                     )
                 )
@@ -268,7 +274,11 @@ class RelayResultTrigger(BaseTrigger):
             async with _read_slot():
                 try:
                     await reading.read(
-                        found.record, quiet=quiet, until=time.time() + quiet + 60, done=found.done
+                        found.record,
+                        quiet=quiet,
+                        until=time.time() + quiet + 60,
+                        done=found.done,
+                        pull_seconds=min(quiet, LONG_PULL_SECONDS),
                     )
                 finally:
                     await reading.release()
@@ -288,6 +298,7 @@ class RelayResultTrigger(BaseTrigger):
             quiet=FINAL_QUIET_SECONDS,
             until=time.time() + FINAL_QUIET_SECONDS + 60,
             done=found.done,
+            pull_seconds=FINAL_QUIET_SECONDS,
         )
 
 
