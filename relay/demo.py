@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import threading
@@ -172,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--dag-id", default=DAG_ID)
     parser.add_argument(
+        "--broker-args",
+        default="",
+        help="more `relay broker` options, e.g. '--profile google --admin-latency 0.2'",
+    )
+    parser.add_argument(
         "--run-dag", nargs=3, metavar=("DAG_FILE", "CONF_JSON", "REPORT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -232,7 +238,12 @@ def _demo(args: argparse.Namespace) -> int:
         with ExitStack() as resources:
             with console.status("bringing the stack up") as status:
                 stack = resources.enter_context(
-                    stack_up(topology, data_dir=run_dir / "stack", status=status.update)
+                    stack_up(
+                        topology,
+                        data_dir=run_dir / "stack",
+                        broker_args=shlex.split(args.broker_args),
+                        status=status.update,
+                    )
                 )
             render_stack(console, stack)
             env = airflow_environment(run_dir, dags_folder, topology.project, stack.broker.host)

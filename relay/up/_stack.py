@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -107,10 +107,12 @@ def stack_up(
     data_dir: str | Path = DEFAULT_DATA_DIR,
     broker: BrokerEndpoint | None = None,
     broker_port: int = 0,
+    broker_args: Sequence[str] = (),
     ready_timeout: float = 60.0,
     status: Callable[[str], None] | None = None,
 ) -> Iterator[Stack]:
-    """Start the broker (unless `broker` is given), serve each function, provision; yield the stack.
+    """Start the broker (unless `broker` is given; `broker_args`: more `relay broker` options,
+    e.g. `--profile google`), serve each function, provision; yield the stack.
 
     Sets PUBSUB_EMULATOR_HOST in this process for the duration (restored afterwards), so the
     google-cloud-pubsub clients created inside the block talk to the local broker.
@@ -124,7 +126,7 @@ def stack_up(
     try:
         if broker is None:
             say("starting relay broker")
-            broker = _start_broker(root, logs, broker_port, ready_timeout, children)
+            broker = _start_broker(root, logs, broker_port, broker_args, ready_timeout, children)
         os.environ["PUBSUB_EMULATOR_HOST"] = broker.host
         served: dict[str, ServedFunction] = {}
         pending: list[tuple[Child, str]] = []
@@ -177,7 +179,12 @@ def stack_up(
 
 
 def _start_broker(
-    root: Path, logs: Path, port: int, timeout: float, children: list[Child]
+    root: Path,
+    logs: Path,
+    port: int,
+    extra: Sequence[str],
+    timeout: float,
+    children: list[Child],
 ) -> BrokerEndpoint:
     data = root / "broker"
     data.mkdir(parents=True, exist_ok=True)
@@ -194,6 +201,7 @@ def _start_broker(
     ]
     if port == 0:
         argv += ["--http-port", "0"]  # else the broker's default: port + 1
+    argv += extra
     child = start(_BROKER, argv, log=logs / "broker.log", env=os.environ)
     children.append(child)
     line = wait_for_line(child, _READY_PREFIX, timeout)

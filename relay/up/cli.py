@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import time
 from contextlib import ExitStack
@@ -89,7 +90,13 @@ def _print_event(console: Console, observed: Observed) -> None:
     show_default=True,
     help="The broker's gRPC port (0: any free port).",
 )
-def up(file: Path, data_dir: Path, project: str | None, broker_port: int) -> None:
+@click.option(
+    "--broker-args",
+    default="",
+    metavar="'OPTIONS'",
+    help="More `relay broker` options, e.g. '--profile google' (the broker behaving as Google may).",
+)
+def up(file: Path, data_dir: Path, project: str | None, broker_port: int, broker_args: str) -> None:
     """Run the topology locally: broker, provisioning, every function; Ctrl-C stops it all.
 
     Each function runs under functions-framework on a free port and verifies the OIDC token of
@@ -113,6 +120,7 @@ def up(file: Path, data_dir: Path, project: str | None, broker_port: int) -> Non
                         topology,
                         data_dir=data_dir,
                         broker_port=broker_port,
+                        broker_args=shlex.split(broker_args),
                         status=lambda text: spinner.update(text),
                     )
                 )
