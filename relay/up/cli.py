@@ -94,7 +94,7 @@ def _print_event(console: Console, observed: Observed) -> None:
     "--broker-args",
     default="",
     metavar="'OPTIONS'",
-    help="More `relay broker` options, e.g. '--profile google' (the broker behaving as Google may).",
+    help="More `relay broker` options, e.g. '--profile google' (behave as Google may).",
 )
 def up(file: Path, data_dir: Path, project: str | None, broker_port: int, broker_args: str) -> None:
     """Run the topology locally: broker, provisioning, every function; Ctrl-C stops it all.
