@@ -1,7 +1,9 @@
 """The google.pubsub.v1 Publisher and Subscriber services as generic gRPC handlers over `Broker`.
 
 Requests and responses are the raw protobuf classes behind google-cloud-pubsub's proto-plus types
-(`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged.
+(`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged. Each service's method
+table goes through `Control.gate` (counts, injected faults, the admin quota and latency, keyed by
+method name): a method added to a table is gated with nothing more to do.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import grpc
 from google.protobuf import empty_pb2
 from google.pubsub_v1 import types
 
+from relay.broker._control import Control
 from relay.broker._core import Broker
 from relay.broker._errors import BrokerError
 from relay.broker._streaming import fill_received, streaming_pull
@@ -47,8 +50,8 @@ def _unary(fn: _Unary, request: str, response: str) -> Any:
     )
 
 
-def handlers(broker: Broker) -> list[Any]:
-    """The generic handlers of both services, bound to `broker`."""
+def handlers(broker: Broker, control: Control) -> list[Any]:
+    """The generic handlers of both services, bound to `broker`, gated by `control`."""
     Empty = empty_pb2.Empty
     ListTopicsResponse = _pb("ListTopicsResponse")
     ListTopicSubscriptionsResponse = _pb("ListTopicSubscriptionsResponse")
@@ -134,7 +137,7 @@ def handlers(broker: Broker) -> list[Any]:
 
     publisher = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Publisher",
-        {
+        control.gate({
             "CreateTopic": _unary(create_topic, "Topic", "Topic"),
             "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
             "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
@@ -146,11 +149,11 @@ def handlers(broker: Broker) -> list[Any]:
             ),
             "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
             "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
-        },
+        }),
     )
     subscriber = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Subscriber",
-        {
+        control.gate({
             "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
             "GetSubscription": _unary(get_subscription, "GetSubscriptionRequest", "Subscription"),
             "UpdateSubscription": _unary(
@@ -170,6 +173,6 @@ def handlers(broker: Broker) -> list[Any]:
                 request_deserializer=_pb("StreamingPullRequest").FromString,
                 response_serializer=_pb("StreamingPullResponse").SerializeToString,
             ),
-        },
+        }),
     )
     return [publisher, subscriber]
