@@ -54,7 +54,7 @@ def _retention(value: float, maximum: int, kind: str, *, stored: bool) -> float:
         return value
     if not MIN_RETENTION <= value <= maximum:
         raise invalid(
-            f"Invalid message_retention_duration: {value:g} seconds; a {kind}'s retention must "
+            f"Invalid message_retention_duration: {value:.9g} seconds; a {kind}'s retention must "
             f"be between 10 minutes ({MIN_RETENTION} s) and {maximum // 86400} days "
             f"({maximum} s)."
         )
@@ -101,8 +101,10 @@ def _label_char(char: str) -> bool:
 def check_push_endpoint(endpoint: str) -> None:
     """Google takes only `https://` push endpoints (lowercase scheme); the broker also takes
     `http://` to a loopback host, which a local run needs (functions served on 127.0.0.1)."""
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
+    try:
+        host = urlsplit(endpoint).hostname or ""
+    except ValueError:  # a malformed URL ("http://[::1", say)
+        host = ""
     if endpoint.startswith("https://") and host:
         return
     if endpoint.startswith("http://") and host and _is_loopback(host):
@@ -235,13 +237,13 @@ def subscription_config(pb: Any, *, stored: bool = False) -> SubConfig:
 def _check_ttl(ttl: float, retention: float) -> None:
     if ttl < MIN_EXPIRATION_TTL:
         raise invalid(
-            f"Invalid expiration_policy.ttl: {ttl:g} seconds; the minimum is 1 day "
+            f"Invalid expiration_policy.ttl: {ttl:.9g} seconds; the minimum is 1 day "
             f"({MIN_EXPIRATION_TTL} s). Leave ttl unset for a subscription that never expires."
         )
     if ttl < retention:
         raise invalid(
-            f"Invalid expiration_policy.ttl: {ttl:g} seconds is less than the "
-            f"message_retention_duration ({retention:g} s); the ttl must not be shorter."
+            f"Invalid expiration_policy.ttl: {ttl:.9g} seconds is less than the "
+            f"message_retention_duration ({retention:.9g} s); the ttl must not be shorter."
         )
 
 
