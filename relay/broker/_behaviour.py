@@ -16,8 +16,9 @@ The model (docs/broker.md, "What Google is allowed to do", says why each is allo
   a second delivery of the message `redeliver_delay` (uniform) seconds later, with a new ack id.
   Not for subscriptions with exactly-once delivery, nor for messages with an ordering key on a
   subscription with ordering.
-- out of order: each published message without an ordering guarantee is, with probability
-  `reorder_rate`, held back for up to `reorder_max_delay` seconds, so later ones overtake it.
+- out of order: on a subscription without message ordering, each published message is, with
+  probability `reorder_rate`, held back for up to `reorder_max_delay` seconds (uniform), so
+  later ones overtake it.
 - stream closing: a StreamingPull stream fails at once with UNAVAILABLE with probability
   `stream_unavailable_rate`, and otherwise is closed by the server with UNAVAILABLE after
   `stream_lifetime` (uniform) seconds.

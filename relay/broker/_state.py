@@ -260,24 +260,25 @@ class SubState:
             self.entries.update(zip([msg.seq for msg in msgs], fresh, strict=True))
             for msg in msgs:
                 msg.refs += 1
+            if self.host.behaviour.reorder_rate:
+                fresh = self._hold_back(fresh)
             self.ready.extend(fresh)
-        if self.host.behaviour.reorder_rate:
-            self._reorder(msgs)
         self.notify()
 
-    def _reorder(self, msgs: list[StoredMessage]) -> None:
+    def _hold_back(self, fresh: list[Entry]) -> list[Entry]:
         """Google delivers messages without an ordering guarantee in any order: hold some back
-        for a moment so later ones overtake them (the behaviour's reorder_rate)."""
+        for a moment so later ones overtake them (the behaviour's reorder_rate); returns the
+        entries to queue now."""
         behaviour = self.host.behaviour
         rng = self.host.dice.rng("reorder", self.name)
-        ordered = self.config.ordered
-        for msg in msgs:
-            if (ordered and msg.ordering_key) or rng.random() >= behaviour.reorder_rate:
-                continue
-            entry = self.entries[msg.seq]
+        now = []
+        for entry in fresh:
             delay = rng.uniform(0.0, behaviour.reorder_max_delay)
-            if entry.state == READY and delay > 0:  # take() skips it in `ready` until it is due
-                self.redeliver(entry, delay)
+            if rng.random() < behaviour.reorder_rate and delay > 0:
+                self.redeliver(entry, delay)  # queued when due
+            else:
+                now.append(entry)
+        return now
 
     def add_acked(self, msg: StoredMessage) -> None:
         """Remember an acked message for Seek (retain_acked_messages)."""

@@ -124,11 +124,11 @@ def test_behaviour_changes_at_run_time(
     publisher.publish(topic, b"a").result(10)
     publisher.publish(topic, b"b").result(10)
     request = {"subscription": sub, "max_messages": 10, "return_immediately": True}
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="return_immediately"):
         sizes = [len(subscriber.pull(request=request, timeout=10).received_messages)]
     assert sizes[0] < 2  # every short pull returns fewer than the two ready
     broker.control({"short_pull_rate": 0.0})
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="return_immediately"):
         got = subscriber.pull(request=request, timeout=10).received_messages
     assert len(got) == 2 - sizes[0]
     publisher.stop()

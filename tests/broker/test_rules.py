@@ -34,7 +34,8 @@ def _update(subscriber: Any, name: str, paths: list[str], **fields: Any) -> Any:
 
 @pytest.mark.parametrize("ttl", [1, 3600, DAY - 1])
 def test_expiration_ttl_below_one_day_is_refused(make_sub: Callable[..., str], ttl: int) -> None:
-    with pytest.raises(exceptions.InvalidArgument, match=rf"ttl: {ttl} seconds; the minimum is 1 day"):
+    words = rf"ttl: {ttl} seconds; the minimum is 1 day"
+    with pytest.raises(exceptions.InvalidArgument, match=words):
         make_sub(
             expiration_policy={"ttl": {"seconds": ttl}},
             message_retention_duration={"seconds": 600},
@@ -269,7 +270,7 @@ def test_first_request_only_fields_end_the_stream(
     assert field in (error.details() or "")
 
 
-# -- state written under older rules ----------------------------------------------------------------
+# -- state written under older rules ---------------------------------------------------------------
 
 
 def test_subscriptions_stored_before_a_rule_are_kept(
