@@ -149,16 +149,18 @@ class Dice:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self._rngs: dict[tuple[str, str], random.Random] = {}
+        self._rngs: dict[str, dict[str, random.Random]] = {}
 
     def rng(self, kind: str, key: str) -> random.Random:
         """The generator of behaviour `kind` for `key` (a subscription name, say)."""
-        rng = self._rngs.get((kind, key))
+        of_key = self._rngs.get(key)
+        if of_key is None:
+            of_key = self._rngs[key] = {}
+        rng = of_key.get(kind)
         if rng is None:
-            rng = self._rngs[(kind, key)] = random.Random(f"{self.seed}/{kind}/{key}")
+            rng = of_key[kind] = random.Random(f"{self.seed}/{kind}/{key}")
         return rng
 
     def forget(self, key: str) -> None:
         """Drop the generators of `key` (a deleted subscription)."""
-        for pair in [p for p in self._rngs if p[1] == key]:
-            del self._rngs[pair]
+        self._rngs.pop(key, None)

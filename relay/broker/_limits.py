@@ -79,7 +79,8 @@ def check_publish(topic: str, messages: Any) -> CheckedMessages:
             raise invalid(
                 f"Message {index}: the ordering_key is longer than {MAX_ORDERING_KEY_BYTES} bytes."
             )
-        total += _field_size(size)
+        # The message's field in the request: tag, length varint (< 2**28 bytes), the bytes.
+        total += 2 + size + (size >= 0x80) + (size >= 0x4000) + (size >= 0x200000)
         bodies.append(body)
         keys.append(key)
     if total > MAX_PUBLISH_BYTES:

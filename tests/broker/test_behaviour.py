@@ -489,3 +489,53 @@ def test_behaviour_is_a_frozen_dataclass_with_validated_fields() -> None:
     assert google.updated({"stream_lifetime": [1, 2]}).stream_lifetime == (1.0, 2.0)
     with pytest.raises(AttributeError):
         google.seed = 5  # type: ignore[misc]
+
+
+async def test_the_python_api_runs_a_broker_with_a_behaviour(tmp_path: Path, project: str) -> None:
+    """`ServerOptions(behaviour=..., admin_ops_per_minute=..., control=...)` in process."""
+    import aiohttp
+    from google.api_core import exceptions
+    from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
+
+    from relay.broker import BrokerServer, ServerOptions
+
+    options = ServerOptions(
+        data_dir=tmp_path / "data",
+        port=0,
+        behaviour=Behaviour(short_pull_rate=1.0, seed=3),
+        admin_ops_per_minute=3,
+        control=True,
+    )
+    server = BrokerServer(options)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel))
+        subscriber = SubscriberAsyncClient(
+            transport=SubscriberGrpcAsyncIOTransport(channel=channel)
+        )
+        topic = f"projects/{project}/topics/in-process"
+        sub = f"projects/{project}/subscriptions/in-process"
+        await publisher.create_topic(name=topic)
+        await subscriber.create_subscription(name=sub, topic=topic)
+        await publisher.publish(topic=topic, messages=[{"data": b"%d" % i} for i in range(5)])
+        pulled = await subscriber.pull(
+            request={"subscription": sub, "max_messages": 5, "return_immediately": True}
+        )
+        assert len(pulled.received_messages) < 5
+        await publisher.get_topic(topic=topic)  # the third administrator operation
+        with pytest.raises(exceptions.ResourceExhausted, match="Quota exceeded"):
+            await publisher.get_topic(topic=topic, retry=None)
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{server.http_port}"
+            async with session.post(f"{url}/control", json={"short_pull_rate": 0}) as response:
+                assert response.status == 200
+            async with session.get(f"{url}/stats") as response:
+                stats = await response.json()
+        assert stats["admin_ops"] == {project: 3}
+        assert stats["behaviour"]["short_pull_rate"] == 0
+    finally:
+        await channel.close()
+        await server.stop()
