@@ -79,15 +79,22 @@ def check_labels(labels: Any) -> None:
     for key, value in labels.items():
         if not 1 <= len(key) <= MAX_LABEL_CHARS or not _label_letter(key[0]):
             raise invalid(
-                f"Invalid label key {key!r}: keys must be 1-{MAX_LABEL_CHARS} characters and "
+                f"Invalid label key {_shown(key)}: keys must be 1-{MAX_LABEL_CHARS} characters and "
                 "start with a lowercase letter."
             )
         for text, what in ((key, "key"), (value, "value")):
             if len(text) > MAX_LABEL_CHARS or not all(_label_char(c) for c in text):
                 raise invalid(
-                    f"Invalid label {what} {text!r} (label {key!r}): at most "
+                    f"Invalid label {what} {_shown(text)} (label {_shown(key)}): at most "
                     f"{MAX_LABEL_CHARS} characters of lowercase letters, digits, '_' and '-'."
                 )
+
+
+def _shown(value: str, limit: int = 200) -> str:
+    """`value` quoted for an error message, cut short: a status message must stay small."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def _label_letter(char: str) -> bool:
@@ -110,7 +117,7 @@ def check_push_endpoint(endpoint: str) -> None:
     if endpoint.startswith("http://") and host and _is_loopback(host):
         return
     raise invalid(
-        f"Invalid push_config.push_endpoint: {endpoint!r}. Google requires an https:// URL "
+        f"Invalid push_config.push_endpoint: {_shown(endpoint)}. Google requires an https:// URL "
         "(lowercase scheme, a host); the relay broker also accepts http:// to a loopback host "
         "(127.0.0.0/8, ::1, localhost) for local runs."
     )
@@ -202,8 +209,8 @@ def subscription_config(pb: Any, *, stored: bool = False) -> SubConfig:
         concurrency = pb.push_config.attributes.get(PUSH_CONCURRENCY_ATTRIBUTE)
         if concurrency is not None and (not concurrency.isdigit() or int(concurrency) < 1):
             raise invalid(
-                f"Invalid push_config.attributes[{PUSH_CONCURRENCY_ATTRIBUTE}]: {concurrency!r}; "
-                "need a positive integer."
+                f"Invalid push_config.attributes[{PUSH_CONCURRENCY_ATTRIBUTE}]: "
+                f"{_shown(concurrency)}; need a positive integer."
             )
 
     ttl: float | None
@@ -258,6 +265,6 @@ def _check_push_config(pb: Any) -> None:
     email = push_config.oidc_token.service_account_email
     if push_config.HasField("oidc_token") and "@" not in email:
         raise invalid(
-            f"Invalid push_config.oidc_token.service_account_email: {email!r}; a service "
+            f"Invalid push_config.oidc_token.service_account_email: {_shown(email)}; a service "
             "account email is required."
         )

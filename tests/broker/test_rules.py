@@ -302,3 +302,23 @@ def test_subscriptions_stored_before_a_rule_are_kept(
     assert [m.message.data for m in pulled.received_messages] == [b"kept"]
     publisher.stop()
     subscriber.close()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"labels": {"k" * 20_000: "v"}},
+        {"labels": {"team": "\u0000" * 20_000}},
+        {"push_config": {"push_endpoint": "http://example.com/" + "x" * 20_000}},
+        {"push_config": {"push_endpoint": "https://[" + "%" * 5_000}},
+        {"expiration_policy": {"ttl": {"seconds": -(2**40)}}},
+        {"message_retention_duration": {"seconds": 2**40, "nanos": -5}},
+    ],
+    ids=["huge-label-key", "nul-label-value", "huge-endpoint", "broken-url", "negative", "huge"],
+)
+def test_hostile_settings_get_invalid_argument(
+    make_sub: Callable[..., str], fields: dict[str, Any]
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument) as info:
+        make_sub(**fields)
+    assert len(info.value.message) < 1000
