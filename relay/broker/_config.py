@@ -207,7 +207,10 @@ def subscription_config(pb: Any, *, stored: bool = False) -> SubConfig:
         if not stored:
             _check_push_config(pb)
         concurrency = pb.push_config.attributes.get(PUSH_CONCURRENCY_ATTRIBUTE)
-        if concurrency is not None and (not concurrency.isdigit() or int(concurrency) < 1):
+        if concurrency is not None and not (
+            concurrency.isascii() and concurrency.isdigit() and 1 <= len(concurrency) <= 6
+            and int(concurrency) >= 1
+        ):
             raise invalid(
                 f"Invalid push_config.attributes[{PUSH_CONCURRENCY_ATTRIBUTE}]: "
                 f"{_shown(concurrency)}; need a positive integer."

@@ -304,6 +304,13 @@ def test_subscriptions_stored_before_a_rule_are_kept(
     subscriber.close()
 
 
+def _push_attribute(concurrency: str) -> dict[str, Any]:
+    return {
+        "push_endpoint": "https://example.com/push",
+        "attributes": {"x-relay-push-concurrency": concurrency},
+    }
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -311,10 +318,21 @@ def test_subscriptions_stored_before_a_rule_are_kept(
         {"labels": {"team": "\u0000" * 20_000}},
         {"push_config": {"push_endpoint": "http://example.com/" + "x" * 20_000}},
         {"push_config": {"push_endpoint": "https://[" + "%" * 5_000}},
+        {"push_config": _push_attribute("9" * 5_000)},
+        {"push_config": _push_attribute("²")},
         {"expiration_policy": {"ttl": {"seconds": -(2**40)}}},
         {"message_retention_duration": {"seconds": 2**40, "nanos": -5}},
     ],
-    ids=["huge-label-key", "nul-label-value", "huge-endpoint", "broken-url", "negative", "huge"],
+    ids=[
+        "huge-label-key",
+        "nul-label-value",
+        "huge-endpoint",
+        "broken-url",
+        "huge-concurrency",
+        "superscript-concurrency",
+        "negative",
+        "huge",
+    ],
 )
 def test_hostile_settings_get_invalid_argument(
     make_sub: Callable[..., str], fields: dict[str, Any]
