@@ -1,17 +1,23 @@
 """Shared fixtures: a real `relay broker` subprocess and unique resource names.
 
-- `broker` (session): a running broker; sets PUBSUB_EMULATOR_HOST for the session. Attributes:
-  .host ("127.0.0.1:PORT"), .port, .http_port, .http_url, .certs_url, .data_dir, .kill(),
-  .restart(), .stop(), plus .publisher() / .subscriber() / .schema_client() clients bound to
-  this broker.
-- `start_broker` (function): `start_broker(data_dir) -> BrokerProcess`, a broker of your own (to
-  kill it); stopped at the end of the test.
+- `broker` (session): a running broker (profile off, started with --control); sets
+  PUBSUB_EMULATOR_HOST for the session. Attributes: .host ("127.0.0.1:PORT"), .port, .http_port,
+  .http_url, .certs_url, .data_dir, .kill(), .restart(), .stop(), .stats() (GET /stats),
+  .control(body) (POST /control: behaviour settings, {"fail": ...}, {"advance_seconds": ...}),
+  plus .publisher() / .subscriber() / .schema_client() clients bound to this broker.
+- `google_broker` (session): a second broker started with `--profile google --seed 1 --control`.
+- `start_broker` (function): `start_broker(data_dir, args=[...]) -> BrokerProcess`, a broker of
+  your own (to kill it, or with other flags); stopped at the end of the test.
 - `project`: "relay-test"; `unique`: unique("topic") -> "topic-<hex>".
+
+Advancing a shared broker's clock ages every message on it for the rest of the session (publish
+times stay real): tests that advance the clock should use a broker of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -19,8 +25,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +40,19 @@ _ENV_LOCK = threading.Lock()  # clients read PUBSUB_EMULATOR_HOST while being co
 
 
 class BrokerProcess:
-    """A `relay broker` subprocess with stderr in <data_dir>/../<name>.log."""
+    """A `relay broker` subprocess with stderr in <data_dir>/../<name>.log; `args`: more flags."""
 
-    def __init__(self, data_dir: Path, port: int = 0, http_port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        http_port: int = 0,
+        args: Sequence[str] = (),
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.http_port = http_port
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
         self.start()
@@ -77,6 +92,7 @@ class BrokerProcess:
                 str(self.http_port),
                 "--data-dir",
                 str(self.data_dir),
+                *self.args,
             ],
             stdout=log,
             stderr=log,
@@ -127,6 +143,30 @@ class BrokerProcess:
             self.stop()
         self.start()
 
+    # -- HTTP: stats and control -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """GET /stats: RPC and administrator-operation counts since start, current settings."""
+        with urllib.request.urlopen(f"{self.http_url}/stats", timeout=10) as response:
+            result: dict[str, Any] = json.load(response)
+        return result
+
+    def control(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /control (the broker needs --control); raises ValueError with the broker's
+        message on a refused body."""
+        request = urllib.request.Request(
+            f"{self.http_url}/control",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                result: dict[str, Any] = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise ValueError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from exc
+        return result
+
     # -- clients ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -167,7 +207,7 @@ class BrokerProcess:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """The session's broker; PUBSUB_EMULATOR_HOST points at it for the whole session."""
-    process = BrokerProcess(tmp_path_factory.mktemp("broker") / "data")
+    process = BrokerProcess(tmp_path_factory.mktemp("broker") / "data", args=["--control"])
     old = os.environ.get("PUBSUB_EMULATOR_HOST")
     os.environ["PUBSUB_EMULATOR_HOST"] = process.host
     try:
@@ -180,13 +220,27 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
             os.environ["PUBSUB_EMULATOR_HOST"] = old
 
 
+@pytest.fixture(scope="session")
+def google_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """A second session broker that behaves in every way Google is allowed to (seed 1)."""
+    process = BrokerProcess(
+        tmp_path_factory.mktemp("google-broker") / "data",
+        args=["--profile", "google", "--seed", "1", "--control"],
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
 @pytest.fixture
-def start_broker() -> Iterator[Callable[[Path], BrokerProcess]]:
-    """start_broker(data_dir) -> a new BrokerProcess of your own; stopped after the test."""
+def start_broker() -> Iterator[Callable[..., BrokerProcess]]:
+    """start_broker(data_dir, args=[...]) -> a new BrokerProcess of your own; stopped after the
+    test."""
     started: list[BrokerProcess] = []
 
-    def start(data_dir: Path) -> BrokerProcess:
-        process = BrokerProcess(data_dir)
+    def start(data_dir: Path, args: Sequence[str] = ()) -> BrokerProcess:
+        process = BrokerProcess(data_dir, args=args)
         started.append(process)
         return process
 

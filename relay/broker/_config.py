@@ -1,7 +1,13 @@
-"""Validate topics and subscriptions as Google does, fill in Google's defaults, derive settings."""
+"""Validate topics and subscriptions as Google does, fill in Google's defaults, derive settings.
+
+Every rule is Google's (docs/broker.md, "Google's rules", has the table with sources) and is
+checked on CreateX/UpdateX/ModifyPushConfig. Stored resources are read back with `stored=True`:
+they were accepted when written, and a rule added later must not make a broker drop them.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -9,6 +15,7 @@ import grpc
 
 from relay.broker._errors import BrokerError, invalid
 from relay.broker._filter import FilterError, compile_filter
+from relay.broker._labels import check_labels
 from relay.broker._names import check_topic
 from relay.broker._state import SubConfig
 
@@ -16,16 +23,22 @@ __all__ = [
     "DEFAULT_ACK_DEADLINE",
     "DEFAULT_EXPIRATION_TTL",
     "DEFAULT_RETENTION",
-    "MAX_RETENTION",
+    "MAX_SUBSCRIPTION_RETENTION",
+    "MAX_TOPIC_RETENTION",
+    "MIN_EXPIRATION_TTL",
+    "MIN_RETENTION",
     "seconds",
     "subscription_config",
-    "topic_retention",
+    "topic_config",
 ]
 
 DEFAULT_ACK_DEADLINE = 10
 DEFAULT_RETENTION = 7 * 24 * 3600
-MAX_RETENTION = 31 * 24 * 3600
+MIN_RETENTION = 10 * 60
+MAX_SUBSCRIPTION_RETENTION = 7 * 24 * 3600
+MAX_TOPIC_RETENTION = 31 * 24 * 3600
 DEFAULT_EXPIRATION_TTL = 31 * 24 * 3600
+MIN_EXPIRATION_TTL = 24 * 3600
 DEFAULT_MIN_BACKOFF = 10.0
 DEFAULT_MAX_BACKOFF = 600.0
 PUSH_CONCURRENCY_ATTRIBUTE = "x-relay-push-concurrency"
@@ -36,6 +49,7 @@ _UNDELIVERABLE = {
     "cloud_storage_config": "Cloud Storage",
     "bigtable_config": "Bigtable",
 }
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 def seconds(duration: Any) -> float:
@@ -43,26 +57,67 @@ def seconds(duration: Any) -> float:
     return float(duration.seconds + duration.nanos / 1e9)
 
 
-def _retention(value: float, what: str) -> float:
-    if not 0 < value <= MAX_RETENTION:
+def _retention(value: float, maximum: int, kind: str, *, stored: bool) -> float:
+    if stored:
+        return value
+    if not MIN_RETENTION <= value <= maximum:
         raise invalid(
-            f"Invalid {what}: {value:g} seconds; it must be positive and at most 31 days."
+            f"Invalid message_retention_duration: {value:.9g} seconds; a {kind}'s retention must "
+            f"be between 10 minutes ({MIN_RETENTION} s) and {maximum // 86400} days "
+            f"({maximum} s)."
         )
     return value
 
 
-def topic_retention(pb: Any) -> float | None:
-    """The topic's message_retention_duration in seconds (None when unset); validated."""
+def topic_config(pb: Any, *, stored: bool = False) -> float | None:
+    """Check a Topic protobuf; return its message_retention_duration in seconds (None: unset)."""
+    if not stored:
+        check_labels(pb.labels)
     if not pb.HasField("message_retention_duration"):
         return None
-    return _retention(seconds(pb.message_retention_duration), "message_retention_duration")
+    value = seconds(pb.message_retention_duration)
+    return _retention(value, MAX_TOPIC_RETENTION, "topic", stored=stored)
 
 
-def subscription_config(pb: Any) -> SubConfig:
+def _shown(value: str, limit: int = 200) -> str:
+    """`value` quoted for an error message, cut short: a status message must stay small."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def check_push_endpoint(endpoint: str) -> None:
+    """Google takes only `https://` push endpoints (lowercase scheme); the broker also takes
+    `http://` to a loopback host, which a local run needs (functions served on 127.0.0.1)."""
+    try:
+        host = urlsplit(endpoint).hostname or ""
+    except ValueError:  # a malformed URL ("http://[::1", say)
+        host = ""
+    if endpoint.startswith("https://") and host:
+        return
+    if endpoint.startswith("http://") and host and _is_loopback(host):
+        return
+    raise invalid(
+        f"Invalid push_config.push_endpoint: {_shown(endpoint)}. Google requires an https:// URL "
+        "(lowercase scheme, a host); the relay broker also accepts http:// to a loopback host "
+        "(127.0.0.0/8, ::1, localhost) for local runs."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def subscription_config(pb: Any, *, stored: bool = False) -> SubConfig:
     """Check a Subscription protobuf, write Google's defaults into it and derive its settings.
 
     Raises INVALID_ARGUMENT naming the bad field. Existence of referenced topics is the caller's
-    job (NOT_FOUND).
+    job (NOT_FOUND). `stored`: a subscription read back from the store, already checked once.
     """
     for field, service in _UNDELIVERABLE.items():
         if pb.HasField(field):
@@ -71,6 +126,8 @@ def subscription_config(pb: Any) -> SubConfig:
                 f"{service} subscriptions ({field}) are not supported: the relay broker cannot "
                 f"deliver to {service}. Use a pull or push subscription instead.",
             )
+    if not stored:
+        check_labels(pb.labels)
     ack = pb.ack_deadline_seconds or DEFAULT_ACK_DEADLINE
     if not 10 <= ack <= 600:
         raise invalid(
@@ -85,7 +142,12 @@ def subscription_config(pb: Any) -> SubConfig:
         raise invalid(f"Invalid filter: {exc}") from exc
 
     if pb.HasField("message_retention_duration"):
-        retention = _retention(seconds(pb.message_retention_duration), "message_retention_duration")
+        retention = _retention(
+            seconds(pb.message_retention_duration),
+            MAX_SUBSCRIPTION_RETENTION,
+            "subscription",
+            stored=stored,
+        )
     else:
         retention = float(DEFAULT_RETENTION)
         pb.message_retention_duration.seconds = DEFAULT_RETENTION
@@ -130,22 +192,24 @@ def subscription_config(pb: Any) -> SubConfig:
 
     endpoint = pb.push_config.push_endpoint
     if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise invalid(f"Invalid push_config.push_endpoint: {endpoint!r}; need an http(s) URL.")
+        if not stored:
+            _check_push_config(pb)
         concurrency = pb.push_config.attributes.get(PUSH_CONCURRENCY_ATTRIBUTE)
-        if concurrency is not None and (not concurrency.isdigit() or int(concurrency) < 1):
+        if concurrency is not None and not (
+            concurrency.isascii() and concurrency.isdigit() and 1 <= len(concurrency) <= 6
+            and int(concurrency) >= 1
+        ):
             raise invalid(
-                f"Invalid push_config.attributes[{PUSH_CONCURRENCY_ATTRIBUTE}]: {concurrency!r}; "
-                "need a positive integer."
+                f"Invalid push_config.attributes[{PUSH_CONCURRENCY_ATTRIBUTE}]: "
+                f"{_shown(concurrency)}; need a positive integer."
             )
 
     ttl: float | None
     if pb.HasField("expiration_policy"):
         if pb.expiration_policy.HasField("ttl"):
             ttl = seconds(pb.expiration_policy.ttl)
-            if ttl <= 0:
-                raise invalid("Invalid expiration_policy.ttl: it must be positive.")
+            if not stored:
+                _check_ttl(ttl, retention)
         else:
             ttl = None
     else:
@@ -164,4 +228,34 @@ def subscription_config(pb: Any) -> SubConfig:
         max_backoff=max_backoff,
         push_endpoint=endpoint,
         expiration_ttl=ttl,
+        exactly_once=pb.enable_exactly_once_delivery,
     )
+
+
+def _check_ttl(ttl: float, retention: float) -> None:
+    if ttl < MIN_EXPIRATION_TTL:
+        raise invalid(
+            f"Invalid expiration_policy.ttl: {ttl:.9g} seconds; the minimum is 1 day "
+            f"({MIN_EXPIRATION_TTL} s). Leave ttl unset for a subscription that never expires."
+        )
+    if ttl < retention:
+        raise invalid(
+            f"Invalid expiration_policy.ttl: {ttl:.9g} seconds is less than the "
+            f"message_retention_duration ({retention:.9g} s); the ttl must not be shorter."
+        )
+
+
+def _check_push_config(pb: Any) -> None:
+    push_config = pb.push_config
+    check_push_endpoint(push_config.push_endpoint)
+    if pb.enable_exactly_once_delivery:
+        raise invalid(
+            "Invalid subscription: exactly-once delivery (enable_exactly_once_delivery) is "
+            "supported for pull subscriptions only, not with a push_config.push_endpoint."
+        )
+    email = push_config.oidc_token.service_account_email
+    if push_config.HasField("oidc_token") and "@" not in email:
+        raise invalid(
+            f"Invalid push_config.oidc_token.service_account_email: {_shown(email)}; a service "
+            "account email is required."
+        )

@@ -20,7 +20,9 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types
 
-from relay.broker._config import subscription_config, topic_retention
+from relay.broker._behaviour import Behaviour, Dice
+from relay.broker._clock import Clock
+from relay.broker._config import subscription_config, topic_config
 from relay.broker._errors import (
     BrokerError,
     already_exists,
@@ -42,6 +44,8 @@ from relay.broker._snapshots import Snapshots
 from relay.broker._state import (
     DEAD_LETTERING,
     DONE,
+    READY,
+    RESPONSE_MAX_MESSAGES,
     BatchRef,
     Consumer,
     Entry,
@@ -100,7 +104,14 @@ def _merge(statements: list[Statement], sql: str, row: tuple[Any, ...]) -> None:
 class Broker:
     """All topics and subscriptions of one broker, with their durable store."""
 
-    def __init__(self, data_dir: Path, *, push_concurrency: int = 32, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        push_concurrency: int = 32,
+        fsync: bool = False,
+        behaviour: Behaviour | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.store = Store(data_dir, fsync=fsync)
         self.push_concurrency = push_concurrency
@@ -112,7 +123,10 @@ class Broker:
         self._next_topic_id = 1
         self._next_sub_id = 1
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
-        self.scheduler = Scheduler(self.loop)
+        self.clock = Clock(self.loop)
+        self.scheduler = Scheduler(self.loop, self.clock)
+        self.behaviour = behaviour or Behaviour()
+        self.dice = Dice(self.behaviour.seed)
         self.closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set by the server once the push machinery exists: called when a sub's push config changes.
@@ -137,13 +151,15 @@ class Broker:
         for topic_id, name, body in state.topics:
             pb = Topic.FromString(body)
             schema = pb.schema_settings if pb.HasField("schema_settings") else None
-            self.topics[name] = TopicState(topic_id, name, pb, _safe_retention(pb), {}, schema)
+            self.topics[name] = TopicState(
+                topic_id, name, pb, topic_config(pb, stored=True), {}, schema
+            )
             self._next_topic_id = max(self._next_topic_id, topic_id + 1)
         by_id: dict[int, SubState] = {}
         for sub_id, name, topic, start_seq, body in state.subscriptions:
             pb = Subscription.FromString(body)
             try:
-                config = subscription_config(pb)
+                config = subscription_config(pb, stored=True)
             except BrokerError:
                 _LOG.exception("stored subscription %s is invalid; skipped", name)
                 continue
@@ -215,6 +231,17 @@ class Broker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def set_behaviour(self, behaviour: Behaviour) -> None:
+        """Switch what Google-allowed behaviour the broker shows (a new seed restarts the dice)."""
+        if behaviour.seed != self.behaviour.seed:
+            self.dice = Dice(behaviour.seed)
+        self.behaviour = behaviour
+
+    def advance(self, seconds: float) -> None:
+        """Move the broker's clock forward: leases, backoffs, expiry and retention come due."""
+        self.clock.advance(seconds)
+        self.scheduler.rearm()
+
     # -- Host protocol (used by SubState) --------------------------------------------------------
 
     def post(self, statements: list[Statement]) -> None:
@@ -257,7 +284,9 @@ class Broker:
                 "CloudPubSubDeadLetterSourceDeliveryCount": str(entry.attempts),
                 "CloudPubSubDeadLetterSourceSubscription": sub.name.rsplit("/", 1)[-1],
                 "CloudPubSubDeadLetterSourceSubscriptionProject": project_of(sub.name),
-                "CloudPubSubDeadLetterSourceTopicPublishTime": _rfc3339(entry.msg.publish_ns),
+                "CloudPubSubDeadLetterSourceTopicPublishTime": _rfc3339(
+                    source.publish_time.seconds * 1_000_000_000 + source.publish_time.nanos
+                ),
             }
         )
         try:
@@ -288,7 +317,7 @@ class Broker:
         name = check_topic(pb.name)
         if name in self.topics:
             raise already_exists("topic", name)
-        retention = topic_retention(pb)
+        retention = topic_config(pb)
         schema = self.schemas.topic_schema(name, pb, None)
         topic_id = self._next_topic_id
         self._next_topic_id += 1
@@ -320,7 +349,7 @@ class Broker:
                 _copy_field(updated.schema_settings, pb.schema_settings, sub)
                 continue
             _copy_field(updated, pb, field)
-        retention = topic_retention(updated)
+        retention = topic_config(updated)
         topic.schema = self.schemas.topic_schema(topic.name, updated, topic.schema)
         topic.retention_s = retention
         topic.pb = updated
@@ -484,6 +513,7 @@ class Broker:
         if topic is not None:
             topic.subs.pop(sub.name, None)
         sub.close()
+        self.dice.forget(sub.name)
         statements: list[Statement] = [
             ("DELETE FROM subscriptions WHERE id = ?", [(sub.sub_id,)]),
         ]
@@ -534,7 +564,7 @@ class Broker:
     async def publish(self, topic_name: str, messages: Any) -> list[str]:
         """Publish: returns the message ids once the messages are committed."""
         topic = self.topic(topic_name)
-        checked = check_publish(messages)
+        checked = check_publish(topic_name, messages)
         if topic.schema is not None:
             checked = self.schemas.validate_publish(topic.schema, messages, checked)
         return await self._publish(topic, messages, checked)
@@ -542,8 +572,13 @@ class Broker:
     async def _publish(
         self, topic: TopicState, messages: Any, checked: CheckedMessages
     ) -> list[str]:
-        """Store and deliver checked `messages`."""
-        publish_ns = time.time_ns()
+        """Store and deliver checked `messages`.
+
+        `publish_ns` is on the broker's clock (message ages, retention, Seek); the publish_time
+        stamped into the messages is the real time of the same instant.
+        """
+        offset_ns = self.clock.offset_ns
+        publish_ns = time.time_ns() + offset_ns
         first = self.last_seq + 1
         self.last_seq += len(messages)
         subs = list(topic.subs.values())
@@ -554,7 +589,9 @@ class Broker:
         if keep:
             # message_id (field 3) and publish_time (field 4) appended to the publisher's bytes:
             # protobuf reads concatenated fields as one message, so nothing is re-serialized.
-            stamp = PubsubMessage(publish_time=_timestamp(publish_ns)).SerializeToString()
+            stamp = PubsubMessage(
+                publish_time=_timestamp(publish_ns - offset_ns)
+            ).SerializeToString()
             name = topic.name
             batch = BatchRef(first)
             full = [
@@ -629,6 +666,14 @@ class Broker:
         sub.touch()
         consumer = Consumer(sub.config.ack_deadline, max_messages)
         try:
+            behaviour = self.behaviour
+            limit = behaviour.short_pull_deadline
+            short = return_immediately or (wait is not None and wait < limit)
+            rate = behaviour.short_pull_rate if short else behaviour.blocking_short_pull_rate
+            if rate and sub.ready:
+                cut = self._short_pull(sub, max_messages, rate)
+                if cut is not None:
+                    return sub.take(consumer, cut) if cut else []
             entries = sub.take(consumer, max_messages)
             if entries or return_immediately:
                 return entries
@@ -653,6 +698,23 @@ class Broker:
             return entries
         finally:
             consumer.closed = True
+
+    def _short_pull(self, sub: SubState, max_messages: int, rate: float) -> int | None:
+        """Google may return fewer messages than are ready: how many this pull gets (None: all).
+
+        With probability `rate`, k uniform in 0..n-1 of the n it would return (see _behaviour).
+        """
+        rng = self.dice.rng("short-pull", sub.name)
+        if rng.random() >= rate:
+            return None
+        limit = min(max_messages, RESPONSE_MAX_MESSAGES)
+        available = 0
+        for entry in sub.ready:  # stale entries are skipped, as take() does
+            if entry.state == READY:
+                available += 1
+                if available == limit:
+                    break
+        return rng.randrange(available) if available else None
 
     async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
         """Acknowledge (unary): returns once the acks are committed."""
@@ -684,7 +746,8 @@ class Broker:
             return
         if not request.HasField("time"):
             raise invalid("Seek needs a time (or a snapshot).")
-        cutoff = request.time.seconds * 1_000_000_000 + request.time.nanos
+        # A Seek time is real time, like the publish_time clients see; ages are on the clock.
+        cutoff = request.time.seconds * 1_000_000_000 + request.time.nanos + self.clock.offset_ns
         statements: list[Statement] = []
         sub.ack_older_than(cutoff, statements)
         back = [m for m in sub.acked.values() if m.publish_ns >= cutoff]
@@ -694,7 +757,7 @@ class Broker:
             # available to subscribers ... any attached subscription [can] seek to a timestamp
             # that is up to message_retention_duration in the past" (Topic): also those published
             # before the subscription existed, if they match its filter.
-            since = max(cutoff, time.time_ns() - int(topic.retention_s * 1e9))
+            since = max(cutoff, self.clock.wall_ns() - int(topic.retention_s * 1e9))
             predicate = sub.config.predicate
             for first, publish_ns, blob in await self.store.retained_batches(topic.name, since, 0):
                 for seq, body in enumerate(unpack(blob), start=first):
@@ -738,7 +801,7 @@ class Broker:
             return
         if any(not c.closed for c in sub.consumers):
             sub.touch()  # open streams count as activity
-        if self.loop.time() - sub.last_activity >= ttl - 0.001:
+        if self.clock.now() - sub.last_activity >= ttl - 0.001:
             _LOG.info("subscription %s expired after %gs without activity", sub.name, ttl)
             self.store.post(self._drop_subscription(sub))
             return
@@ -758,16 +821,16 @@ class Broker:
         )
         oldest_acked = min((m.publish_ns for m in sub.acked.values()), default=None)
         candidates = [x for x in (oldest, oldest_acked) if x is not None]
-        wall = time.time()
+        wall = self.clock.wall_ns() / 1e9
         due = min(candidates) / 1e9 + retention if candidates else wall + retention
         # At least 1 s apart, so a steady stream of expiring messages is swept in batches.
-        when = self.loop.time() + max(due - wall, 1.0 if candidates else 0.0)
+        when = self.clock.now() + max(due - wall, 1.0 if candidates else 0.0)
         self.scheduler.at(when, self._check_retention, sub, sub.retention_token)
 
     def _check_retention(self, sub: SubState, token: int) -> None:
         if sub.deleted or token != sub.retention_token:
             return
-        cutoff = time.time_ns() - int(sub.config.retention_s * 1e9)
+        cutoff = self.clock.wall_ns() - int(sub.config.retention_s * 1e9)
         statements: list[Statement] = []
         sub.drop_older_than(cutoff, statements)
         if statements:
@@ -790,7 +853,7 @@ class Broker:
     ) -> None:
         """Delete the stored batches that nothing holds any more (see `Store.collect_garbage`)."""
         keep = {
-            t.name: time.time_ns() - int(t.retention_s * 1e9)
+            t.name: self.clock.wall_ns() - int(t.retention_s * 1e9)
             for t in self.topics.values()
             if t.retention_s
         }
@@ -845,13 +908,6 @@ def _copy_field(target: Any, source: Any, field: str) -> None:
             getattr(target, field).CopyFrom(getattr(source, field))
     else:
         setattr(target, field, getattr(source, field))
-
-
-def _safe_retention(pb: Any) -> float | None:
-    try:
-        return topic_retention(pb)
-    except BrokerError:
-        return None
 
 
 def _timestamp(publish_ns: int) -> Any:

@@ -3,7 +3,9 @@ google.iam.v1.IAMPolicy (where the Pub/Sub clients' get_iam_policy & co. call), 
 handlers over `Broker`.
 
 Requests and responses are the raw protobuf classes behind google-cloud-pubsub's proto-plus types
-(`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged.
+(`types.X.pb()`), so any Pub/Sub client can talk to the broker unchanged. Each service's method
+table goes through `Control.gate` (counts, injected faults, the admin quota and latency, keyed by
+method name): a method added to a table is gated with nothing more to do.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import empty_pb2
 from google.pubsub_v1 import types
 
+from relay.broker._control import Control
 from relay.broker._core import Broker, paged
 from relay.broker._errors import BrokerError
 from relay.broker._streaming import fill_received, streaming_pull
@@ -53,8 +56,8 @@ def _unary(fn: _Unary, request: str | type, response: str | type) -> Any:
     )
 
 
-def handlers(broker: Broker) -> list[Any]:
-    """The generic handlers of the three services, bound to `broker`."""
+def handlers(broker: Broker, control: Control) -> list[Any]:
+    """The generic handlers of every service, bound to `broker`, gated by `control`."""
     Empty = empty_pb2.Empty
     ListTopicsResponse = _pb("ListTopicsResponse")
     ListTopicSubscriptionsResponse = _pb("ListTopicSubscriptionsResponse")
@@ -177,7 +180,7 @@ def handlers(broker: Broker) -> list[Any]:
 
     publisher = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Publisher",
-        {
+        control.gate({
             "CreateTopic": _unary(create_topic, "Topic", "Topic"),
             "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
             "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
@@ -195,11 +198,11 @@ def handlers(broker: Broker) -> list[Any]:
             "ListTopicSnapshots": _unary(
                 list_topic_snapshots, "ListTopicSnapshotsRequest", "ListTopicSnapshotsResponse"
             ),
-        },
+        }),
     )
     subscriber = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Subscriber",
-        {
+        control.gate({
             "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
             "GetSubscription": _unary(get_subscription, "GetSubscriptionRequest", "Subscription"),
             "UpdateSubscription": _unary(
@@ -226,11 +229,11 @@ def handlers(broker: Broker) -> list[Any]:
                 request_deserializer=_pb("StreamingPullRequest").FromString,
                 response_serializer=_pb("StreamingPullResponse").SerializeToString,
             ),
-        },
+        }),
     )
     iam = grpc.method_handlers_generic_handler(
         "google.iam.v1.IAMPolicy",
-        {
+        control.gate({
             "SetIamPolicy": _unary(
                 set_iam_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy
             ),
@@ -242,12 +245,12 @@ def handlers(broker: Broker) -> list[Any]:
                 iam_policy_pb2.TestIamPermissionsRequest,
                 iam_policy_pb2.TestIamPermissionsResponse,
             ),
-        },
+        }),
     )
-    return [publisher, subscriber, iam, _schema_service(broker)]
+    return [publisher, subscriber, iam, _schema_service(broker, control)]
 
 
-def _schema_service(broker: Broker) -> Any:
+def _schema_service(broker: Broker, control: Control) -> Any:
     """google.pubsub.v1.SchemaService over `broker.schemas`."""
     schemas = broker.schemas
     ListSchemasResponse = _pb("ListSchemasResponse")
@@ -291,7 +294,7 @@ def _schema_service(broker: Broker) -> Any:
 
     return grpc.method_handlers_generic_handler(
         "google.pubsub.v1.SchemaService",
-        {
+        control.gate({
             "CreateSchema": _unary(create_schema, "CreateSchemaRequest", "Schema"),
             "GetSchema": _unary(get_schema, "GetSchemaRequest", "Schema"),
             "ListSchemas": _unary(list_schemas, "ListSchemasRequest", "ListSchemasResponse"),
@@ -310,5 +313,5 @@ def _schema_service(broker: Broker) -> Any:
             "ValidateMessage": _unary(
                 validate_message, "ValidateMessageRequest", "ValidateMessageResponse"
             ),
-        },
+        }),
     )

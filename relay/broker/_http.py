@@ -1,4 +1,5 @@
-"""The broker's small HTTP side: GET /healthz and the OIDC certificates at GET /certs."""
+"""The broker's small HTTP side: GET /healthz, the OIDC certificates at GET /certs, GET /stats and
+(only when the broker runs with --control) POST /control."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import json
 
 from aiohttp import web
 
+from relay.broker._control import Control, ControlError
 from relay.broker._oidc import TokenSigner
 
 __all__ = ["make_app", "start_http"]
 
 _SIGNER_KEY = web.AppKey("signer", TokenSigner)
+_CONTROL_KEY = web.AppKey("control", Control)
 # Google serves its certs with a cache lifetime; verifiers (google-auth) refetch anyway.
 _CERTS_CACHE_CONTROL = "public, max-age=3600, must-revalidate, no-transform"
+_MAX_CONTROL_BODY = 64 * 1024
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -28,21 +32,55 @@ async def _certs(request: web.Request) -> web.Response:
     )
 
 
-def make_app(signer: TokenSigner) -> web.Application:
-    """The aiohttp application: GET /healthz -> 200 "ok", GET /certs -> {kid: PEM}."""
-    app = web.Application()
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_CONTROL_KEY].stats())
+
+
+async def _apply_control(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > _MAX_CONTROL_BODY:
+        return web.json_response({"error": "the body is too large"}, status=413)
+    try:
+        body = json.loads(await request.text())
+    except ValueError as exc:
+        return web.json_response({"error": f"the body is not JSON: {exc}"}, status=400)
+    try:
+        settings = request.app[_CONTROL_KEY].apply(body)
+    except ControlError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(settings)
+
+
+def make_app(
+    signer: TokenSigner, control: Control | None = None, *, control_enabled: bool = False
+) -> web.Application:
+    """GET /healthz -> "ok", GET /certs -> {kid: PEM}; with `control`, GET /stats and (only
+    with `control_enabled`) POST /control."""
+    app = web.Application(client_max_size=_MAX_CONTROL_BODY)
     app[_SIGNER_KEY] = signer
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/certs", _certs)
+    if control is not None:
+        app[_CONTROL_KEY] = control
+        app.router.add_get("/stats", _stats)
+        if control_enabled:
+            app.router.add_post("/control", _apply_control)
     return app
 
 
-async def start_http(host: str, port: int, signer: TokenSigner) -> tuple[web.AppRunner, int]:
+async def start_http(
+    host: str,
+    port: int,
+    signer: TokenSigner,
+    control: Control | None = None,
+    *,
+    control_enabled: bool = False,
+) -> tuple[web.AppRunner, int]:
     """Serve the app on host:port (0 = a free port); return the runner and the bound port.
 
     Stop it with `await runner.cleanup()`.
     """
-    runner = web.AppRunner(make_app(signer), access_log=None)
+    app = make_app(signer, control, control_enabled=control_enabled)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -18,8 +18,11 @@ __all__ = [
     "check_publish",
 ]
 
-MAX_MESSAGE_BYTES = 10 * 1024 * 1024
-MAX_PUBLISH_BYTES = 10 * 1024 * 1024
+# Google's client library refuses a PublishRequest over 10,000,000 bytes, counted over the whole
+# serialized request (topic and message framing included: `_SERVER_PUBLISH_MAX_BYTES` in
+# google-cloud-pubsub's publisher/_batch/thread.py); a message cannot be bigger either.
+MAX_MESSAGE_BYTES = 10_000_000
+MAX_PUBLISH_BYTES = 10_000_000
 MAX_MESSAGES_PER_PUBLISH = 1_000
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTE_KEY_BYTES = 256
@@ -34,8 +37,8 @@ class CheckedMessages(NamedTuple):
     ordering_keys: list[str]
 
 
-def check_publish(messages: Any) -> CheckedMessages:
-    """Check the messages of one Publish request; return them serialized, with their keys.
+def check_publish(topic: str, messages: Any) -> CheckedMessages:
+    """Check the messages of one Publish request to `topic`; return them serialized, with keys.
 
     Serializing is the size check too (one pass over each message: reading protobuf fields again
     later costs as much as the checks); message_id and publish_time are the service's to set, so
@@ -51,7 +54,7 @@ def check_publish(messages: Any) -> CheckedMessages:
         )
     bodies = []
     keys = []
-    total = 0
+    total = _field_size(len(topic.encode()))  # the PublishRequest's serialized size, in parts
     for index, message in enumerate(messages):
         if message.message_id or message.HasField("publish_time"):
             message.ClearField("message_id")
@@ -76,15 +79,21 @@ def check_publish(messages: Any) -> CheckedMessages:
             raise invalid(
                 f"Message {index}: the ordering_key is longer than {MAX_ORDERING_KEY_BYTES} bytes."
             )
-        total += size
+        # The message's field in the request: tag, length varint (< 2**28 bytes), the bytes.
+        total += 2 + size + (size >= 0x80) + (size >= 0x4000) + (size >= 0x200000)
         bodies.append(body)
         keys.append(key)
     if total > MAX_PUBLISH_BYTES:
         raise invalid(
-            f"Request payload size exceeds the limit: {MAX_PUBLISH_BYTES} bytes "
-            f"(this request has {total} bytes of messages)."
+            f"Request payload size exceeds the limit: {MAX_PUBLISH_BYTES} bytes (this "
+            f"PublishRequest serializes to {total} bytes, topic and message framing included)."
         )
     return CheckedMessages(bodies, keys)
+
+
+def _field_size(length: int) -> int:
+    """Bytes of a length-delimited protobuf field of `length` bytes (field number < 16)."""
+    return 1 + max(1, (length.bit_length() + 6) // 7) + length
 
 
 def _check_attributes(index: int, attributes: Any) -> None:

@@ -3,6 +3,12 @@
 A worker is a `Consumer` whose flow-control limit is the subscription's push concurrency, so at
 most that many requests are in flight; 2xx-ack statuses ack, anything else nacks (redelivered
 with the retry-policy or Google's push backoff, dead-lettered after max attempts).
+
+With the behaviour's `push_backoff` the worker also paces the whole subscription as Google does
+(cloud.google.com/pubsub/docs/push, "Push backoff" and "Delivery rate"): a slow start, where the
+number of outstanding pushes (the push window) starts at 1, doubles with every acked push up to
+the concurrency cap and halves with every failed one; and after a failed push no new push starts
+for 100 ms, doubling with each further consecutive failure up to 60 s, until a push succeeds.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ __all__ = ["PushManager"]
 
 _LOG = logging.getLogger("relay.broker.push")
 _TOKEN_REUSE = 3000.0  # seconds a minted token (valid 3600 s) is reused
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 60.0
 
 
 class _Worker:
@@ -36,7 +44,11 @@ class _Worker:
         concurrency = int(
             attributes.get(PUSH_CONCURRENCY_ATTRIBUTE) or manager.broker.push_concurrency
         )
+        self.cap = concurrency
         self.consumer = Consumer(sub.config.ack_deadline, concurrency)
+        self.window = 1  # push backoff: the slow start's window, and the pause after failures
+        self.failures = 0
+        self.paused_until = 0.0
         self.inflight: set[asyncio.Task[None]] = set()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -47,9 +59,18 @@ class _Worker:
     async def _run(self) -> None:
         sub = self.sub
         consumer = self.consumer
+        broker = self.manager.broker
         try:
             while not consumer.closed and not sub.deleted:
                 consumer.event.clear()
+                if broker.behaviour.push_backoff:
+                    pause = self.paused_until - asyncio.get_running_loop().time()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                        continue
+                    consumer.max_messages = self.window
+                else:
+                    consumer.max_messages = self.cap
                 entries = sub.take(consumer, consumer.max_messages)
                 if entries:
                     for entry in entries:
@@ -76,7 +97,9 @@ class _Worker:
             topic=entry.msg.topic,
             data=pb.data,
             message_id=pb.message_id,
-            publish_time=dt.datetime.fromtimestamp(entry.msg.publish_ns / 1e9, tz=dt.UTC),
+            publish_time=dt.datetime.fromtimestamp(
+                pb.publish_time.seconds + pb.publish_time.nanos / 1e9, tz=dt.UTC
+            ),
             attributes=dict(pb.attributes),
             ordering_key=pb.ordering_key,
             delivery_attempt=entry.attempts if config.dead_letter_topic else None,
@@ -92,6 +115,7 @@ class _Worker:
             ok = False
         if sub.deleted:
             return
+        self._paced(ok)
         if ok:
             statements: list[Statement] = []
             sub.ack([ack_id], statements)
@@ -100,6 +124,18 @@ class _Worker:
                 self.manager.broker.post(statements)
         else:
             sub.modify([ack_id], 0)
+
+
+    def _paced(self, ok: bool) -> None:
+        """Push backoff (when on): grow or shrink the window, pause after failures."""
+        if ok:
+            self.failures = 0
+            self.window = min(self.window * 2, self.cap)
+            return
+        self.failures += 1
+        self.window = max(self.window // 2, 1)
+        pause = min(_BACKOFF_FIRST * 2 ** min(self.failures - 1, 20), _BACKOFF_MAX)
+        self.paused_until = asyncio.get_running_loop().time() + pause
 
 
 class PushManager:

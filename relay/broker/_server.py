@@ -6,13 +6,16 @@ import asyncio
 import fcntl
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import grpc
 
+from relay.broker._admin import DEFAULT_ADMIN_OPS_PER_MINUTE, AdminQuota
+from relay.broker._behaviour import Behaviour
+from relay.broker._control import Control
 from relay.broker._core import Broker
 from relay.broker._grpc import handlers
 from relay.broker._http import start_http
@@ -29,7 +32,12 @@ _MAX_PENDING_CALLS = 100_000
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Where the broker listens and keeps its data."""
+    """Where the broker listens and keeps its data, and how much like Google it behaves.
+
+    `behaviour`: what Google is allowed to do, shown on demand (`Behaviour.google(seed)` for all
+    of it). `admin_ops_per_minute`: the per-project administrator-operation quota (always on).
+    `control`: serve POST /control (change behaviour, inject faults, advance the clock).
+    """
 
     data_dir: Path
     host: str = "127.0.0.1"
@@ -37,6 +45,9 @@ class ServerOptions:
     http_port: int | None = None  # None: port + 1 (or a free port when port is 0)
     push_concurrency: int = 32
     fsync: bool = False
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    admin_ops_per_minute: int = DEFAULT_ADMIN_OPS_PER_MINUTE
+    control: bool = False
 
 
 class BrokerServer:
@@ -45,6 +56,7 @@ class BrokerServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.broker: Broker | None = None
+        self.control: Control | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._server: Any = None
@@ -68,9 +80,14 @@ class BrokerServer:
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_data_dir(options.data_dir)
         broker = Broker(
-            options.data_dir, push_concurrency=options.push_concurrency, fsync=options.fsync
+            options.data_dir,
+            push_concurrency=options.push_concurrency,
+            fsync=options.fsync,
+            behaviour=options.behaviour,
         )
         self.broker = broker
+        control = Control(broker, AdminQuota(options.admin_ops_per_minute))
+        self.control = control
         broker.load()
         signer = TokenSigner.load_or_create(options.data_dir)
         self._server = grpc.aio.server(
@@ -86,7 +103,7 @@ class BrokerServer:
                 ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
             ]
         )
-        self._server.add_generic_rpc_handlers(handlers(broker))
+        self._server.add_generic_rpc_handlers(handlers(broker, control))
         try:
             self.grpc_port = self._server.add_insecure_port(f"{options.host}:{options.port}")
         except RuntimeError as exc:
@@ -99,7 +116,9 @@ class BrokerServer:
         if http_port is None:
             http_port = options.port + 1 if options.port else 0
         try:
-            self._runner, self.http_port = await start_http(options.host, http_port, signer)
+            self._runner, self.http_port = await start_http(
+                options.host, http_port, signer, control, control_enabled=options.control
+            )
         except OSError as exc:
             raise OSError(f"cannot listen on {options.host}:{http_port} (HTTP): {exc}") from exc
         # No session-wide connection cap: each push subscription has its own concurrency cap.

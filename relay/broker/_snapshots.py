@@ -13,7 +13,6 @@ nothing more (no subscription can seek to it then).
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -134,7 +133,7 @@ class Snapshots:
             _check_source(sub)
             if snap.topic == DELETED_TOPIC:
                 raise failed_precondition(f"The topic of {sub.name} was deleted meanwhile.")
-            now = time.time_ns()
+            now = broker.clock.wall_ns()
             entries = sub.entries
             snap.backlog = {seq for seq in entries if seq <= snap.start_seq}
             oldest = min((entries[seq].msg.publish_ns for seq in snap.backlog), default=now)
@@ -279,13 +278,13 @@ class Snapshots:
 
     def _arm(self, snap: SnapshotState) -> None:
         broker = self.broker
-        delay = (snap.expire_ns - time.time_ns()) / 1e9
-        broker.scheduler.at(broker.loop.time() + max(delay, 0.0), self._expire, snap)
+        delay = (snap.expire_ns - broker.clock.wall_ns()) / 1e9
+        broker.scheduler.at(broker.clock.now() + max(delay, 0.0), self._expire, snap)
 
     def _expire(self, snap: SnapshotState) -> None:
         if self.by_name.get(snap.name) is not snap:
             return  # deleted (or deleted and created again) meanwhile
-        if time.time_ns() < snap.expire_ns - 1_000_000:
+        if self.broker.clock.wall_ns() < snap.expire_ns - 1_000_000:
             self._arm(snap)
             return
         topic = snap.topic

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relay.broker._behaviour import Behaviour, Dice
+from relay.broker._clock import Clock
 from relay.broker._errors import invalid
 from relay.broker._store import Statement
 from relay.broker._timers import Scheduler
@@ -155,6 +157,9 @@ class Host(Protocol):
 
     scheduler: Scheduler
     loop: asyncio.AbstractEventLoop
+    clock: Clock
+    behaviour: Behaviour
+    dice: Dice
 
     def post(self, statements: list[Statement]) -> None: ...
 
@@ -178,6 +183,7 @@ class SubConfig:
     max_backoff: float
     push_endpoint: str
     expiration_ttl: float | None  # None: never expires
+    exactly_once: bool = False
 
 
 def ack_id_of(entry: Entry) -> str:
@@ -222,7 +228,7 @@ class SubState:
         self.keys: dict[str, deque[Entry]] = {}
         self.waiters: set[Consumer] = set()
         self.consumers: set[Consumer] = set()  # open streams and push workers
-        self.last_activity = host.loop.time()
+        self.last_activity = host.clock.now()
         self.deleted = False
         self.expiry_token = 0  # bumped on every (re)arm: older timer items are ignored
         self.retention_token = 0
@@ -254,8 +260,25 @@ class SubState:
             self.entries.update(zip([msg.seq for msg in msgs], fresh, strict=True))
             for msg in msgs:
                 msg.refs += 1
+            if self.host.behaviour.reorder_rate:
+                fresh = self._hold_back(fresh)
             self.ready.extend(fresh)
         self.notify()
+
+    def _hold_back(self, fresh: list[Entry]) -> list[Entry]:
+        """Google delivers messages without an ordering guarantee in any order: hold some back
+        for a moment so later ones overtake them (the behaviour's reorder_rate); returns the
+        entries to queue now."""
+        behaviour = self.host.behaviour
+        rng = self.host.dice.rng("reorder", self.name)
+        now = []
+        for entry in fresh:
+            delay = rng.uniform(0.0, behaviour.reorder_max_delay)
+            if rng.random() < behaviour.reorder_rate and delay > 0:
+                self.redeliver(entry, delay)  # queued when due
+            else:
+                now.append(entry)
+        return now
 
     def add_acked(self, msg: StoredMessage) -> None:
         """Remember an acked message for Seek (retain_acked_messages)."""
@@ -274,7 +297,7 @@ class SubState:
 
     def touch(self) -> None:
         """Record subscriber activity (for the expiration policy)."""
-        self.last_activity = self.host.loop.time()
+        self.last_activity = self.host.clock.now()
 
     # -- leasing ---------------------------------------------------------------------------------
 
@@ -305,7 +328,7 @@ class SubState:
             consumer.outstanding_bytes += size
             out.append(entry)
         if out:
-            deadline = self.host.loop.time() + consumer.deadline_s
+            deadline = self.host.clock.now() + consumer.deadline_s
             for entry in out:
                 entry.deadline = deadline
             self.host.scheduler.at(deadline, self._check_leases, out)
@@ -326,7 +349,7 @@ class SubState:
             owner.wake()
 
     def _check_leases(self, entries: list[Entry]) -> None:
-        now = self.host.loop.time() + 0.001
+        now = self.host.clock.now() + 0.001
         for entry in entries:
             if entry.state == LEASED and entry.deadline <= now:
                 self.retry(entry)
@@ -338,6 +361,7 @@ class SubState:
         parsed = [parse_ack_id(a) for a in ack_ids]
         deleted: list[tuple[int, int]] = []
         sub_id = self.sub_id
+        echo = self.host.behaviour.redeliver_acked_rate
         for seq, _attempt in parsed:
             entry = self.entries.get(seq)
             if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
@@ -345,7 +369,9 @@ class SubState:
             _confirm(entry, modack=False)
             self._remove(entry)
             deleted.append((sub_id, seq))
-            if self.config.retain_acked:
+            if echo:
+                self._maybe_redeliver_acked(entry, echo)
+            if self.config.retain_acked and seq not in self.acked:
                 self.acked[seq] = entry.msg
             else:
                 self._drop_ref(entry.msg, statements)
@@ -353,6 +379,28 @@ class SubState:
             statements.append((_SQL_ACKED if self.config.retain_acked else _SQL_DELETE, deleted))
         if self.config.ordered:
             self.notify()  # the next message of an ordering key may be ready now
+
+    def _maybe_redeliver_acked(self, entry: Entry, rate: float) -> None:
+        """At-least-once: Google may deliver an acked message again (the behaviour's
+        redeliver_acked_rate), never on an exactly-once subscription nor out of key order."""
+        msg = entry.msg
+        if self.config.exactly_once or (self.config.ordered and msg.ordering_key):
+            return
+        rng = self.host.dice.rng("redeliver-acked", self.name)
+        if rng.random() >= rate:
+            return
+        msg.refs += 1  # held until the second delivery is queued (or the subscription is gone)
+        delay = rng.uniform(*self.host.behaviour.redeliver_delay)
+        self.host.scheduler.at(self.host.clock.now() + delay, self._redeliver_acked, msg, entry)
+
+    def _redeliver_acked(self, msg: StoredMessage, acked: Entry) -> None:
+        statements: list[Statement] = []
+        if not self.deleted and msg.seq not in self.entries:
+            self.add(msg, acked.attempts)  # a new delivery attempt, so a new ack id
+            self.notify()
+        self._drop_ref(msg, statements)
+        if statements:
+            self.host.post(statements)
 
     def ack_entry(self, entry: Entry, statements: list[Statement]) -> None:
         """Acknowledge one entry (dead-lettered or dropped), never retaining it."""
@@ -378,7 +426,7 @@ class SubState:
                     _confirm(entry, modack=False)
                     self.retry(entry)
             return
-        deadline = self.host.loop.time() + seconds
+        deadline = self.host.clock.now() + seconds
         extended = []
         for seq, attempt in parsed:
             entry = entries.get(seq)
@@ -407,7 +455,7 @@ class SubState:
             self.notify()
             return
         entry.state = DELAYED
-        entry.deadline = self.host.loop.time() + delay
+        entry.deadline = self.host.clock.now() + delay
         self.host.scheduler.at(entry.deadline, self._undelay, entry)
 
     def backoff(self, attempts: int) -> float:
@@ -421,7 +469,7 @@ class SubState:
         return float(min(config.min_backoff * 2**doublings, config.max_backoff))
 
     def _undelay(self, entry: Entry) -> None:
-        if entry.state == DELAYED and entry.deadline <= self.host.loop.time() + 0.001:
+        if entry.state == DELAYED and entry.deadline <= self.host.clock.now() + 0.001:
             entry.state = READY
             self.ready.append(entry)
             self.notify()

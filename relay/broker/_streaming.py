@@ -47,6 +47,22 @@ def fill_received(received: Any, sub: SubState, entries: list[Entry]) -> None:
             item.delivery_attempt = entry.attempts
 
 
+def _lifetime(broker: Broker, sub: SubState) -> float | None:
+    """Seconds until the server closes this stream (None: never), or UNAVAILABLE right away,
+    per the behaviour's stream_unavailable_rate and stream_lifetime."""
+    behaviour = broker.behaviour
+    if not behaviour.stream_unavailable_rate and behaviour.stream_lifetime is None:
+        return None
+    rng = broker.dice.rng("stream", sub.name)
+    if rng.random() < behaviour.stream_unavailable_rate:
+        raise BrokerError(
+            grpc.StatusCode.UNAVAILABLE, "The service was unable to fulfill your request."
+        )
+    if behaviour.stream_lifetime is None:
+        return None
+    return rng.uniform(*behaviour.stream_lifetime)
+
+
 def _check_deadline(value: int) -> int:
     if not 10 <= value <= 600:
         raise invalid(
@@ -79,14 +95,30 @@ def apply_request(broker: Broker, sub: SubState, consumer: Consumer, request: An
     sub.touch()
 
 
+def _check_later(request: Any) -> None:
+    """Fields Google takes only on a stream's first request (INVALID_ARGUMENT afterwards)."""
+    for field in ("subscription", "max_outstanding_messages", "max_outstanding_bytes"):
+        if getattr(request, field):
+            raise invalid(
+                f"StreamingPullRequest.{field} may be set only on the first request of a stream."
+            )
+
+
 async def _read(
     broker: Broker, sub: SubState, consumer: Consumer, requests: AsyncIterator[Any]
 ) -> None:
     try:
         async for request in requests:
+            _check_later(request)
             apply_request(broker, sub, consumer, request)
     finally:
         consumer.wake()
+
+
+def _end_stream(consumer: Consumer) -> None:
+    """The stream's lifetime is over: the server closes it, as Google does from time to time."""
+    consumer.closed = True
+    consumer.wake()
 
 
 async def _held_back(consumer: Consumer, last_sent: float) -> bool:
@@ -126,6 +158,7 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
     sub = broker.sub(first.subscription)
     if sub.pb.detached:
         raise detached(sub)
+    lifetime = _lifetime(broker, sub)
     consumer = Consumer(
         _check_deadline(first.stream_ack_deadline_seconds),
         max(first.max_outstanding_messages, 0),
@@ -136,6 +169,7 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
     reader = asyncio.get_running_loop().create_task(_read(broker, sub, consumer, requests))
     ordered = sub.config.ordered
     loop = asyncio.get_running_loop()
+    ender = None if lifetime is None else loop.call_later(lifetime, _end_stream, consumer)
     last_sent = float("-inf")
     try:
         while True:
@@ -143,8 +177,14 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
                 raise not_found("subscription", sub.name)
             if sub.pb.detached:
                 raise detached(sub)
-            if broker.closing or consumer.closed:
+            if broker.closing:
                 raise BrokerError(grpc.StatusCode.UNAVAILABLE, "The broker is shutting down.")
+            if consumer.closed:
+                raise BrokerError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The service closed the stream (Google closes StreamingPull streams from "
+                    "time to time; reconnect).",
+                )
             if reader.done():
                 reader.result()  # raises the reader's error, if any
                 return  # the client closed its side
@@ -164,6 +204,8 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
             await consumer.event.wait()
             sub.waiters.discard(consumer)
     finally:
+        if ender is not None:
+            ender.cancel()
         consumer.closed = True
         sub.consumers.discard(consumer)
         sub.waiters.discard(consumer)

@@ -1,7 +1,7 @@
 """One timer heap for the whole broker: lease expiry, backoff, retention and idle expiry.
 
 A single `loop.call_at` handle is armed for the earliest item, so an idle broker wakes up only
-when something is actually due (no polling).
+when something is actually due (no polling). Times are on the broker's `Clock`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from relay.broker._clock import Clock
+
 __all__ = ["Scheduler"]
 
 _LOG = logging.getLogger("relay.broker")
@@ -21,10 +23,11 @@ _Item = tuple[float, int, Callable[..., None], tuple[Any, ...]]
 
 
 class Scheduler:
-    """Calls `fn(*args)` at loop time `when`; items may be stale, callbacks re-check state."""
+    """Calls `fn(*args)` at broker time `when`; items may be stale, callbacks re-check state."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self._loop = loop
+        self._clock = clock
         self._heap: list[_Item] = []
         self._counter = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
@@ -32,12 +35,17 @@ class Scheduler:
         self._closed = False
 
     def at(self, when: float, fn: Callable[..., None], *args: Any) -> None:
-        """Run `fn(*args)` at (or just after) loop time `when`."""
+        """Run `fn(*args)` at (or just after) broker time `when`."""
         if self._closed:
             return
         heapq.heappush(self._heap, (when, next(self._counter), fn, args))
         if when < self._armed_at:
             self._arm(when)
+
+    def rearm(self) -> None:
+        """The clock jumped: run what is now due and re-arm for the rest."""
+        if self._heap and not self._closed:
+            self._arm(self._heap[0][0])
 
     def close(self) -> None:
         """Drop every pending item."""
@@ -50,14 +58,14 @@ class Scheduler:
         if self._handle is not None:
             self._handle.cancel()
         self._armed_at = when
-        self._handle = self._loop.call_at(when, self._fire)
+        self._handle = self._loop.call_at(self._clock.loop_time(when), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = float("inf")
         heap = self._heap
         # A small slack lets items due within the next millisecond run in this turn.
-        limit = self._loop.time() + 0.001
+        limit = self._clock.now() + 0.001
         while heap and heap[0][0] <= limit:
             _, _, fn, args = heapq.heappop(heap)
             try:

@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,6 +31,49 @@ class _Formatter(logging.Formatter):
         if record.levelno == logging.INFO:
             return record.getMessage()
         return f"{record.levelname} {record.name}: {super().format(record)}"
+
+
+class _Seconds(click.ParamType[Any]):
+    """A range of seconds, "LOW-HIGH" (or one number, or "off" where the setting can be off)."""
+
+    name = "LOW-HIGH"
+
+    def __init__(self, *, can_be_off: bool) -> None:
+        self.can_be_off = can_be_off
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple) or value is None:
+            return value
+        text = str(value).strip()
+        if self.can_be_off and text == "off":
+            return "off"
+        low, _, high = text.partition("-")
+        try:
+            bounds = (float(low), float(high or low))
+        except ValueError:
+            self.fail(f"{value!r} is not seconds LOW-HIGH (e.g. 5-30)", param, ctx)
+        if not 0 <= bounds[0] <= bounds[1]:
+            self.fail(f"{value!r}: need 0 <= LOW <= HIGH", param, ctx)
+        return bounds
+
+
+_RATE = click.FloatRange(0.0, 1.0)
+
+
+def _behaviour(profile: str, seed: int, overrides: dict[str, Any]) -> Any:
+    """The Behaviour of `profile` with each behaviour option that was given applied."""
+    from relay.broker._behaviour import Behaviour
+
+    base = Behaviour.google(seed) if profile == "google" else Behaviour(seed=seed)
+    changes = {
+        name: None if value == "off" else value
+        for name, value in overrides.items()
+        if value is not None
+    }
+    try:
+        return base.updated(changes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command()
@@ -73,6 +117,65 @@ class _Formatter(logging.Formatter):
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--admin-ops-per-minute",
+    default=6_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Administrator operations allowed per project per rolling minute (Google: 6,000).",
+)
+@click.option(
+    "--control",
+    is_flag=True,
+    help="Serve POST /control on the HTTP port (behaviour, injected faults, clock).",
+)
+@click.option(
+    "--profile",
+    default="off",
+    show_default=True,
+    type=click.Choice(["off", "google"]),
+    help="google: behave in every way Google is allowed to (the options below adjust it).",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
+@click.option("--short-pull-rate", type=_RATE, help="P(short Pull returns fewer) [google: 0.5].")
+@click.option(
+    "--blocking-short-pull-rate", type=_RATE, help="P(other Pull returns fewer) [google: 0.1]."
+)
+@click.option(
+    "--short-pull-deadline",
+    type=click.FloatRange(0),
+    help="A Pull that may wait less than this many seconds is short [10].",
+)
+@click.option(
+    "--redeliver-acked-rate", type=_RATE, help="P(an acked message comes again) [google: 0.05]."
+)
+@click.option(
+    "--redeliver-delay",
+    type=_Seconds(can_be_off=False),
+    help="Seconds after the ack of such a second delivery [1-10].",
+)
+@click.option("--reorder-rate", type=_RATE, help="P(a message is held back) [google: 0.1].")
+@click.option(
+    "--reorder-max-delay", type=click.FloatRange(0), help="Seconds it is held back at most [0.5]."
+)
+@click.option(
+    "--stream-lifetime",
+    type=_Seconds(can_be_off=True),
+    help="Seconds until the server closes a StreamingPull stream, or off [google: 5-30].",
+)
+@click.option(
+    "--stream-unavailable-rate", type=_RATE, help="P(a stream fails at once) [google: 0.05]."
+)
+@click.option(
+    "--admin-latency",
+    type=_Seconds(can_be_off=True),
+    help="Seconds every administrator operation takes, or off [google: 0.05-0.5].",
+)
+@click.option(
+    "--push-backoff/--no-push-backoff",
+    default=None,
+    help="Google's push slow start and backoff [google: on].",
+)
 def broker(
     host: str,
     port: int,
@@ -81,6 +184,11 @@ def broker(
     push_concurrency: int,
     fsync: bool,
     log_level: str,
+    admin_ops_per_minute: int,
+    control: bool,
+    profile: str,
+    seed: int,
+    **overrides: Any,
 ) -> None:
     """Run the local Pub/Sub-compatible broker until SIGINT/SIGTERM.
 
@@ -101,6 +209,9 @@ def broker(
         http_port=http_port,
         push_concurrency=push_concurrency,
         fsync=fsync,
+        behaviour=_behaviour(profile, seed, overrides),
+        admin_ops_per_minute=admin_ops_per_minute,
+        control=control,
     )
     sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
     gc.freeze()  # what start-up created (modules, classes) is never scanned again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,29 +109,56 @@ def test_dead_letter_after_max_attempts(
 
 
 def test_expiration_policy_deletes_idle_subscription(
-    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+    start_broker: Callable[..., Any], tmp_path: Path, project: str
 ) -> None:
-    sub = make_sub(expiration_policy={"ttl": {"seconds": 2}})
-    never = make_sub(expiration_policy={})
+    """Google's minimum TTL is a day: the broker's clock is advanced instead of waited for."""
+    broker = start_broker(tmp_path / "data", args=["--control"])
+    publisher, subscriber = broker.publisher(), broker.subscriber()
+    topic = publisher.topic_path(project, "expiring")
+    publisher.create_topic(name=topic)
+    sub, never = (subscriber.subscription_path(project, n) for n in ("idle-sub", "never-sub"))
+    day = {"seconds": 86400}
+    subscriber.create_subscription(
+        request={
+            "name": sub,
+            "topic": topic,
+            "expiration_policy": {"ttl": day},
+            "message_retention_duration": {"seconds": 600},
+        }
+    )
+    subscriber.create_subscription(request={"name": never, "topic": topic, "expiration_policy": {}})
     assert "ttl" not in subscriber.get_subscription(subscription=never).expiration_policy
-    time.sleep(1.2)
+    broker.control({"advance_seconds": 0.6 * 86400})
     _pull(subscriber, sub)  # activity: the idle clock restarts
-    time.sleep(1.2)
+    broker.control({"advance_seconds": 0.6 * 86400})
     subscriber.get_subscription(subscription=sub)
-    time.sleep(1.5)
+    broker.control({"advance_seconds": 0.5 * 86400})
     with pytest.raises(exceptions.NotFound):
         subscriber.get_subscription(subscription=sub)
     subscriber.get_subscription(subscription=never)
+    publisher.stop()
+    subscriber.close()
 
 
 def test_message_retention_drops_old_messages(
-    publisher: Any, subscriber: Any, topic: str, make_sub: Callable[..., str]
+    start_broker: Callable[..., Any], tmp_path: Path, project: str
 ) -> None:
-    sub = make_sub(message_retention_duration={"seconds": 1})
+    broker = start_broker(tmp_path / "data", args=["--control"])
+    publisher, subscriber = broker.publisher(), broker.subscriber()
+    topic = publisher.topic_path(project, "retained")
+    publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(project, "retained-sub")
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic, "message_retention_duration": {"seconds": 600}}
+    )
     publisher.publish(topic, b"old").result(10)
-    time.sleep(2.5)
+    broker.control({"advance_seconds": 500})
+    publisher.publish(topic, b"middle").result(10)
+    broker.control({"advance_seconds": 200})  # "old" is 700 s old now, "middle" 200 s
     publisher.publish(topic, b"new").result(10)
-    assert [m.message.data for m in _pull(subscriber, sub)] == [b"new"]
+    assert sorted(m.message.data for m in _pull(subscriber, sub)) == [b"middle", b"new"]
+    publisher.stop()
+    subscriber.close()
 
 
 def _stamp(moment: float) -> timestamp_pb2.Timestamp:

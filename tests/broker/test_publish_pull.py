@@ -163,6 +163,8 @@ def _publish_raw(publisher: Any, topic: str, messages: list[dict[str, Any]]) -> 
         ([{"data": b""}], "empty"),
         ([{"data": b"x"}] * 1001, "maximum value is 1000"),
         ([{"data": b"x" * (6 * 1024 * 1024)}, {"data": b"y" * (5 * 1024 * 1024)}], "payload size"),
+        # 9,999,980 bytes of messages, but over 10,000,000 bytes of PublishRequest with framing
+        ([{"data": b"x" * 4_999_990}] * 2, "10000000 bytes"),
         ([], "at least one message"),
     ],
     ids=[
@@ -174,6 +176,7 @@ def _publish_raw(publisher: Any, topic: str, messages: list[dict[str, Any]]) -> 
         "empty",
         "count",
         "request-size",
+        "request-size-with-framing",
         "no-messages",
     ],
 )
@@ -195,7 +198,7 @@ def test_limits_are_inclusive(
     _publish_raw(publisher, topic, [{"data": b"x", "attributes": attributes}])
     _publish_raw(publisher, topic, [{"data": b"y"}] * 1000)
     _publish_raw(publisher, topic, [{"attributes": {"only": "attributes"}}])
-    big = b"z" * (10 * 1024 * 1024 - 100)
+    big = b"z" * _largest_data(topic)
     _publish_raw(publisher, topic, [{"data": big}])
     received = []
     while len(received) < 1003:
@@ -206,6 +209,22 @@ def test_limits_are_inclusive(
     assert received[0].message.attributes == attributes
     assert received[-1].message.data == big
     channel.close()
+
+
+def _largest_data(topic: str) -> int:
+    """The data size that makes a one-message PublishRequest exactly 10,000,000 bytes."""
+    size = 10_000_000
+    while True:
+        request = types.PublishRequest(topic=topic, messages=[{"data": b"z" * size}])
+        excess = types.PublishRequest.pb(request).ByteSize() - 10_000_000
+        if excess == 0:
+            return size
+        size -= max(excess, 1)
+
+
+def test_request_of_one_byte_too_many_is_refused(publisher: Any, topic: str) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match="10000000 bytes"):
+        _publish_raw(publisher, topic, [{"data": b"z" * (_largest_data(topic) + 1)}])
 
 
 def test_many_concurrent_publishers(
