@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.demo import generate_csvs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,12 +51,23 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     ]
 
 
-def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("files", "broker_args"),
+    [
+        (6, ""),
+        # the broker behaving as Google may (short and empty pulls, redeliveries, reordering,
+        # streams closed by the server, push backoff) with every admin call taking 200 ms
+        (60, "--profile google --seed 7 --admin-latency 0.2"),
+    ],
+    ids=["plain", "google-profile"],
+)
+def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path, files: int, broker_args: str) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("PUBSUB_EMULATOR_HOST", None)
 
+    argv = [sys.executable, "-m", "relay.demo", "--files", str(files), "--data-dir", str(tmp_path)]
     result = subprocess.run(
-        [sys.executable, "-m", "relay.demo", "--files", "6", "--data-dir", str(tmp_path)],
+        [*argv, "--broker-args", broker_args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -71,6 +84,8 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path: Path) -> None:
     assert report["state"] == "success"
     assert set(report["tasks"].values()) == {"success"}
     expected = json.loads((run_dir / "expected.json").read_text())
-    assert report["summary"]["files"] == expected["files"] == 6
+    assert report["summary"]["files"] == expected["files"] == files
     assert report["summary"]["rows"] == expected["rows"]
-    assert (run_dir / "stack" / "logs" / "csv-profile.log").read_text().count('"succeeded"') >= 6
+    assert report["summary"]["empty_cells"] == expected["empty_cells"]
+    log = (run_dir / "stack" / "logs" / "csv-profile.log").read_text()
+    assert log.count('"succeeded"') >= files
