@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -206,8 +207,13 @@ class BrokerProcess:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    """The session's broker; PUBSUB_EMULATOR_HOST points at it for the whole session."""
-    process = BrokerProcess(tmp_path_factory.mktemp("broker") / "data", args=["--control"])
+    """The session's broker; PUBSUB_EMULATOR_HOST points at it for the whole session.
+
+    RELAY_TEST_BROKER_ARGS adds `relay broker` options, e.g. "--profile google --seed 3": the
+    whole suite against a broker behaving as Google may.
+    """
+    extra = shlex.split(os.environ.get("RELAY_TEST_BROKER_ARGS", ""))
+    process = BrokerProcess(tmp_path_factory.mktemp("broker") / "data", args=["--control", *extra])
     old = os.environ.get("PUBSUB_EMULATOR_HOST")
     os.environ["PUBSUB_EMULATOR_HOST"] = process.host
     try:

@@ -624,9 +624,10 @@ class Broker:
                 if attributes is None:
                     attributes = [dict(m.attributes) for m in messages]
                 chosen = [m for m, a in zip(stored, attributes, strict=True) if predicate(a)]
-                matched.append((sub, chosen))
-                sub_id = sub.sub_id
-                pending_rows.extend((sub_id, m.seq) for m in chosen)
+                if chosen:  # most filtered subscriptions take none of a publish: skip them
+                    matched.append((sub, chosen))
+                    sub_id = sub.sub_id
+                    pending_rows.extend((sub_id, m.seq) for m in chosen)
             statements.append((_SQL_INSERT_PENDING_RANGE, ranges))
             statements.append((_SQL_INSERT_PENDING, pending_rows))
         await self.store.submit(statements)

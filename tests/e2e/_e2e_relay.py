@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ class RelayStack:
                 str(self.http_port),
                 "--data-dir",
                 str(root / "broker"),
+                # the same extra options as the other tests' broker (tests/conftest.py)
+                *shlex.split(os.environ.get("RELAY_TEST_BROKER_ARGS", "")),
             ],
             log=self.logs / "broker.log",
             env=clean_env(),
