@@ -77,6 +77,13 @@ def test_call_fan_out_mapped_and_publish_then_sense(
     assert _xcom(run, "sense") == [{"sensed": True}]
     assert _xcom(run, "call_sync") == {"sync": 1}
     assert _xcom(run, "poke") == [{"p": 1}, {"p": 2}]
+    assert _xcom(run, "sense_named") == [{"o": 1}, {"o": 2}]
+    (named,) = {r["subscription"] for r in _xcom(run, "publish_named", key="requests")}
+    assert named.startswith("projects/relay-waits/subscriptions/relay-task-")
+    assert [r.correlationid for r in responder.requests if r.data.get("o")] == [
+        f"orders.{run.logical_date:%Y%m%d}-a",
+        f"orders.{run.logical_date:%Y%m%d}-b",
+    ]
     event_ids = _xcom(run, "call", key="event_ids")
     assert event_ids[0] in {r.id for r in responder.requests}
     assert not responder.errors

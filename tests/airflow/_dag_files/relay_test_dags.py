@@ -66,6 +66,24 @@ with DAG(
         policy="fail_fast",
     )
     sense >> call_sync >> publish_two >> poke
+    # ids of the DAG's own (one group), and subscriptions in a project of their own
+    publish_named = RelayPublishOperator(
+        task_id="publish_named",
+        items=[{"o": 1}, {"o": 2}],
+        correlation_ids=["orders.{{ ds_nodash }}-a", "orders.{{ ds_nodash }}-b"],
+        wait_project="relay-waits",
+        **COMMON,
+    )
+    sense_named = RelayResultSensor(
+        task_id="sense_named",
+        reply_topic=COMMON["reply_topic"],
+        correlation_ids=publish_named.output,
+        wait_project="relay-waits",
+        timeout=TIMEOUT,
+        deferrable=True,
+        settle=SETTLE,
+    )
+    poke >> publish_named >> sense_named
 
 with DAG(
     "relay_failures", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
