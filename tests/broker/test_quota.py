@@ -99,7 +99,8 @@ def test_every_served_admin_method_is_charged(
             "update_mask": field_mask_pb2.FieldMask(paths=["labels"]),
         }
     )
-    list(publisher.list_topics(project=f"projects/{project}"))
+    # one page each, however many topics and subscriptions the session broker holds by now
+    list(publisher.list_topics(request={"project": f"projects/{project}", "page_size": 100_000}))
     subscriber.create_subscription(name=sub, topic=topic)
     list(publisher.list_topic_subscriptions(topic=topic))
     subscriber.get_subscription(subscription=sub)
@@ -109,7 +110,11 @@ def test_every_served_admin_method_is_charged(
             "update_mask": field_mask_pb2.FieldMask(paths=["ack_deadline_seconds"]),
         }
     )
-    list(subscriber.list_subscriptions(project=f"projects/{project}"))
+    list(
+        subscriber.list_subscriptions(
+            request={"project": f"projects/{project}", "page_size": 100_000}
+        )
+    )
     subscriber.modify_push_config(request={"subscription": sub, "push_config": {}})
     subscriber.seek(request={"subscription": sub, "time": dt.datetime.now(dt.UTC)})
     subscriber.delete_subscription(subscription=sub)
