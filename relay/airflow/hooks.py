@@ -10,6 +10,7 @@ process share one channel, and google-auth refreshes the cached credentials as t
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 import threading
@@ -319,8 +320,11 @@ class RelayHook(GoogleBaseHook):
             try:
                 self._retrying(
                     f"delete subscription {path}",
-                    lambda path=path: subscriber.delete_subscription(  # type: ignore[misc]
-                        request={"subscription": path}, retry=None, timeout=30
+                    functools.partial(
+                        subscriber.delete_subscription,
+                        request={"subscription": path},
+                        retry=None,
+                        timeout=30,
                     ),
                     give_up,
                 )
