@@ -183,7 +183,8 @@ class RelayResultTrigger(BaseTrigger):
                 await asyncio.wait_for(hub.ready(), patience)
             except TimeoutError:
                 # No wake-ups yet (the hub keeps trying): read often enough meanwhile.
-                self.log.warning("wake hub for %s not ready; reading", wait.completion_topic)
+                if time.time() < wait.deadline:
+                    self.log.warning("wake hub for %s not ready; reading", wait.completion_topic)
                 recheck_interval = min(recheck_interval, _HUB_PATIENCE)
             # Results published before the hub listened are in the subscription only.
             read_now = True
