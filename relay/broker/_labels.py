@@ -20,8 +20,8 @@ _MAX_CHARS = 63
 
 
 def _letter(char: str) -> bool:
-    """A lowercase letter, or an international one (any letter that is not uppercase)."""
-    return char.isalpha() and not char.isupper()
+    """A lowercase letter, or an international one (any letter that is not upper or title case)."""
+    return char.isalpha() and not char.isupper() and not char.istitle()
 
 
 def _allowed(char: str) -> bool:
@@ -31,20 +31,23 @@ def _allowed(char: str) -> bool:
 def check_labels(labels: Mapping[str, str]) -> None:
     """Raise INVALID_ARGUMENT naming the first label that breaks Google's rules."""
     if len(labels) > MAX_LABELS:
-        raise invalid(f"Too many labels: {len(labels)}; a resource can have at most {MAX_LABELS}.")
+        raise invalid(f"Invalid labels: {len(labels)} labels; at most {MAX_LABELS} are allowed.")
     for key, value in labels.items():
-        if (
-            not key
-            or len(key) > _MAX_CHARS
-            or not _letter(key[0])
-            or not all(_allowed(c) for c in key)
-        ):
+        if not 1 <= len(key) <= _MAX_CHARS or not _letter(key[0]):
             raise invalid(
-                f"Invalid label key {key[:80]!r}: keys are 1-{_MAX_CHARS} lowercase letters, "
-                "digits, '_' or '-', starting with a lowercase letter."
+                f"Invalid label key {_shown(key)}: keys must be 1-{_MAX_CHARS} characters and "
+                "start with a lowercase letter."
             )
-        if len(value) > _MAX_CHARS or not all(_allowed(c) for c in value):
-            raise invalid(
-                f"Invalid value of label {key!r}: {value[:80]!r}; values are at most "
-                f"{_MAX_CHARS} lowercase letters, digits, '_' or '-'."
-            )
+        for text, what in ((key, "key"), (value, "value")):
+            if len(text) > _MAX_CHARS or not all(_allowed(c) for c in text):
+                raise invalid(
+                    f"Invalid label {what} {_shown(text)} (label {_shown(key)}): at most "
+                    f"{_MAX_CHARS} characters of lowercase letters, digits, '_' and '-'."
+                )
+
+
+def _shown(value: str, limit: int = 200) -> str:
+    """`value` quoted for an error message, cut short: a status message must stay small."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

@@ -128,9 +128,9 @@ def test_invalid_snapshot_names(
         ({"1digit": "v"}, "label key '1digit'"),
         ({"": "v"}, "label key ''"),
         ({"k" * 64: "v"}, "label key"),
-        ({"k": "V"}, "value of label 'k'"),
-        ({"k": "v" * 64}, "value of label 'k'"),
-        ({"k": "a.b"}, "value of label 'k'"),
+        ({"k": "V"}, "label value .* (label 'k')"),
+        ({"k": "v" * 64}, "label value .* (label 'k')"),
+        ({"k": "a.b"}, "label value .* (label 'k')"),
         ({f"k{i}": "v" for i in range(65)}, "at most 64"),
     ],
 )
