@@ -4,8 +4,10 @@ subscription per task beside relay 0.1's one subscription per request, side by s
 Run: `uv run --frozen python -m benchmarks.waits` (sizes 100, 1,000 and 10,000, admin latency 0
 and 200 ms, 3 runs; `--quick`: 100 and 1,000 at 200 ms, 1 run).
 
-For each admin latency a fresh `relay broker` (`--admin-latency`, `--control`; Google's quota of
-6,000 administrator operations per minute stays on) and, per size and run, one fan-out:
+For each admin latency a fresh `relay broker` (`--admin-latency`, `--control`) and, per size and
+run, one fan-out. The broker's quota is raised to 1,000,000 administrator operations a minute: with
+Google's 6,000, 0.1's third 1,000-request fan-out within a minute fails with RESOURCE_EXHAUSTED
+(seen in the first run of this benchmark), which is the point, but leaves nothing to time.
 
 - publish phase: what the worker does before it can defer. relay: `publish_requests` (create the
   task subscription, Seek it, publish N requests). 0.1: one filtered subscription per request,
@@ -30,7 +32,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT / "tests"))
@@ -203,7 +204,13 @@ def main() -> None:
         for latency in latencies:
             broker = BrokerProcess(
                 Path(tmp) / f"broker-{latency}",
-                args=["--control", "--admin-latency", str(latency) if latency else "off"],
+                args=[
+                    "--control",
+                    "--admin-latency",
+                    str(latency) if latency else "off",
+                    "--admin-ops-per-minute",
+                    "1000000",
+                ],
             )
             try:
                 _env(broker)
