@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -289,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="skip the unrecorded warm-up run of each variant at size 10",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run folder")
+    parser.add_argument(
+        "--broker-args",
+        default="",
+        help="more `relay broker` options, e.g. '--push-concurrency 2' or '--profile google'",
+    )
     args = parser.parse_args(argv)
     sizes = [20] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     runs = 1 if args.quick else args.runs
@@ -298,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     db_url = create_database(server_user())
     try:
-        with stack_up(topology, data_dir=run_dir / "stack") as stack:
+        broker_args = shlex.split(args.broker_args)
+        with stack_up(topology, data_dir=run_dir / "stack", broker_args=broker_args) as stack:
             dags = run_dir / "dags"
             dags.mkdir()
             for dag_id, source in _DAGS.values():
