@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,3 +52,26 @@ def make_sub(
 def schema_client(broker: Any) -> Any:
     """A SchemaServiceClient on the session broker."""
     return broker.schema_client()
+
+
+SCHEMA_FIXTURES = Path(__file__).parent / "schemas"
+AVSC = (SCHEMA_FIXTURES / "us-states.avsc").read_text()
+
+
+@pytest.fixture
+def make_schema(
+    schema_client: Any, project: str, unique: Callable[[str], str]
+) -> Callable[..., Any]:
+    """make_schema(type_=AVRO, definition=AVSC) -> the created Schema."""
+    from google.pubsub_v1.types import Schema
+
+    def make(type_: Any = Schema.Type.AVRO, definition: str = AVSC) -> Any:
+        return schema_client.create_schema(
+            request={
+                "parent": f"projects/{project}",
+                "schema": Schema(type_=type_, definition=definition),
+                "schema_id": unique("schema"),
+            }
+        )
+
+    return make

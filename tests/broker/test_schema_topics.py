@@ -60,21 +60,6 @@ def state_proto_class() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("relay.tests.StateProto"))
 
 
-@pytest.fixture
-def make_schema(
-    schema_client: Any, project: str, unique: Callable[[str], str]
-) -> Callable[..., Any]:
-    def make(type_: Any = AVRO, definition: str = AVSC) -> Any:
-        return schema_client.create_schema(
-            request={
-                "parent": f"projects/{project}",
-                "schema": Schema(type_=type_, definition=definition),
-                "schema_id": unique("schema"),
-            }
-        )
-
-    return make
-
 
 @pytest.fixture
 def make_topic(publisher: Any, project: str, unique: Callable[[str], str]) -> Callable[..., str]:

@@ -39,23 +39,6 @@ def with_field(definition: str, field: dict[str, Any]) -> str:
     return json.dumps(schema)
 
 
-@pytest.fixture
-def make_schema(
-    schema_client: Any, project: str, unique: Callable[[str], str]
-) -> Callable[..., Any]:
-    """make_schema(type_=AVRO, definition=AVSC) -> the created Schema."""
-
-    def make(type_: Any = AVRO, definition: str = AVSC) -> Any:
-        return schema_client.create_schema(
-            request={
-                "parent": f"projects/{project}",
-                "schema": Schema(type_=type_, definition=definition),
-                "schema_id": unique("schema"),
-            }
-        )
-
-    return make
-
 
 # -- create / get -----------------------------------------------------------------------------
 
