@@ -22,8 +22,6 @@ from relay.protocol import _names as _protocol
 
 TASK_SUBSCRIPTION_PREFIX = "relay-task-"
 WAKE_SUBSCRIPTION_PREFIX = "relay-wake-"
-# Subscriptions of relay 0.1 (one per request); still read and deleted for waits deferred by it.
-LEGACY_SUBSCRIPTION_PREFIX = "relay-wait-"
 # Ack deadline of task subscriptions: how long a read holds the results it pulled. A trigger run
 # that dies holding them gives them back after this long.
 WAIT_ACK_DEADLINE_SECONDS = 10
