@@ -114,6 +114,9 @@ def stack_up(
     """Start the broker (unless `broker` is given; `broker_args`: more `relay broker` options,
     e.g. `--profile google`), serve each function, provision; yield the stack.
 
+    The functions' ports are chosen first: the broker signs push tokens only for the topology's
+    push identities and those functions' URLs (`--push-service-accounts`, `--push-audiences`).
+
     Sets PUBSUB_EMULATOR_HOST in this process for the duration (restored afterwards), so the
     google-cloud-pubsub clients created inside the block talk to the local broker.
     """
@@ -124,14 +127,17 @@ def stack_up(
     forwarders: list[PullForwarder] = []
     previous_host = os.environ.get("PUBSUB_EMULATOR_HOST")
     try:
+        urls = {name: f"http://{_HOST}:{free_port(_HOST)}/" for name in topology.functions}
         if broker is None:
             say("starting relay broker")
-            broker = _start_broker(root, logs, broker_port, broker_args, ready_timeout, children)
+            args = [*_push_allow_lists(topology, urls), *broker_args]
+            broker = _start_broker(root, logs, broker_port, args, ready_timeout, children)
         os.environ["PUBSUB_EMULATOR_HOST"] = broker.host
         served: dict[str, ServedFunction] = {}
         pending: list[tuple[Child, str]] = []
         for function in topology.functions.values():
-            child, url = _start_function(topology, function, broker, logs)
+            url = urls[function.name]
+            child = _start_function(topology, function, broker, logs, url)
             children.append(child)
             pending.append((child, url))
             served[function.name] = ServedFunction(
@@ -178,6 +184,24 @@ def stack_up(
             os.environ["PUBSUB_EMULATOR_HOST"] = previous_host
 
 
+def _push_allow_lists(topology: Topology, urls: Mapping[str, str]) -> list[str]:
+    """`relay broker` options that let it sign push tokens only for the push functions' own
+    identities and (local) URLs."""
+    accounts = set()
+    audiences = set()
+    for function in topology.functions.values():
+        account = topology.push_service_account(function)
+        if function.delivery == "push" and account is not None:
+            accounts.add(account)
+            audiences.add(urls[function.name])
+    return [
+        "--push-service-accounts",
+        ",".join(sorted(accounts)),
+        "--push-audiences",
+        ",".join(sorted(audiences)),
+    ]
+
+
 def _start_broker(
     root: Path,
     logs: Path,
@@ -187,7 +211,6 @@ def _start_broker(
     children: list[Child],
 ) -> BrokerEndpoint:
     data = root / "broker"
-    data.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
         "-m",
@@ -268,10 +291,8 @@ def function_server(
 
 
 def _start_function(
-    topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path
-) -> tuple[Child, str]:
-    port = free_port(_HOST)
-    url = f"http://{_HOST}:{port}/"
+    topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path, url: str
+) -> Child:
     argv, env = function_server(
         topology,
         function,
@@ -281,5 +302,4 @@ def _start_function(
         base_env=os.environ,
     )
     cwd = topology.path.parent if topology.path else None
-    child = start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
-    return child, url
+    return start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
