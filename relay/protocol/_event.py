@@ -32,6 +32,7 @@ PROGRESS = "dev.relay.progress"
 EXAMPLE_ECHO = "dev.relay.example.echo"
 EXAMPLE_CSV_PROFILE = "dev.relay.example.csv.profile"
 
+
 def _check_correlation_id(name: str, value: object) -> str:
     return check_correlation_id(check_string(name, value))
 

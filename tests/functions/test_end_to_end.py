@@ -224,7 +224,7 @@ def test_retry_budget_spent_ends_in_a_dead_letter_result(
     (dead,) = [
         line for line in dead_letter.lines() if line.get("correlationid") == request.correlationid
     ]
-    assert (dead["outcome"], dead["attempt"]) == ("dead-lettered", 5)
+    assert (dead["outcome"], dead["error"]["message"]) == ("dead-lettered", "after 5 attempts")
 
 
 def test_duplicate_publish_answers_twice_with_one_result_id(
