@@ -157,7 +157,7 @@ def _read_confined(root: Path, parts: tuple[str, ...], uri: str, max_bytes: int 
                 raise _refused(uri, "a path component is a link or not a folder") from None
             raise DataRefError(
                 f"cannot read dataref {_shown(uri)}: {exc.strerror or exc}", field="dataref"
-            ) from None
+            ) from exc
         if not stat.S_ISREG(info.st_mode):
             raise _refused(uri, _NOT_REGULAR)
         if max_bytes is not None and info.st_size > max_bytes:
@@ -241,7 +241,7 @@ class GcsBlobStore:
             if max_bytes is None:
                 data = blob.download_as_bytes()
             else:  # `end` is inclusive: one byte more tells "larger than max_bytes"
-                data = blob.download_as_bytes(start=0, end=max_bytes)
+                data = blob.download_as_bytes(end=max_bytes)
         except Exception as exc:
             raise DataRefError(
                 f"cannot read dataref {_shown(uri)}: {exc}", field="dataref"
