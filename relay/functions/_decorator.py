@@ -32,7 +32,7 @@ from relay.protocol import BlobStore, SchemaRegistry
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
 _DEFAULT = object()
-BODY_READ_TIMEOUT = 30.0  # seconds a client may pause while sending a body (gunicorn only)
+BODY_READ_TIMEOUT = 5.0  # seconds a client may pause while sending a body (gunicorn only)
 
 
 class RelayDeliveryError(Exception):
@@ -184,7 +184,7 @@ def _read_flask_body(limit: int) -> bytes:
     """The current Flask request's body: at most `limit` bytes are kept (more raises 413), and
     under gunicorn a client that stops sending for BODY_READ_TIMEOUT seconds gets 408."""
     import flask
-    from werkzeug.exceptions import RequestEntityTooLarge
+    from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
     request = flask.request
     sock = request.environ.get("gunicorn.socket")
@@ -196,7 +196,7 @@ def _read_flask_body(limit: int) -> bytes:
         return request.get_data()
     except RequestEntityTooLarge:
         raise BodyError(413, f"body exceeds {limit} bytes") from None
-    except OSError as exc:  # TimeoutError included
+    except (OSError, ClientDisconnected) as exc:  # the socket timed out, or the client left
         raise BodyError(408, f"body not received in {BODY_READ_TIMEOUT} s: {exc}") from None
     finally:
         if sock is not None:
