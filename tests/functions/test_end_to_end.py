@@ -200,21 +200,33 @@ def test_expired_request(echo: Served, route: Any, completion: Completion) -> No
 def test_csv_profile_example(
     serve: Callable[..., Served], route: Any, completion: Completion, tmp_path: Path
 ) -> None:
-    served = serve("csv_profile", EXAMPLES / "csv_profile" / "main.py")
-    data = tmp_path / "people.csv"
+    inputs = tmp_path / "inputs"
+    served = serve(
+        "csv_profile", EXAMPLES / "csv_profile" / "main.py", CSV_PROFILE_SOURCES=str(inputs)
+    )
+    inputs.mkdir()
+    data = inputs / "people.csv"
     data.write_text("name,age\nann,3\nbob,\n")
     publish = route(served.url)
     kind = "dev.relay.example.csv.profile"
-    publish(request_event(completion, {"uri": data.as_uri()}, type=kind))
-    publish(request_event(completion, {"uri": "ftp://nowhere/x.csv"}, type=kind))
-    results = {event.type: event for event in completion.pull(2)}
-    assert results[RESULT_SUCCEEDED].data == {
+    requests = {
+        uri: request_event(completion, {"uri": uri}, type=kind)
+        for uri in [data.as_uri(), "ftp://nowhere/x.csv", "file:///etc/passwd"]
+    }
+    for request in requests.values():
+        publish(request)
+    results = {event.correlationid: event for event in completion.pull(3)}
+    by_uri = {uri: results[request.correlationid] for uri, request in requests.items()}
+    assert by_uri[data.as_uri()].data == {
         "uri": data.as_uri(),
         "rows": 2,
         "columns": ["name", "age"],
         "nulls": {"name": 0, "age": 1},
     }
-    assert ErrorInfo.from_event(results[RESULT_FAILED]).type == "SchemaValidationError"
+    assert ErrorInfo.from_event(by_uri["ftp://nowhere/x.csv"]).type == "SchemaValidationError"
+    refused = ErrorInfo.from_event(by_uri["file:///etc/passwd"])
+    assert (refused.type, refused.retryable) == ("NotAllowed", False)
+    assert "root:" not in refused.message
 
 
 def test_push_oidc_tokens_from_the_broker(
