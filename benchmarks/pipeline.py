@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _pipeline_split
-from relay.demo import _csv_topic, generate_csvs
+from relay.demo import _csv_topic, generate_csvs, with_csv_inputs
 from relay.protocol import EXAMPLE_CSV_PROFILE
 from relay.topology import load_topology
 from relay.up import stack_up
@@ -305,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     db_url = create_database(server_user())
     try:
         broker_args = shlex.split(args.broker_args)
-        with stack_up(topology, data_dir=run_dir / "stack", broker_args=broker_args) as stack:
+        inputs = run_dir / "inputs"
+        served = with_csv_inputs(topology, inputs)
+        with stack_up(served, data_dir=run_dir / "stack", broker_args=broker_args) as stack:
             dags = run_dir / "dags"
             dags.mkdir()
             for dag_id, source in _DAGS.values():
@@ -323,13 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plan = [(10, -1)] if args.warmup else []  # run -1: warm-up, not recorded
                     plan += [(size, run) for run in range(runs) for size in sizes]
                     expected = {
-                        size: generate_csvs(run_dir / f"csv-{size}", size)
+                        size: generate_csvs(inputs / f"csv-{size}", size)
                         for size in {size for size, _ in plan}
                     }
                     for size, run in plan:
                         for variant in variants:
                             conf: dict[str, Any] = {
-                                "csv_dir": str(run_dir / f"csv-{size}"),
+                                "csv_dir": str(inputs / f"csv-{size}"),
                                 "request_topic": _csv_topic(topology),
                                 "completion_topic": topology.completion_topic,
                             }

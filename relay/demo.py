@@ -28,8 +28,9 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from rich.console import Console
@@ -239,7 +240,7 @@ def _demo(args: argparse.Namespace) -> int:
             with console.status("bringing the stack up") as status:
                 stack = resources.enter_context(
                     stack_up(
-                        topology,
+                        with_csv_inputs(topology, run_dir / "csv"),
                         data_dir=run_dir / "stack",
                         broker_args=shlex.split(args.broker_args),
                         status=status.update,
@@ -282,6 +283,26 @@ def _csv_topic(topology: Topology) -> str:
         if function.source.name == "csv_profile":
             return function.topic
     return "relay-csv-profile-requests"
+
+
+CSV_SOURCES_ENV = "CSV_PROFILE_SOURCES"
+"""Where functions/csv_profile may read CSV files (its main.py reads this variable)."""
+
+
+def with_csv_inputs(topology: Topology, folder: Path) -> Topology:
+    """`topology` with the csv_profile function allowed to read under `folder` and nowhere else."""
+    functions = {
+        name: replace(
+            function,
+            environment=MappingProxyType(
+                {**function.environment, CSV_SOURCES_ENV: str(folder.resolve())}
+            ),
+        )
+        if function.source.name == "csv_profile"
+        else function
+        for name, function in topology.functions.items()
+    }
+    return replace(topology, functions=MappingProxyType(functions))
 
 
 def _run_dag_watched(

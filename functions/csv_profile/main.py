@@ -2,64 +2,67 @@
 
 Request data: {"uri": "file:///path/x.csv" or "gs://bucket/x.csv", "delimiter": ","}.
 Result: {"uri", "rows", "columns": [names], "nulls": {column: empty-cell count}}. The first row is
-the header. file:// is read locally (for runs with relay broker); gs:// with google-cloud-storage
-(one client per instance). A missing or unparsable file is a non-retryable failure; other storage
-errors are retryable.
+the header. The file must lie inside one of the places CSV_PROFILE_SOURCES names (comma-separated
+local folders or gs://bucket/prefix): a local file is reached without following links and must be
+a regular file; anything else is refused, non-retryable, and nothing is read. A missing or
+unparsable file is a non-retryable failure; other storage errors are retryable.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import threading
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from relay.functions import NonRetryableError, Request, relay_function
+from relay.protocol import BlobStores, DataRefError, DataRefRefusedError, LimitError
 
 MAX_BYTES = 512 * 1024 * 1024
-_storage_client: Any = None
-_storage_lock = threading.Lock()
+SOURCES_ENV = "CSV_PROFILE_SOURCES"
+_sources: BlobStores | None = None
+_sources_lock = threading.Lock()
 
 
-def _storage() -> Any:
-    """The instance's google.cloud.storage.Client, created on first gs:// read."""
-    global _storage_client
-    with _storage_lock:
-        if _storage_client is None:
-            from google.cloud import storage
-
-            _storage_client = storage.Client()
-        return _storage_client
+def sources() -> BlobStores:
+    """Where CSV files may be read from: CSV_PROFILE_SOURCES, parsed on first use."""
+    global _sources
+    with _sources_lock:
+        if _sources is None:
+            _sources = BlobStores.parse(os.environ.get(SOURCES_ENV, ""))
+        return _sources
 
 
-def read_text(uri: str) -> str:
-    """The text of a file:// or gs:// object (UTF-8, BOM tolerated)."""
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise NonRetryableError(f"file URI with a remote host: {uri}", error_type="BadUri")
-        try:
-            with open(unquote(parts.path), "rb") as handle:
-                raw = handle.read(MAX_BYTES + 1)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+def read_text(uri: str, allowed: BlobStores) -> str:
+    """The text (UTF-8, BOM tolerated) of the file at `uri`, if `allowed` holds it."""
+    try:
+        raw = allowed.get(uri, max_bytes=MAX_BYTES)
+    except DataRefRefusedError as exc:
+        raise NonRetryableError(
+            f"{exc} (allowed: {SOURCES_ENV})", error_type="NotAllowed"
+        ) from None
+    except LimitError:
+        raise NonRetryableError(
+            f"{uri} is larger than {MAX_BYTES} bytes", error_type="TooLarge"
+        ) from None
+    except DataRefError as exc:
+        if _missing(exc):
             raise NonRetryableError(f"cannot read {uri}: {exc}", error_type="NotFound") from None
-    elif parts.scheme == "gs":
-        from google.api_core import exceptions
-
-        try:
-            blob = _storage().bucket(parts.netloc).blob(parts.path.lstrip("/"))
-            raw = blob.download_as_bytes(end=MAX_BYTES)
-        except (exceptions.NotFound, exceptions.Forbidden) as exc:
-            raise NonRetryableError(f"cannot read {uri}: {exc}", error_type="NotFound") from None
-    else:
-        raise NonRetryableError(f"unsupported URI scheme: {uri}", error_type="BadUri")
-    if len(raw) > MAX_BYTES:
-        raise NonRetryableError(f"{uri} is larger than {MAX_BYTES} bytes", error_type="TooLarge")
+        raise  # a storage error that may pass: Pub/Sub retries
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise NonRetryableError(f"{uri} is not UTF-8 text: {exc}", error_type="BadCsv") from None
+
+
+def _missing(exc: DataRefError) -> bool:
+    """Whether the read failed because the file is not there or not readable by this function."""
+    from google.api_core import exceptions
+
+    cause = exc.__cause__
+    local = (FileNotFoundError, IsADirectoryError, PermissionError)
+    return isinstance(cause, (*local, exceptions.NotFound, exceptions.Forbidden))
 
 
 def profile(text: str, delimiter: str = ",") -> dict[str, Any]:
@@ -87,5 +90,5 @@ def profile(text: str, delimiter: str = ",") -> dict[str, Any]:
 def csv_profile(request: Request) -> dict[str, Any]:
     """Profile the CSV file the request names."""
     uri = request.data["uri"]
-    result = profile(read_text(uri), request.data.get("delimiter", ","))
+    result = profile(read_text(uri, sources()), request.data.get("delimiter", ","))
     return {"uri": uri, **result}

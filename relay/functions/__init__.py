@@ -19,10 +19,11 @@ the first publish, google-auth only when push authentication is on.
 """
 
 from relay.functions._auth import GOOGLE_CERTS_URL, PushAuth
+from relay.functions._call import Call, Response
 from relay.functions._dead_letter import (
     DELIVERY_COUNT_ATTRIBUTE,
-    DeadLetterRuntime,
     dead_letter_function,
+    dead_letter_pipeline,
 )
 from relay.functions._decorator import RelayDeliveryError, relay_function
 from relay.functions._errors import NonRetryableError, PushAuthError
@@ -32,16 +33,32 @@ from relay.functions._idempotency import (
     IdempotencyStore,
     MemoryIdempotencyStore,
 )
+from relay.functions._pipeline import HandlerPipeline
 from relay.functions._publisher import PubSubPublisher, ResultPublisher
 from relay.functions._request import Request
 from relay.functions._runtime import Runtime
+from relay.functions._settings import (
+    BLOB_STORES_ENV,
+    MAX_DELIVERY_ATTEMPTS_ENV,
+    PUSH_ALLOWED_EMAILS_ENV,
+    PUSH_AUDIENCE_ENV,
+    PUSH_CERTS_URL_ENV,
+    REPLY_TOPICS_ENV,
+)
 
 __all__ = [
+    "BLOB_STORES_ENV",
     "DELIVERY_COUNT_ATTRIBUTE",
     "GOOGLE_CERTS_URL",
-    "DeadLetterRuntime",
+    "MAX_DELIVERY_ATTEMPTS_ENV",
+    "PUSH_ALLOWED_EMAILS_ENV",
+    "PUSH_AUDIENCE_ENV",
+    "PUSH_CERTS_URL_ENV",
+    "REPLY_TOPICS_ENV",
+    "Call",
     "FileIdempotencyStore",
     "GcsIdempotencyStore",
+    "HandlerPipeline",
     "IdempotencyStore",
     "MemoryIdempotencyStore",
     "NonRetryableError",
@@ -50,8 +67,10 @@ __all__ = [
     "PushAuthError",
     "RelayDeliveryError",
     "Request",
+    "Response",
     "ResultPublisher",
     "Runtime",
     "dead_letter_function",
+    "dead_letter_pipeline",
     "relay_function",
 ]

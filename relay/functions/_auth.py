@@ -96,13 +96,15 @@ class PushAuth:
     ) -> PushAuth | None:
         """Arguments first, then RELAY_PUSH_AUDIENCE / _ALLOWED_EMAILS (comma-separated) /
         _CERTS_URL. None (auth off) when no audience is configured either way."""
-        audience = audience or environ.get("RELAY_PUSH_AUDIENCE") or None
+        from relay.functions import _settings as settings
+
+        audience = audience or environ.get(settings.PUSH_AUDIENCE_ENV) or None
         if audience is None:
             return None
         if allowed_emails is None:
-            allowed_emails = environ.get("RELAY_PUSH_ALLOWED_EMAILS", "").split(",")
+            allowed_emails = environ.get(settings.PUSH_ALLOWED_EMAILS_ENV, "").split(",")
         emails = frozenset(e.strip() for e in allowed_emails if e.strip())
-        url = certs_url or environ.get("RELAY_PUSH_CERTS_URL") or GOOGLE_CERTS_URL
+        url = certs_url or environ.get(settings.PUSH_CERTS_URL_ENV) or GOOGLE_CERTS_URL
         return cls(audience=audience, allowed_emails=emails, certs_url=url)
 
     def verify(self, authorization: str | None) -> dict[str, Any]:

@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast, overload
 
+from relay.functions import _settings as settings
 from relay.functions._auth import PushAuth
+from relay.functions._call import Response
 from relay.functions._envelope import from_cloud_event
 from relay.functions._errors import Unanswerable
 from relay.functions._idempotency import IdempotencyStore
+from relay.functions._pipeline import HandlerPipeline
 from relay.functions._publisher import ResultPublisher
-from relay.functions._runtime import Response, Runtime
+from relay.functions._runtime import BodyError, Runtime
 from relay.protocol import BlobStore, SchemaRegistry
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
 
 _DEFAULT = object()
+BODY_READ_TIMEOUT = 5.0  # seconds a client may pause while sending a body (gunicorn only)
 
 
 class RelayDeliveryError(Exception):
@@ -60,7 +63,8 @@ def relay_function(
     *,
     source: str | None = None,
     registry: SchemaRegistry | object | None = _DEFAULT,
-    blob_store: BlobStore | None = None,
+    blob_stores: Iterable[BlobStore] | None = None,
+    reply_topics: Iterable[str] | None = None,
     publisher: ResultPublisher | None = None,
     idempotency: IdempotencyStore | None = None,
     publish_timeout: float = 30.0,
@@ -77,7 +81,8 @@ def relay_function(
     *,
     source: str | None = None,
     registry: SchemaRegistry | object | None = _DEFAULT,
-    blob_store: BlobStore | None = None,
+    blob_stores: Iterable[BlobStore] | None = None,
+    reply_topics: Iterable[str] | None = None,
     publisher: ResultPublisher | None = None,
     idempotency: IdempotencyStore | None = None,
     publish_timeout: float = 30.0,
@@ -90,7 +95,10 @@ def relay_function(
 
     source: ce-source of the results (default: RELAY_FUNCTION_SOURCE or //functions/<K_SERVICE>).
     registry: schemas to validate request data (default: relay's default_registry(); None: off).
-    blob_store: where large results are offloaded (and dataref'd requests read; default by URI).
+    blob_stores: the only stores datarefs are read from; large results go to the first (default:
+    RELAY_BLOB_STORES; none configured: every dataref is refused, large results fail).
+    reply_topics: the only topics results are published to, full paths or projects/<p>/topics/*
+    (default: RELAY_REPLY_TOPICS; none configured: every request is refused, unanswered).
     publisher: result publisher (default: one lazily created PublisherClient per instance).
     idempotency: an IdempotencyStore to answer duplicates with the stored result (default: off).
     publish_timeout: seconds to wait for the result publish before answering 5xx.
@@ -102,12 +110,13 @@ def relay_function(
     def decorate(handler: Callable[..., Any]) -> Callable[[Any], None]:
         function_name = name or handler.__name__
         runtime = Runtime(
-            handler,
+            HandlerPipeline(handler),
             name=function_name,
             source=source or default_source(function_name),
             registry=None if registry is _DEFAULT else registry,  # type: ignore[arg-type]
             use_default_registry=registry is _DEFAULT,
-            blob_store=blob_store,
+            blob_stores=settings.blob_stores(blob_stores),
+            reply_topics=settings.reply_topics(reply_topics),
             publisher=publisher,
             idempotency=idempotency,
             publish_timeout=publish_timeout,
@@ -153,11 +162,11 @@ def serve_cloud_event(runtime: Runtime, cloud_event: Any) -> Response:
         ) from None
     headers = _flask_headers()
     if headers is not None:  # inside a Flask request without the hook: the raw request is better
-        return runtime.handle_http(headers, _flask_body())
+        return runtime.handle_http(headers, _body_reader(_flask_request()))
     try:
         delivery = from_cloud_event(attributes, data)
     except Unanswerable as exc:
-        return runtime.unanswerable(exc, time.perf_counter(), None)
+        return runtime.unanswerable(exc)
     return runtime.handle_delivery(delivery)
 
 
@@ -171,10 +180,47 @@ def _flask_headers() -> dict[str, str] | None:
     return {key.lower(): value for key, value in flask.request.headers.items()}  # cold path
 
 
-def _flask_body() -> bytes:
+def _flask_request() -> Any:
     import flask
 
-    return flask.request.get_data()
+    return flask.request._get_current_object()  # type: ignore[attr-defined]
+
+
+def _body_reader(request: Any) -> Callable[[int], bytes]:
+    """A reader of a werkzeug request's body: over `limit` bytes is 413 (Content-Length was
+    checked before; a chunked body is cut at the limit), and under gunicorn a client that stops
+    sending for BODY_READ_TIMEOUT seconds gets 408 instead of holding a worker thread."""
+
+    environ = request.environ
+
+    def read(limit: int) -> bytes:
+        if not environ.get("CONTENT_LENGTH"):
+            request.max_content_length = limit
+        sock = environ.get("gunicorn.socket")
+        previous = None
+        if sock is not None:
+            previous = sock.gettimeout()
+            sock.settimeout(BODY_READ_TIMEOUT)
+        try:
+            return bytes(request.get_data())
+        except Exception as exc:
+            raise _body_error(exc, limit) from exc
+        finally:
+            if sock is not None:
+                sock.settimeout(previous)
+
+    return read
+
+
+def _body_error(exc: Exception, limit: int) -> Exception:
+    """The BodyError for what reading a body raised (anything else unchanged)."""
+    from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+
+    if isinstance(exc, RequestEntityTooLarge):
+        return BodyError(413, f"body exceeds {limit} bytes")
+    if isinstance(exc, (OSError, ClientDisconnected)):  # the socket timed out, or the client left
+        return BodyError(408, f"body not received in {BODY_READ_TIMEOUT} s: {exc}")
+    return exc
 
 
 def _install_hook(runtime: Runtime) -> None:
@@ -188,12 +234,12 @@ def _install_hook(runtime: Runtime) -> None:
         return
 
     def relay_before_request() -> flask.Response | None:
-        request = flask.request
+        request = flask.request._get_current_object()  # type: ignore[attr-defined]
         if request.method != "POST":
             return None
         # werkzeug's Headers: case-insensitive get / `in`, all from_http needs (a Mapping in spirit)
         headers = cast("Mapping[str, str]", request.headers)
-        response = runtime.handle_http(headers, request.get_data())
+        response = runtime.handle_http(headers, _body_reader(request))
         return flask.Response(
             response.body, status=response.status, content_type=response.content_type
         )

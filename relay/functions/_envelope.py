@@ -83,7 +83,7 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Delivery:
     if body[:1] == b"{" or body.lstrip()[:1] == b"{":
         try:
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             document = None
         if isinstance(document, dict):
             if isinstance(document.get("message"), dict):
@@ -127,7 +127,7 @@ def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Unanswerable(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise Unanswerable(f"{what} is not a JSON object")

@@ -5,9 +5,16 @@ functions_framework imports; jsonschema loads on first validation, google-cloud-
 inside GcsBlobStore.
 """
 
-from relay.protocol._blobs import BlobStore, GcsBlobStore, LocalBlobStore, blob_store_for
+from relay.protocol._blobs import (
+    BlobStore,
+    BlobStores,
+    GcsBlobStore,
+    LocalBlobStore,
+    blob_store_for,
+)
 from relay.protocol._errors import (
     DataRefError,
+    DataRefRefusedError,
     DecodeError,
     InvalidAttributeError,
     LimitError,
@@ -42,11 +49,13 @@ from relay.protocol._names import (
     PROJECT_RULE,
     REPLY_TO_ATTRIBUTE,
     RESOURCE_RULE,
+    TOPIC_PATTERN_RULE,
     TYPE_ATTRIBUTE,
     check_correlation_id,
     check_group,
     check_project_id,
     check_resource_id,
+    check_topic_pattern,
     correlation_group,
     group_filter,
     grouped_id,
@@ -54,6 +63,7 @@ from relay.protocol._names import (
     is_resource_id,
     project_of,
     subscription_path,
+    topic_matches,
     topic_path,
 )
 from relay.protocol._pubsub import (
@@ -89,9 +99,12 @@ __all__ = [
     "RESULT_FAILED",
     "RESULT_SUCCEEDED",
     "STRUCTURED_CONTENT_TYPE",
+    "TOPIC_PATTERN_RULE",
     "TYPE_ATTRIBUTE",
     "BlobStore",
+    "BlobStores",
     "DataRefError",
+    "DataRefRefusedError",
     "DecodeError",
     "ErrorInfo",
     "Event",
@@ -111,6 +124,7 @@ __all__ = [
     "check_project_id",
     "check_resource_id",
     "check_subscription_lifetime",
+    "check_topic_pattern",
     "correlation_group",
     "default_registry",
     "failed",
@@ -127,5 +141,6 @@ __all__ = [
     "succeeded",
     "to_binary",
     "to_structured",
+    "topic_matches",
     "topic_path",
 ]

@@ -87,4 +87,10 @@ class SchemaValidationError(ProtocolError):
 
 
 class DataRefError(ProtocolError):
-    """The blob of a `dataref` cannot be stored or read (unknown scheme, missing, unreadable)."""
+    """The blob of a `dataref` cannot be stored or read (missing, unreadable): maybe later."""
+
+
+class DataRefRefusedError(DataRefError):
+    """The `dataref` is not allowed and nothing was read (a scheme other than file:// and gs://,
+    outside every configured blob store, a link or a non-regular file, content that does not
+    match its sha256 name): retrying cannot help."""

@@ -130,6 +130,32 @@ def project_of(path: str) -> str:
     return path.split("/", 2)[1]
 
 
+TOPIC_PATTERN_RULE = (
+    "a full topic path projects/<project>/topics/<name>, or projects/<project>/topics/* for "
+    "every topic of that project"
+)
+
+
+def check_topic_pattern(pattern: object) -> str:
+    """`pattern` if it is a topic path or `projects/<project>/topics/*` (InvalidAttributeError)."""
+    if isinstance(pattern, str) and pattern.endswith("/topics/*"):
+        project = pattern[len("projects/") : -len("/topics/*")]
+        if pattern.startswith("projects/") and _PROJECT_ID.fullmatch(project):
+            return pattern
+    elif isinstance(pattern, str) and is_topic_path(pattern):
+        return pattern
+    raise InvalidAttributeError(
+        f"topic pattern {pattern!r} is not {TOPIC_PATTERN_RULE}", field="topic"
+    )
+
+
+def topic_matches(topic: str, pattern: str) -> bool:
+    """Whether the full topic path `topic` is `pattern` or a topic of a `.../topics/*` pattern."""
+    if pattern.endswith("/topics/*"):
+        return is_topic_path(topic) and topic.startswith(pattern[:-1])
+    return topic == pattern
+
+
 def check_correlation_id(value: object) -> str:
     """`value` if it is a valid correlation id, else InvalidAttributeError naming the rule."""
     if not isinstance(value, str) or not _CORRELATION_ID.fullmatch(value):

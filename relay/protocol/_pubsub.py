@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ from relay.protocol._blobs import BlobStore, blob_store_for
 from relay.protocol._data import decode_data, dumps_json, encode_data, loads_json
 from relay.protocol._errors import (
     DataRefError,
+    DataRefRefusedError,
     DecodeError,
     InvalidAttributeError,
     LimitError,
@@ -152,12 +153,21 @@ def from_message(
     *,
     registry: SchemaRegistry | None = None,
     blob_store: BlobStore | None = None,
+    check_envelope: Callable[[Event], object] | None = None,
 ) -> Event:
-    """Decode a message in either mode (structured if content-type is application/cloudevents*)."""
+    """Decode a message in either mode (structured if content-type is application/cloudevents*).
+
+    `check_envelope` sees the envelope before its data is read or decoded (a `dataref` resolved),
+    and may raise to refuse the message there.
+    """
     raw, attrs = _check_input(data, attributes)
     if is_structured(attrs.get(CONTENT_TYPE)):
-        return _from_structured(raw, attrs, registry=registry, blob_store=blob_store)
-    return _from_binary(raw, attrs, registry=registry, blob_store=blob_store)
+        return _from_structured(
+            raw, attrs, registry=registry, blob_store=blob_store, check_envelope=check_envelope
+        )
+    return _from_binary(
+        raw, attrs, registry=registry, blob_store=blob_store, check_envelope=check_envelope
+    )
 
 
 def from_binary(
@@ -212,6 +222,7 @@ def _from_binary(
     *,
     registry: SchemaRegistry | None,
     blob_store: BlobStore | None,
+    check_envelope: Callable[[Event], object] | None = None,
 ) -> Event:
     content_type = attrs.get(CONTENT_TYPE, attrs.get(ATTRIBUTE_PREFIX + "datacontenttype"))
     if is_structured(content_type):
@@ -234,6 +245,8 @@ def _from_binary(
     if content_type is not None:
         fields["datacontenttype"] = content_type
     envelope = _envelope(fields, raw)
+    if check_envelope is not None:
+        check_envelope(envelope)
     if not raw and envelope.dataref is not None:
         raw = _resolve(envelope, blob_store)
     return _finish(envelope, raw, registry)
@@ -245,6 +258,7 @@ def _from_structured(
     *,
     registry: SchemaRegistry | None,
     blob_store: BlobStore | None,
+    check_envelope: Callable[[Event], object] | None = None,
 ) -> Event:
     content_type = attrs.get(CONTENT_TYPE)
     bare = media_type(content_type) if content_type is not None else None
@@ -282,6 +296,8 @@ def _from_structured(
         if exc.event is not None and is_json(exc.event.datacontenttype) and "data" in body:
             exc.event = replace_data(exc.event, body["data"])  # already decoded JSON: keep it
         raise
+    if check_envelope is not None:
+        check_envelope(envelope)
     has_data, has_base64 = body.get("data") is not None, body.get("data_base64") is not None
     if has_data and has_base64:
         raise DecodeError("event has both 'data' and 'data_base64'", field="data", event=envelope)
@@ -376,7 +392,7 @@ def _resolve(envelope: Event, blob_store: BlobStore | None) -> bytes:
     content_addressed = _SHA256_NAME.fullmatch(name) is not None
     if blob_store is None and uri.startswith("file:") and not content_addressed:
         # Without a configured store, a message must not make us read arbitrary local files.
-        raise DataRefError(
+        raise DataRefRefusedError(
             f"dataref {uri!r}: a file:// blob read without a configured blob store must be named "
             "by the sha256 of its content",
             field="dataref",
@@ -397,7 +413,7 @@ def _resolve(envelope: Event, blob_store: BlobStore | None) -> bytes:
             f"blob store returned {type(data).__name__}, not bytes", field="dataref", event=envelope
         )
     if content_addressed and hashlib.sha256(data).hexdigest() != name:
-        raise DataRefError(
+        raise DataRefRefusedError(
             f"dataref {uri!r}: content does not match its sha256 name",
             field="dataref",
             event=envelope,

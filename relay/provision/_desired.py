@@ -20,6 +20,22 @@ class PushSettings:
 # The completion topic keeps messages this long (Google's minimum), so a new task subscription can
 # be sought back over the moment of its creation (relay.airflow.hooks.create_task_subscription).
 COMPLETION_RETENTION_SECONDS = 10 * 60
+# A terminal dead-letter subscription keeps what lands there as long as Google allows (7 days) and
+# never expires, however long nobody pulls it: it is where an operator finds undeliverable requests.
+TERMINAL_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class KeepSettings:
+    """How long a subscription keeps unacknowledged messages, and whether it expires when idle."""
+
+    retention_seconds: int
+    expiration_ttl_seconds: int | None
+    """None: the subscription never expires."""
+
+
+DEFAULT_KEEP = KeepSettings(7 * 24 * 3600, 31 * 24 * 3600)
+"""Google's values for a subscription that sets neither."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,8 @@ class SubscriptionSettings:
     maximum_backoff: float
     dead_letter_topic: str | None
     max_delivery_attempts: int
+    keep: KeepSettings | None = None
+    """Retention and expiry, managed on terminal subscriptions only (None: left as they are)."""
 
     def differences(self, actual: SubscriptionSettings) -> tuple[str, ...]:
         """One `field: actual -> desired` line per managed field that differs (topic excluded)."""
@@ -76,6 +94,11 @@ class SubscriptionSettings:
                 _describe_dead_letter(self.dead_letter_topic, self.max_delivery_attempts),
             ),
         )
+        if self.keep is not None:
+            kept = zip(
+                _describe_keep(actual.keep or DEFAULT_KEEP), _describe_keep(self.keep), strict=True
+            )
+            pairs += tuple((name, old, new) for (name, old), (_, new) in kept)
         return tuple(f"{name}: {old} -> {new}" for name, old, new in pairs if old != new)
 
     def summary(self) -> tuple[str, ...]:
@@ -87,6 +110,10 @@ class SubscriptionSettings:
             f"retry_policy: {_describe_retry(self.minimum_backoff, self.maximum_backoff)}",
             "dead_letter_policy: "
             + _describe_dead_letter(self.dead_letter_topic, self.max_delivery_attempts),
+            *(
+                f"{name}: {value}"
+                for name, value in (_describe_keep(self.keep) if self.keep else ())
+            ),
         )
 
     def changed_fields(self, actual: SubscriptionSettings) -> tuple[str, ...]:
@@ -118,6 +145,13 @@ def _push_pairs(
     )
 
 
+def _describe_keep(keep: KeepSettings) -> tuple[tuple[str, str], ...]:
+    return (
+        ("message_retention_duration", _describe_retention(keep.retention_seconds)),
+        ("expiration_policy", _describe_expiration(keep)),
+    )
+
+
 def topic_path(project: str, topic: str) -> str:
     """`projects/P/topics/T`."""
     return f"projects/{project}/topics/{topic}"
@@ -140,9 +174,12 @@ def desired_topics(topology: Topology) -> tuple[TopicSettings, ...]:
 
 
 def desired_subscriptions(topology: Topology) -> tuple[SubscriptionSettings, ...]:
-    """One subscription per function, then the pull subscriptions on the completion topic."""
+    """One subscription per function, the pull subscriptions on the completion topic, then one
+    per terminal dead-letter topic (kept 7 days, never expiring)."""
     settings = [_for_function(topology, function) for function in topology.functions.values()]
-    settings.extend(_for_completion(topology, sub) for sub in topology.completion_subscriptions)
+    settings.extend(_for_pull(topology, sub) for sub in topology.completion_subscriptions)
+    terminal = KeepSettings(TERMINAL_RETENTION_SECONDS, None)
+    settings.extend(_for_pull(topology, sub, terminal) for sub in topology.terminal_subscriptions)
     return tuple(settings)
 
 
@@ -171,7 +208,9 @@ def _for_function(topology: Topology, function: Function) -> SubscriptionSetting
     )
 
 
-def _for_completion(topology: Topology, subscription: Subscription) -> SubscriptionSettings:
+def _for_pull(
+    topology: Topology, subscription: Subscription, keep: KeepSettings | None = None
+) -> SubscriptionSettings:
     retry: RetryPolicy = subscription.retry
     return SubscriptionSettings(
         name=subscription_path(topology.project, subscription.name),
@@ -182,6 +221,7 @@ def _for_completion(topology: Topology, subscription: Subscription) -> Subscript
         maximum_backoff=retry.maximum_backoff,
         dead_letter_topic=None,
         max_delivery_attempts=0,
+        keep=keep,
     )
 
 
@@ -202,7 +242,16 @@ def _describe_push(push: PushSettings | None) -> str:
 def _describe_retention(seconds: int | None) -> str:
     if seconds is None:
         return "none"
-    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _describe_expiration(keep: KeepSettings) -> str:
+    if keep.expiration_ttl_seconds is None:
+        return "never"
+    return f"after {_describe_retention(keep.expiration_ttl_seconds)} idle"
 
 
 def _describe_retry(minimum: float, maximum: float) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from relay.provision._desired import (
+    DEFAULT_KEEP,
+    KeepSettings,
     PushSettings,
     SubscriptionSettings,
     TopicSettings,
@@ -195,10 +197,19 @@ def provision(
 def _settings_to_proto(settings: SubscriptionSettings) -> Any:
     from google.pubsub_v1 import types
 
+    keep: dict[str, Any] = {}
+    if settings.keep is not None:
+        ttl = settings.keep.expiration_ttl_seconds
+        keep["message_retention_duration"] = dt.timedelta(seconds=settings.keep.retention_seconds)
+        # An expiration policy without a ttl is Google's "never expires"; no policy is 31 days.
+        keep["expiration_policy"] = types.ExpirationPolicy(
+            ttl=dt.timedelta(seconds=ttl) if ttl is not None else None
+        )
     subscription = types.Subscription(
         name=settings.name,
         topic=settings.topic,
         ack_deadline_seconds=settings.ack_deadline_seconds,
+        **keep,
     )
     if settings.push is not None:
         subscription.push_config = types.PushConfig(
@@ -257,7 +268,20 @@ def _settings_from_proto(subscription: Any) -> SubscriptionSettings:
         max_delivery_attempts=pb.dead_letter_policy.max_delivery_attempts
         if dead_letter_topic
         else 0,
+        keep=_keep_from_proto(pb),
     )
+
+
+def _keep_from_proto(pb: Any) -> KeepSettings:
+    """Retention and expiry as set, or Google's defaults where the subscription sets none."""
+    retention = DEFAULT_KEEP.retention_seconds
+    if pb.HasField("message_retention_duration"):
+        retention = int(pb.message_retention_duration.ToTimedelta().total_seconds())
+    ttl = DEFAULT_KEEP.expiration_ttl_seconds
+    if pb.HasField("expiration_policy"):
+        policy = pb.expiration_policy
+        ttl = int(policy.ttl.ToTimedelta().total_seconds()) if policy.HasField("ttl") else None
+    return KeepSettings(retention, ttl)
 
 
 def _topic_to_proto(settings: TopicSettings) -> dict[str, Any]:

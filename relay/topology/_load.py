@@ -483,17 +483,24 @@ class _Parser:
         dead_letter_topic = self.string(
             raw.get("dead_letter_topic"), _join(path, "dead_letter_topic"), required=False
         )
-        if dead_letter_topic is not None:
-            if dead_letter_topic not in dead_letters:
-                self.issue(
-                    _join(path, "dead_letter_topic"),
-                    f"{dead_letter_topic} is not declared in topics.dead_letter",
-                )
-            elif dead_letter_topic == topic:
-                self.issue(
-                    _join(path, "dead_letter_topic"),
-                    "must differ from the topic the function listens on",
-                )
+        if dead_letter_topic is None:
+            self.issue(
+                _join(path, "dead_letter_topic"),
+                f"is required: without one, a request that {name} always fails is redelivered "
+                "forever (name a topic of topics.dead_letter; one that no function listens on "
+                "keeps what lands there)",
+            )
+        elif dead_letter_topic not in dead_letters:
+            self.issue(
+                _join(path, "dead_letter_topic"),
+                f"{dead_letter_topic} is not declared in topics.dead_letter",
+            )
+        elif dead_letter_topic == topic:
+            self.issue(
+                _join(path, "dead_letter_topic"),
+                f"must differ from the topic {name} listens on ({topic}): Pub/Sub would hand "
+                "each dead-lettered request back to the same subscription, forever",
+            )
         attempts_path = _join(path, "max_delivery_attempts")
         attempts = self.integer(raw.get("max_delivery_attempts"), attempts_path, 5, 5, 100)
         if "max_delivery_attempts" in raw and dead_letter_topic is None:
@@ -590,13 +597,25 @@ class _Parser:
                 self.issue(path, f"{sub.name} is also used at {subscriptions[sub.name]}")
             subscriptions.setdefault(sub.name, path)
 
-        # Pub/Sub drops what is published to a topic nobody subscribes to: every request and
-        # dead-letter topic needs a function listening.
+        # Pub/Sub drops what is published to a topic nobody subscribes to: every request topic
+        # needs a function listening. A dead-letter topic without one is terminal: provisioning
+        # gives it a pull subscription of the same name, which keeps what lands there.
         listened = {function.topic for function in functions.values()}
-        for group, names in (("requests", requests), ("dead_letter", dead_letters)):
-            for index, name in enumerate(names):
-                if name not in listened:
-                    self.issue(f"topics.{group}[{index}]", f"no function listens on {name}")
+        for index, name in enumerate(requests):
+            if name not in listened:
+                self.issue(f"topics.requests[{index}]", f"no function listens on {name}")
+        for index, name in enumerate(dead_letters):
+            path = f"topics.dead_letter[{index}]"
+            if name in listened:
+                continue
+            if name in subscriptions:
+                self.issue(
+                    path,
+                    f"{name} is terminal (no function listens on it) and its subscription, of the "
+                    f"same name, is also used at {subscriptions[name]}",
+                )
+            subscriptions.setdefault(name, path)
+        self._dead_letter_cycles(functions)
 
         for function in functions.values():
             path = _join("functions", function.name)
@@ -638,10 +657,51 @@ class _Parser:
                 identity.invokes, set(functions), f"{path}.invokes", "is not a declared function"
             )
 
+    def _dead_letter_cycles(self, functions: dict[str, Function]) -> None:
+        """Refuse dead-letter chains that come back: such a request would circle forever.
+
+        Every function has a dead-letter topic, so a chain without a cycle ends at a topic no
+        function listens on (a terminal one). Self-loops are reported on the function itself.
+        """
+        listeners: dict[str, list[Function]] = {}
+        for function in functions.values():
+            listeners.setdefault(function.topic, []).append(function)
+        reported: set[frozenset[str]] = set()
+        for function in functions.values():
+            chain = _chain_back(function, listeners)
+            if chain is None or frozenset(chain) in reported:
+                continue
+            reported.add(frozenset(chain))
+            steps = " -> ".join(f"{functions[name].topic} ({name})" for name in chain)
+            self.issue(
+                _join(_join("functions", function.name), "dead_letter_topic"),
+                f"the dead-letter chain comes back: {steps} -> {function.topic}; a request that "
+                "fails everywhere would circle forever (a chain must end at a dead-letter topic "
+                "that no function listens on)",
+            )
+
     def _refs(self, names: tuple[str, ...], known: set[str], path: str, message: str) -> None:
         for index, name in enumerate(names):
             if name not in known:
                 self.issue(f"{path}[{index}]", f"{name} {message}")
+
+
+def _chain_back(start: Function, listeners: dict[str, list[Function]]) -> list[str] | None:
+    """The functions of a dead-letter chain from `start` back to its topic, if there is one."""
+    paths: list[list[Function]] = [[start]]
+    seen = {start.name}
+    while paths:
+        path = paths.pop(0)
+        target = path[-1].dead_letter_topic
+        if target is None or target == path[-1].topic:
+            continue  # no dead-letter topic, or a self-loop: each reported on the function
+        if target == start.topic:
+            return [function.name for function in path]
+        for following in listeners.get(target, []):
+            if following.name not in seen:
+                seen.add(following.name)
+                paths.append([*path, following])
+    return None
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:

@@ -47,7 +47,8 @@ class Identity:
 
 @dataclass(frozen=True)
 class Subscription:
-    """A plain pull subscription on the completion topic (a consumer of results, e.g. Airflow)."""
+    """A plain pull subscription: on the completion topic (a consumer of results, e.g. Airflow), or
+    on a terminal dead-letter topic (where an operator pulls what nothing could deliver)."""
 
     name: str
     topic: str
@@ -75,6 +76,7 @@ class Function:
     ack_deadline_seconds: int = 60
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     dead_letter_topic: str | None = None
+    """Where Pub/Sub moves a request after `max_delivery_attempts` (the loader requires one)."""
     max_delivery_attempts: int = 5
     environment: Mapping[str, str] = field(default_factory=_frozen)
 
@@ -105,11 +107,24 @@ class Topology:
         return (*self.request_topics, self.completion_topic, *self.dead_letter_topics)
 
     @property
+    def terminal_topics(self) -> tuple[str, ...]:
+        """Dead-letter topics no function listens on: where dead-letter chains end."""
+        listened = {function.topic for function in self.functions.values()}
+        return tuple(topic for topic in self.dead_letter_topics if topic not in listened)
+
+    @property
+    def terminal_subscriptions(self) -> tuple[Subscription, ...]:
+        """One pull subscription per terminal topic, of the same name: it keeps what lands there."""
+        return tuple(Subscription(name=topic, topic=topic) for topic in self.terminal_topics)
+
+    @property
     def subscriptions(self) -> tuple[str, ...]:
-        """Every subscription name: one per function, then those on the completion topic."""
+        """Every subscription name: one per function, those on the completion topic, then one per
+        terminal topic."""
         return (
             *(function.subscription for function in self.functions.values()),
             *(subscription.name for subscription in self.completion_subscriptions),
+            *(subscription.name for subscription in self.terminal_subscriptions),
         )
 
     def push_service_account(self, function: Function) -> str | None:

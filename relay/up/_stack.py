@@ -15,6 +15,14 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from relay.functions import (
+    MAX_DELIVERY_ATTEMPTS_ENV,
+    PUSH_ALLOWED_EMAILS_ENV,
+    PUSH_AUDIENCE_ENV,
+    PUSH_CERTS_URL_ENV,
+    REPLY_TOPICS_ENV,
+)
+from relay.protocol import topic_path
 from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
 from relay.up._forward import PullForwarder
@@ -260,17 +268,26 @@ def function_server(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for key in ("RELAY_PUSH_AUDIENCE", "RELAY_PUSH_CERTS_URL", "RELAY_PUSH_ALLOWED_EMAILS"):
+    for key in (PUSH_AUDIENCE_ENV, PUSH_CERTS_URL_ENV, PUSH_ALLOWED_EMAILS_ENV):
         env.pop(key, None)
     push_account = topology.push_service_account(function)
     if push_account is not None:
         env.update(
             {
-                "RELAY_PUSH_AUDIENCE": url,
-                "RELAY_PUSH_CERTS_URL": certs_url,
-                "RELAY_PUSH_ALLOWED_EMAILS": push_account,
+                PUSH_AUDIENCE_ENV: url,
+                PUSH_CERTS_URL_ENV: certs_url,
+                PUSH_ALLOWED_EMAILS_ENV: push_account,
             }
         )
+    # What it may touch: results only to the completion topic; its last attempt known.
+    env[REPLY_TOPICS_ENV] = topic_path(topology.project, topology.completion_topic)
+    env.pop(MAX_DELIVERY_ATTEMPTS_ENV, None)
+    if function.dead_letter_topic is not None:
+        env[MAX_DELIVERY_ATTEMPTS_ENV] = str(function.max_delivery_attempts)
+    # Requests time out as on Cloud Run (functions-framework's gunicorn option), after the
+    # ack deadline, when Pub/Sub would redeliver anyway.
+    env["CLOUD_RUN_TIMEOUT_SECONDS"] = str(function.ack_deadline_seconds)
+    env["THREADED_TIMEOUT_ENABLED"] = "true"
     env.update(function.environment)
     argv = [
         sys.executable,

@@ -42,6 +42,8 @@ os.environ.update(
 from _airflow_fakes import FakeGoogle, use_as_metadata_server  # noqa: E402
 from _airflow_responder import Responder  # noqa: E402
 
+from relay.functions import REPLY_TOPICS_ENV  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
@@ -102,6 +104,7 @@ def echo_function(broker: Any, fake_google: FakeGoogle, tmp_path: Path) -> Itera
         "RELAY_PUSH_AUDIENCE": url,
         "RELAY_PUSH_CERTS_URL": f"{fake_google.url}/certs",
         "RELAY_PUSH_ALLOWED_EMAILS": "airflow@relay-test.iam.gserviceaccount.com",
+        REPLY_TOPICS_ENV: "projects/relay-test/topics/*",
     }
     root = Path(__file__).resolve().parents[2]
     log = (tmp_path / "echo.log").open("wb")

@@ -20,6 +20,7 @@ from types import MappingProxyType
 
 from _e2e_procs import E2EError, Proc, answers_http, free_port, stop_all, wait_until
 
+from relay.demo import with_csv_inputs
 from relay.provision import provision
 from relay.topology import Function, Topology, load_topology
 from relay.up import function_server
@@ -56,7 +57,9 @@ class RelayStack:
             log=self.logs / "broker.log",
             env=clean_env(),
         )
-        base = load_topology(REPO / "relay.yaml")
+        self.inputs = root / "inputs"
+        """The only folder the csv_profile function may read CSV files from."""
+        base = with_csv_inputs(load_topology(REPO / "relay.yaml"), self.inputs)
         urls = {name: f"http://127.0.0.1:{free_port()}/" for name in base.functions}
         self.topology: Topology = replace(
             base,

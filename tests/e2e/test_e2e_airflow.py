@@ -173,11 +173,9 @@ class PipelineRun:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(
-    e2e: E2E, api: AirflowApi, tmp_path_factory: pytest.TempPathFactory
-) -> PipelineRun:
+def pipeline_run(e2e: E2E, api: AirflowApi) -> PipelineRun:
     """dags/relay_csv_pipeline.py triggered over REST on 100 fresh CSV files, run to its end."""
-    folder = tmp_path_factory.mktemp("pipeline") / "csv"
+    folder = e2e.relay.inputs / "pipeline"
     expected = generate_csvs(folder, 100)
     conf = {
         "csv_dir": str(folder),
@@ -218,13 +216,14 @@ def test_pipeline_results_in_item_order(api: AirflowApi, pipeline_run: PipelineR
 
 
 def test_pipeline_with_defer_after_finishes_on_the_worker(
-    e2e: E2E, api: AirflowApi, pipeline_run: PipelineRun, tmp_path: Any
+    e2e: E2E, api: AirflowApi, pipeline_run: PipelineRun
 ) -> None:
     """Run conf defer_after=60: the results come within it, so `profile` never defers (the run
     above, defer_after 0, did), and the outcome is the same."""
-    expected = generate_csvs(tmp_path / "csv", 20)
+    folder = e2e.relay.inputs / "defer-after"
+    expected = generate_csvs(folder, 20)
     conf = {
-        "csv_dir": str(tmp_path / "csv"),
+        "csv_dir": str(folder),
         "request_topic": e2e.relay.topic_of("csv_profile"),
         "completion_topic": e2e.relay.topology.completion_topic,
         "defer_after": 60,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,11 @@ from typing import Any
 import functions_framework
 import pytest
 
+from relay.functions import REPLY_TOPICS_ENV
 from relay.protocol import Event, Message, from_message, new_request, to_binary
+
+# The functions under test publish results to the tests' own (per-test) completion topics.
+os.environ.setdefault(REPLY_TOPICS_ENV, "projects/relay-test/topics/*")
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"

@@ -3,13 +3,7 @@ relay broker push subscriptions; requests published and results pulled with the 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,54 +13,11 @@ import pytest
 
 from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED, ErrorInfo, Event, to_binary
 
-from .conftest import EXAMPLES, Completion, log_lines, request_event
+from ._served import Served
+from .conftest import EXAMPLES, Completion, request_event
 
 ALLOWED = "pusher@relay-test.iam.gserviceaccount.com"
 AUDIENCE = "https://echo.relay.test"
-
-
-class Served:
-    """A `functions-framework` process serving one target; its stdout (relay's log) in a file."""
-
-    def __init__(self, target: str, source: Path, log: Path, env: dict[str, str]) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "functions_framework",
-                    "--target", target, "--source", str(source), "--signature-type", "cloudevent",
-                    "--host", "127.0.0.1", "--port", str(self.port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "THREADS": "4", **env},
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{target} exited:\n{log.read_text()}")
-            try:
-                urllib.request.urlopen(self.url, timeout=1)
-            except urllib.error.HTTPError:
-                return  # 405 for GET: serving
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{target} did not start:\n{log.read_text()}")
-
-    def lines(self) -> list[dict[str, Any]]:
-        return log_lines(self.log.read_text(errors="replace"))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +175,7 @@ def test_retry_budget_spent_ends_in_a_dead_letter_result(
     (dead,) = [
         line for line in dead_letter.lines() if line.get("correlationid") == request.correlationid
     ]
-    assert (dead["outcome"], dead["attempt"]) == ("dead-lettered", 5)
+    assert (dead["outcome"], dead["error"]["message"]) == ("dead-lettered", "after 5 attempts")
 
 
 def test_duplicate_publish_answers_twice_with_one_result_id(
@@ -249,21 +200,33 @@ def test_expired_request(echo: Served, route: Any, completion: Completion) -> No
 def test_csv_profile_example(
     serve: Callable[..., Served], route: Any, completion: Completion, tmp_path: Path
 ) -> None:
-    served = serve("csv_profile", EXAMPLES / "csv_profile" / "main.py")
-    data = tmp_path / "people.csv"
+    inputs = tmp_path / "inputs"
+    served = serve(
+        "csv_profile", EXAMPLES / "csv_profile" / "main.py", CSV_PROFILE_SOURCES=str(inputs)
+    )
+    inputs.mkdir()
+    data = inputs / "people.csv"
     data.write_text("name,age\nann,3\nbob,\n")
     publish = route(served.url)
     kind = "dev.relay.example.csv.profile"
-    publish(request_event(completion, {"uri": data.as_uri()}, type=kind))
-    publish(request_event(completion, {"uri": "ftp://nowhere/x.csv"}, type=kind))
-    results = {event.type: event for event in completion.pull(2)}
-    assert results[RESULT_SUCCEEDED].data == {
+    requests = {
+        uri: request_event(completion, {"uri": uri}, type=kind)
+        for uri in [data.as_uri(), "ftp://nowhere/x.csv", "file:///etc/passwd"]
+    }
+    for request in requests.values():
+        publish(request)
+    results = {event.correlationid: event for event in completion.pull(3)}
+    by_uri = {uri: results[request.correlationid] for uri, request in requests.items()}
+    assert by_uri[data.as_uri()].data == {
         "uri": data.as_uri(),
         "rows": 2,
         "columns": ["name", "age"],
         "nulls": {"name": 0, "age": 1},
     }
-    assert ErrorInfo.from_event(results[RESULT_FAILED]).type == "SchemaValidationError"
+    assert ErrorInfo.from_event(by_uri["ftp://nowhere/x.csv"]).type == "SchemaValidationError"
+    refused = ErrorInfo.from_event(by_uri["file:///etc/passwd"])
+    assert (refused.type, refused.retryable) == ("NotAllowed", False)
+    assert "root:" not in refused.message
 
 
 def test_push_oidc_tokens_from_the_broker(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from google.api_core.exceptions import NotFound, PreconditionFailed
 
 from relay.protocol import (
     BlobStore,
+    BlobStores,
     DataRefError,
+    DataRefRefusedError,
     GcsBlobStore,
+    LimitError,
     LocalBlobStore,
     blob_store_for,
     from_message,
@@ -111,10 +115,12 @@ class FakeBlob:
             )  # type: ignore[no-untyped-call]
         self.client.objects[(self.bucket, self.name)] = data
 
-    def download_as_bytes(self) -> bytes:
+    def download_as_bytes(self, end: int | None = None) -> bytes:
+        """Like google.cloud.storage's: `end` is the last byte's index (inclusive)."""
         self.client.calls.append(("download", self.bucket, self.name, None))
         try:
-            return self.client.objects[(self.bucket, self.name)]
+            data = self.client.objects[(self.bucket, self.name)]
+            return data if end is None else data[: end + 1]
         except KeyError:
             raise NotFound(f"No such object: {self.bucket}/{self.name}") from None  # type: ignore[no-untyped-call]
 
@@ -202,3 +208,106 @@ def test_gcs_client_is_lazy() -> None:
     assert repr(store) == "GcsBlobStore('b', '')"
     after = {name for name in sys.modules if name.startswith("google.cloud.storage")}
     assert after == before
+
+
+# ---------------------------------------------------------------------- confinement (BlobStores)
+
+
+def test_local_get_never_follows_links_or_reads_special_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_bytes(b"s")
+    (root / "ok").write_bytes(b"fine")
+    (root / "link").symlink_to(tmp_path / "secret")
+    (root / "inner").symlink_to(root / "ok")
+    (root / "sub" / "up").symlink_to(tmp_path)
+    os.mkfifo(root / "fifo")
+    store = LocalBlobStore(root)
+    assert store.get((root / "ok").as_uri()) == b"fine"
+    for name in ["link", "inner", "sub/up/secret", "fifo", "sub"]:
+        with pytest.raises(DataRefRefusedError):
+            store.get(f"{root.as_uri()}/{name}")
+
+
+def test_get_is_bounded_by_max_bytes(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    uri = store.put("k", b"12345")
+    assert store.get(uri, max_bytes=5) == b"12345"
+    with pytest.raises(LimitError) as big:
+        store.get(uri, max_bytes=4)
+    assert big.value.limit == 4
+    client = FakeClient()
+    gcs = GcsBlobStore("b", client=client)
+    gcs_uri = gcs.put("k", b"12345")
+    with pytest.raises(LimitError):
+        gcs.get(gcs_uri, max_bytes=4)
+
+
+def test_gcs_reads_only_under_its_prefix() -> None:
+    client = FakeClient()
+    store = GcsBlobStore("b", "in", client=client)
+    client.objects[("b", "secret")] = b"s"
+    for uri in ["gs://b/secret", "gs://b/in/../secret", "gs://b/in/%2E%2E/secret", "gs://b/inx/y",
+                "gs://b/in/", "gs://b/in//x", "gs://c/in/x"]:  # fmt: skip
+        assert not store.contains(uri)
+        with pytest.raises(DataRefRefusedError):
+            store.get(uri)
+    assert client.calls == []
+    assert store.contains("gs://b/in/x/y")
+
+
+def test_blob_stores_read_inside_any_and_write_to_the_first(tmp_path: Path) -> None:
+    first, second = LocalBlobStore(tmp_path / "a"), LocalBlobStore(tmp_path / "b")
+    stores = BlobStores([first, second])
+    uri = stores.put("k", b"v")
+    assert uri == (tmp_path / "a" / "k").as_uri()
+    other = second.put("k", b"w")
+    assert (stores.get(uri), stores.get(other)) == (b"v", b"w")
+    assert stores.writer is first
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "k").write_bytes(b"x")
+    for refused in [(tmp_path / "c" / "k").as_uri(), "http://x/k", "s3://b/k", "gs://b/k", ""]:
+        with pytest.raises(DataRefRefusedError):
+            stores.get(refused)
+    with pytest.raises(DataRefRefusedError, match="none is configured"):
+        BlobStores().get(uri)
+    with pytest.raises(DataRefError, match="no blob store is configured"):
+        BlobStores().put("k", b"v")
+
+
+def test_blob_stores_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    stores = list(BlobStores.parse(f" gs://b/p/ , {tmp_path.as_uri()}/x ,rel,"))
+    assert [repr(store) for store in stores] == [
+        "GcsBlobStore('b', 'p/')",
+        f"LocalBlobStore({str(tmp_path / 'x')!r})",
+        f"LocalBlobStore({str(tmp_path / 'rel')!r})",
+    ]
+    assert not BlobStores.parse("")
+    for bad in ["s3://b/p", "gs://", "file://host/x"]:
+        with pytest.raises(DataRefError):
+            BlobStores.parse(bad)
+
+
+def test_check_envelope_runs_before_any_dataref_is_read(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    event = new_request(
+        "dev.relay.example.echo",
+        {"rows": list(range(100))},
+        source="s",
+        reply_to="projects/relay-test/topics/results",
+    )
+    message = to_binary(event, blob_store=store, offload_threshold=10)
+    (blob,) = tmp_path.iterdir()
+    blob.unlink()  # a read now fails: the check must come first
+
+    class Refused(Exception):
+        pass
+
+    def refuse(envelope: object) -> None:
+        raise Refused
+
+    with pytest.raises(Refused):
+        from_message(*message, blob_store=store, check_envelope=refuse)
+    with pytest.raises(DataRefError):
+        from_message(*message, blob_store=store)

@@ -9,10 +9,12 @@ from relay.protocol import (
     InvalidAttributeError,
     check_correlation_id,
     check_project_id,
+    check_topic_pattern,
     correlation_group,
     group_filter,
     grouped_id,
     subscription_path,
+    topic_matches,
     topic_path,
 )
 
@@ -59,3 +61,32 @@ def test_the_group_filter_lets_in_exactly_the_group_and_fits_googles_limit() -> 
     assert not matches({"ce-correlationid": "t10.0"})  # a group is never a prefix of another's ids
     assert not matches({"ce-correlationid": "t1"})
     assert not matches({})
+
+
+@pytest.mark.parametrize(
+    ("topic", "pattern", "matches"),
+    [
+        ("projects/relay-test/topics/results", "projects/relay-test/topics/results", True),
+        ("projects/relay-test/topics/results", "projects/relay-test/topics/*", True),
+        ("projects/relay-test/topics/other", "projects/relay-test/topics/results", False),
+        ("projects/relay-testing/topics/results", "projects/relay-test/topics/*", False),
+        ("projects/relay-test/topics/x", "projects/relay-test/topics/*", False),  # not a topic
+    ],
+)
+def test_topic_matches(topic: str, pattern: str, matches: bool) -> None:
+    assert topic_matches(topic, check_topic_pattern(pattern)) is matches
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "projects/*/topics/*",
+        "projects/relay-test/topics/res*",
+        "results",
+        "projects/Bad/topics/*",
+        "",
+    ],
+)
+def test_bad_topic_patterns_are_refused_naming_the_rule(pattern: str) -> None:
+    with pytest.raises(InvalidAttributeError, match="projects/<project>/topics/\\*"):
+        check_topic_pattern(pattern)

@@ -31,6 +31,9 @@ def test_bindings_of_the_repository_topology_are_least_privilege() -> None:
         ("topic", "relay-dead-letter", "roles/pubsub.publisher", SERVICE_AGENT),
         ("subscription", "echo-push", "roles/pubsub.subscriber", SERVICE_AGENT),
         ("subscription", "csv-profile-push", "roles/pubsub.subscriber", SERVICE_AGENT),
+        # The dead-letter function's own subscription dead-letters to the terminal topic.
+        ("topic", "relay-undeliverable", "roles/pubsub.publisher", SERVICE_AGENT),
+        ("subscription", "dead-letter-push", "roles/pubsub.subscriber", SERVICE_AGENT),
         (
             "service_account",
             "relay-push@relay-local.iam.gserviceaccount.com",
@@ -102,9 +105,13 @@ def test_gcloud_script_is_runnable_shell(tmp_path: Path) -> None:
 
 
 def test_a_wait_project_takes_the_waiter_role_and_the_topic_keeps_the_attach_grant() -> None:
-    text = (REPO / "relay.yaml").read_text().replace(
-        "    waits_on: [relay-results]\n",
-        "    waits_on: [relay-results]\n    wait_project: acme-waits\n",
+    text = (
+        (REPO / "relay.yaml")
+        .read_text()
+        .replace(
+            "    waits_on: [relay-results]\n",
+            "    waits_on: [relay-results]\n    wait_project: acme-waits\n",
+        )
     )
     from relay.topology import parse_topology
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ topics:
     name: {results}
     subscriptions:
       {audit}: {{ack_deadline: 20s}}
-  dead_letter: [{dead}]
+  dead_letter: [{dead}, {final}]
 functions:
   echo:
     source: functions/echo
@@ -46,6 +47,9 @@ functions:
     delivery: {dead_delivery}
     {dead_push}
     runtime_identity: runtime
+    retry: {dead_retry}
+    dead_letter_topic: {final}
+    max_delivery_attempts: 5
 identities:
   airflow:
     service_account: airflow@{{project}}.iam.gserviceaccount.com
@@ -73,6 +77,7 @@ def names(unique: Callable[[str], str]) -> dict[str, str]:
         "results": unique("results"),
         "audit": unique("results-audit"),
         "dead": unique("dead-letters"),
+        "final": unique("undeliverable"),
         "echo_sub": unique("echo-push"),
         "dead_sub": unique("dead-letter-sub"),
     }
@@ -86,6 +91,7 @@ def _render(project: str, names: dict[str, str], **overrides: Any) -> str:
         "attempts": 5,
         "dead_delivery": "push",
         "dead_push": "push_identity: push",
+        "dead_retry": "{minimum_backoff: 1s, maximum_backoff: 60s}",
         **names,
     }
     values.update(overrides)
@@ -121,7 +127,7 @@ def test_creates_every_resource_then_a_second_run_changes_nothing(
     first = provision(topology, clients=clients)
 
     assert set(_actions(first).values()) == {"create"}
-    assert [c.kind for c in first.changes] == ["topic"] * 3 + ["subscription"] * 3
+    assert [c.kind for c in first.changes] == ["topic"] * 4 + ["subscription"] * 4
     for topic in topology.topics:
         publisher.get_topic(topic=f"projects/{topology.project}/topics/{topic}")
     echo = _subscription(subscriber, topology, topology.functions["echo"].subscription)
@@ -145,6 +151,20 @@ def test_creates_every_resource_then_a_second_run_changes_nothing(
     audit = _subscription(subscriber, topology, topology.completion_subscriptions[0].name)
     assert (audit.push_config.push_endpoint, audit.ack_deadline_seconds) == ("", 20)
     assert not audit.HasField("dead_letter_policy")
+    # Every function's subscription has a bounded path, the dead-letter function's too ...
+    for function in topology.functions.values():
+        policy = _subscription(subscriber, topology, function.subscription).dead_letter_policy
+        assert policy.dead_letter_topic.rpartition("/")[2] == function.dead_letter_topic
+        assert policy.max_delivery_attempts == 5
+    assert topology.functions["dead-letter"].dead_letter_topic == names["final"]
+    # ... ending on the terminal topic, whose pull subscription keeps 7 days and never expires.
+    terminal = _subscription(subscriber, topology, names["final"])
+    assert terminal.topic == f"projects/{topology.project}/topics/{names['final']}"
+    assert terminal.push_config.push_endpoint == ""
+    assert terminal.message_retention_duration.ToTimedelta().total_seconds() == 7 * 86400
+    assert terminal.HasField("expiration_policy")
+    assert not terminal.expiration_policy.HasField("ttl")  # never expires
+    assert not terminal.HasField("dead_letter_policy")
 
     second = provision(topology, clients=clients)
 
@@ -249,24 +269,40 @@ def test_cli_dry_run_then_apply_then_unchanged(
 
     dry = runner.invoke(provision_command, ["--file", str(file), "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "dry run, nothing changed: would create 6" in dry.output
+    assert "dry run, nothing changed: would create 8" in dry.output
     assert "gcloud pubsub topics add-iam-policy-binding" in dry.output
+    terminal = dry.output[dry.output.index(f"subscription {names['final']}") :]
+    assert "message_retention_duration: 7d" in terminal
+    assert "expiration_policy: never" in terminal
+    dead_letter = dry.output[dry.output.index(f"subscription {names['dead_sub']}") :]
+    assert f"dead_letter_policy: {names['final']} after 5 attempts" in dead_letter
+    agent = (
+        '--member="serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"'
+    )
+    assert (
+        f"gcloud pubsub topics add-iam-policy-binding {names['final']} --project={project} "
+        f"{agent} --role=roles/pubsub.publisher"
+    ) in dry.output.splitlines()
+    assert (
+        f"gcloud pubsub subscriptions add-iam-policy-binding {names['dead_sub']} "
+        f"--project={project} {agent} --role=roles/pubsub.subscriber"
+    ) in dry.output.splitlines()
 
     applied = runner.invoke(provision_command, ["--file", str(file), "--no-iam"])
     assert applied.exit_code == 0, applied.output
-    assert "created 6" in applied.output
+    assert "created 8" in applied.output
     assert "gcloud" not in applied.output
 
     again = runner.invoke(provision_command, ["--file", str(file), "--no-iam"])
     assert again.exit_code == 0, again.output
-    assert again.output.rstrip().endswith("unchanged 6")
+    assert again.output.rstrip().endswith("unchanged 8")
 
     elsewhere = runner.invoke(
         provision_command, ["--file", str(file), "--project", "relay-other", "--dry-run"]
     )
     assert elsewhere.exit_code == 0, elsewhere.output
     assert "Pub/Sub resources in project relay-other" in elsewhere.output
-    assert "would create 6" in elsewhere.output
+    assert "would create 8" in elsewhere.output
     assert "--project=relay-other" in elsewhere.output
 
 
@@ -302,3 +338,98 @@ def test_a_completion_topic_without_retention_gets_it(
     provision(topology, clients=clients)
     assert publisher.get_topic(topic=path).message_retention_duration.total_seconds() == 600
     assert _actions(provision(topology, clients=clients))[names["results"]] == "unchanged"
+
+
+def test_a_terminal_subscription_made_by_hand_gets_the_retention_and_never_expires(
+    make: Callable[..., Topology],
+    clients: tuple[PublisherClient, SubscriberClient],
+    names: dict[str, str],
+) -> None:
+    topology = make()
+    publisher, subscriber = clients
+    topic = f"projects/{topology.project}/topics/{names['final']}"
+    path = f"projects/{topology.project}/subscriptions/{names['final']}"
+    publisher.create_topic(name=topic)
+    # As relay would make it, but with Google's default expiry (31 days idle) and 1 day retention.
+    subscriber.create_subscription(
+        request={
+            "name": path,
+            "topic": topic,
+            "ack_deadline_seconds": 60,
+            "retry_policy": {
+                "minimum_backoff": {"seconds": 10},
+                "maximum_backoff": {"seconds": 600},
+            },
+            "message_retention_duration": {"seconds": 86400},
+        }
+    )
+
+    planned = provision(topology, dry_run=True, clients=clients)
+
+    change = next(c for c in planned.changes if c.name == path)
+    assert (change.action, change.details) == (
+        "update",
+        ("message_retention_duration: 1d -> 7d", "expiration_policy: after 31d idle -> never"),
+    )
+    provision(topology, clients=clients)
+    terminal = _subscription(subscriber, topology, names["final"])
+    assert terminal.message_retention_duration.ToTimedelta().total_seconds() == 7 * 86400
+    assert terminal.HasField("expiration_policy")
+    assert not terminal.expiration_policy.HasField("ttl")
+    assert _actions(provision(topology, clients=clients))[names["final"]] == "unchanged"
+
+
+def _pull(subscriber: SubscriberClient, subscription: str, timeout: float = 10) -> list[Any]:
+    """What one pull returns, waiting up to `timeout` for at least one message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = subscriber.pull(
+            request={"subscription": subscription, "max_messages": 10, "return_immediately": True},
+            timeout=10,
+        )
+        if response.received_messages or time.monotonic() >= deadline:
+            return list(response.received_messages)
+        time.sleep(0.05)
+
+
+def test_a_request_the_dead_letter_function_keeps_failing_ends_on_the_terminal_subscription(
+    make: Callable[..., Topology],
+    clients: tuple[PublisherClient, SubscriberClient],
+    names: dict[str, str],
+) -> None:
+    """The loop of issue 12: what the dead-letter function cannot answer is kept, not retried."""
+    topology = make(
+        dead_delivery="pull", dead_push="", dead_retry="{minimum_backoff: 0s, maximum_backoff: 0s}"
+    )
+    provision(topology, clients=clients)
+    publisher, subscriber = clients
+    project = topology.project
+    source = f"projects/{project}/subscriptions/{names['dead_sub']}"
+    terminal = f"projects/{project}/subscriptions/{names['final']}"
+    publisher.publish(
+        topic=f"projects/{project}/topics/{names['dead']}",
+        messages=[{"data": b"dead-lettered request", "attributes": {"ce-id": "request-1"}}],
+    )
+
+    attempts = []
+    for _ in range(5):  # the dead-letter function fails every delivery (here: a raw nack)
+        got = _pull(subscriber, source)
+        assert len(got) == 1, attempts
+        attempts.append(got[0].delivery_attempt)
+        subscriber.modify_ack_deadline(
+            subscription=source, ack_ids=[got[0].ack_id], ack_deadline_seconds=0
+        )
+
+    assert attempts == [1, 2, 3, 4, 5]
+    kept = _pull(subscriber, terminal)
+    assert len(kept) == 1
+    message = kept[0].message
+    assert (message.data, message.attributes["ce-id"]) == (b"dead-lettered request", "request-1")
+    assert message.attributes["CloudPubSubDeadLetterSourceSubscription"] == names["dead_sub"]
+    assert message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert _pull(subscriber, source, timeout=2) == []  # no sixth attempt: nothing loops
+    # An operator's look without acking leaves it there for the next look.
+    subscriber.modify_ack_deadline(
+        subscription=terminal, ack_ids=[kept[0].ack_id], ack_deadline_seconds=0
+    )
+    assert [m.message.message_id for m in _pull(subscriber, terminal)] == [message.message_id]

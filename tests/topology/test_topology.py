@@ -12,6 +12,7 @@ import yaml
 
 from relay.topology import (
     RetryPolicy,
+    Subscription,
     Topology,
     TopologyError,
     load_topology,
@@ -30,7 +31,7 @@ def _valid() -> dict[str, Any]:
         "topics": {
             "requests": ["echo-requests"],
             "completion": {"name": "results", "subscriptions": {"results-audit": {}}},
-            "dead_letter": ["dead-letters"],
+            "dead_letter": ["dead-letters", "undeliverable"],
         },
         "functions": {
             "echo": {
@@ -51,6 +52,7 @@ def _valid() -> dict[str, Any]:
                 "topic": "dead-letters",
                 "delivery": "pull",
                 "runtime_identity": "runtime",
+                "dead_letter_topic": "undeliverable",
             },
         },
         "identities": {
@@ -68,7 +70,10 @@ def _valid() -> dict[str, Any]:
                 "service_account": "push@relay-test.iam.gserviceaccount.com",
                 "invokes": ["echo"],
             },
-            "ops": {"member": "group:ops@example.com", "subscribes": ["dead-letter-pull"]},
+            "ops": {
+                "member": "group:ops@example.com",
+                "subscribes": ["dead-letter-pull", "undeliverable"],
+            },
         },
     }
 
@@ -97,8 +102,15 @@ def test_valid_file_loads_into_frozen_dataclasses(base: Path) -> None:
     topology = _load(base, _valid())
 
     assert topology.project == "relay-test"
-    assert topology.topics == ("echo-requests", "results", "dead-letters")
-    assert topology.subscriptions == ("echo-push", "dead-letter-pull", "results-audit")
+    assert topology.topics == ("echo-requests", "results", "dead-letters", "undeliverable")
+    assert topology.subscriptions == (
+        "echo-push",
+        "dead-letter-pull",
+        "results-audit",
+        "undeliverable",
+    )
+    assert topology.terminal_topics == ("undeliverable",)
+    assert topology.terminal_subscriptions == (Subscription("undeliverable", "undeliverable"),)
     echo = topology.functions["echo"]
     assert echo.source == base / "functions" / "echo"
     assert echo.source_file.is_file()
@@ -167,6 +179,23 @@ def _delete(path: str) -> Mutation:
         for key in parents:
             node = node[key]
         del node[last]
+
+    return mutate
+
+
+def _add_last_resort(dead_letter_topic: str) -> Mutation:
+    """A second dead-letter function, on `undeliverable`, dead-lettering to `dead_letter_topic`."""
+
+    def mutate(document: dict[str, Any]) -> None:
+        document["functions"]["last-resort"] = {
+            "source": "functions/dead_letter",
+            "entry_point": "handle",
+            "topic": "undeliverable",
+            "delivery": "pull",
+            "runtime_identity": "runtime",
+            "dead_letter_topic": dead_letter_topic,
+        }
+        document["identities"]["ops"]["subscribes"] = []
 
     return mutate
 
@@ -279,9 +308,44 @@ CASES: list[tuple[str, Mutation, str]] = [
         "functions.echo.dead_letter_topic: elsewhere is not declared in topics.dead_letter",
     ),
     (
+        "no dead letter topic",
+        _delete("functions.echo.dead_letter_topic"),
+        "functions.echo.dead_letter_topic: is required: without one, a request that echo always "
+        "fails is redelivered forever (name a topic of topics.dead_letter; one that no function "
+        "listens on keeps what lands there)",
+    ),
+    (
         "attempts without dead letter topic",
-        _set("functions.dead-letter.max_delivery_attempts", 5),
-        "functions.dead-letter.max_delivery_attempts: only applies with a dead_letter_topic",
+        _delete("functions.echo.dead_letter_topic"),
+        "functions.echo.max_delivery_attempts: only applies with a dead_letter_topic",
+    ),
+    (
+        "dead-letter function without its own dead letter topic",
+        _delete("functions.dead-letter.dead_letter_topic"),
+        "functions.dead-letter.dead_letter_topic: is required: without one, a request that "
+        "dead-letter always fails is redelivered forever (name a topic of topics.dead_letter; one "
+        "that no function listens on keeps what lands there)",
+    ),
+    (
+        "dead letter topic is the function's own topic",
+        _set("functions.dead-letter.dead_letter_topic", "dead-letters"),
+        "functions.dead-letter.dead_letter_topic: must differ from the topic dead-letter listens "
+        "on (dead-letters): Pub/Sub would hand each dead-lettered request back to the same "
+        "subscription, forever",
+    ),
+    (
+        "dead letter chain comes back",
+        _add_last_resort("dead-letters"),
+        "functions.dead-letter.dead_letter_topic: the dead-letter chain comes back: dead-letters "
+        "(dead-letter) -> undeliverable (last-resort) -> dead-letters; a request that fails "
+        "everywhere would circle forever (a chain must end at a dead-letter topic that no "
+        "function listens on)",
+    ),
+    (
+        "terminal subscription name taken",
+        _set("functions.dead-letter.subscription", "undeliverable"),
+        "topics.dead_letter[1]: undeliverable is terminal (no function listens on it) and its "
+        "subscription, of the same name, is also used at functions.dead-letter.subscription",
     ),
     (
         "bad function name",
@@ -401,6 +465,38 @@ def test_each_mistake_gets_its_error(base: Path, mutate: Mutation, expected: str
     assert expected.format(base=base) in issues, issues
 
 
+def test_a_longer_dead_letter_chain_ends_at_its_terminal_topic(base: Path) -> None:
+    document = _valid()
+    _add_last_resort("final")(document)
+    document["topics"]["dead_letter"].append("final")
+
+    topology = _load(base, document)
+
+    assert topology.terminal_topics == ("final",)
+    assert [sub.name for sub in topology.terminal_subscriptions] == ["final"]
+    assert topology.subscriptions[-1] == "final"
+
+
+def test_a_dead_letter_cycle_is_reported_once_with_every_step(base: Path) -> None:
+    document = _valid()
+    _add_last_resort("third")(document)
+    document["topics"]["dead_letter"].append("third")
+    document["functions"]["third"] = {
+        **document["functions"]["last-resort"],
+        "topic": "third",
+        "dead_letter_topic": "dead-letters",
+    }
+
+    issues = _issues(base, document)
+
+    assert issues == [
+        "functions.dead-letter.dead_letter_topic: the dead-letter chain comes back: dead-letters "
+        "(dead-letter) -> undeliverable (last-resort) -> third (third) -> dead-letters; a request "
+        "that fails everywhere would circle forever (a chain must end at a dead-letter topic "
+        "that no function listens on)"
+    ]
+
+
 def test_every_mistake_is_reported_at_once(base: Path) -> None:
     document = _valid()
     document["functions"]["echo"]["max_delivery_attempts"] = 3
@@ -463,3 +559,11 @@ def test_repository_topology_is_valid() -> None:
 
     assert set(topology.functions) == {"echo", "csv-profile", "dead-letter"}
     assert topology.completion_topic == "relay-results"
+    # Every request has a bounded path: two dead-letter hops at most, then a terminal topic.
+    assert {f.name: f.dead_letter_topic for f in topology.functions.values()} == {
+        "echo": "relay-dead-letter",
+        "csv-profile": "relay-dead-letter",
+        "dead-letter": "relay-undeliverable",
+    }
+    assert topology.functions["dead-letter"].max_delivery_attempts == 5
+    assert topology.terminal_topics == ("relay-undeliverable",)

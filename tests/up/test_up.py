@@ -81,7 +81,7 @@ def test_up_runs_the_topology_and_stops_cleanly(
         text = output.read_text()
         for name in ("echo", "csv-profile", "dead-letter"):
             assert re.search(rf"^  {name} +http://127\.0\.0\.1:\d+/  ← ", text, re.MULTILINE), text
-        assert "created 7" in text or "unchanged" in text
+        assert "created 9" in text or "unchanged" in text  # 5 topics, 4 subscriptions
         children = _process_groups(process.pid)
         # Push auth is on: a request without the broker's OIDC token never reaches the handler.
         echo_url = re.search(r"^  echo +(http://\S+)", text, re.MULTILINE)
@@ -151,13 +151,19 @@ def test_a_function_that_cannot_start_fails_the_stack_and_stops_the_rest(
         (tmp_path / name).mkdir()
         (tmp_path / name / "main.py").write_text(code)
     requests_good, requests_bad, results = unique("good"), unique("bad"), unique("results")
+    dead = unique("undeliverable")
     topology = parse_topology(
         f"""
 project: {project}
-topics: {{requests: [{requests_good}, {requests_bad}], completion: {results}}}
+topics:
+  requests: [{requests_good}, {requests_bad}]
+  completion: {results}
+  dead_letter: [{dead}]
 functions:
-  good: {{source: good, entry_point: good, topic: {requests_good}, delivery: pull}}
-  bad: {{source: bad, entry_point: bad, topic: {requests_bad}, delivery: pull}}
+  good: {{source: good, entry_point: good, topic: {requests_good}, delivery: pull,
+         dead_letter_topic: {dead}}}
+  bad: {{source: bad, entry_point: bad, topic: {requests_bad}, delivery: pull,
+        dead_letter_topic: {dead}}}
 """,
         base_dir=tmp_path,
     )
@@ -180,11 +186,11 @@ functions:
 def test_stack_up_feeds_a_pull_function_through_its_subscription(
     tmp_path: Path, broker: Any, project: str, unique: Callable[[str], str]
 ) -> None:
-    requests, results = unique("pull-requests"), unique("results")
+    requests, results, dead = unique("pull-requests"), unique("results"), unique("undeliverable")
     topology = parse_topology(
         f"""
 project: {project}
-topics: {{requests: [{requests}], completion: {results}}}
+topics: {{requests: [{requests}], completion: {results}, dead_letter: [{dead}]}}
 functions:
   echo:
     source: {REPO / "functions" / "echo"}
@@ -192,6 +198,7 @@ functions:
     topic: {requests}
     subscription: {unique("echo-pull")}
     delivery: pull
+    dead_letter_topic: {dead}
 """,
         base_dir=tmp_path,
     )
@@ -208,7 +215,8 @@ functions:
         stack_up(topology, data_dir=tmp_path / ".relay", broker=endpoint) as stack,
         CompletionMonitor(project, results, subscription=unique("monitor")) as monitor,
     ):
-        assert [change.action for change in stack.plan.changes] == ["create"] * 3
+        # requests, results and the terminal topic; echo's and the terminal subscription
+        assert [change.action for change in stack.plan.changes] == ["create"] * 5
         assert stack.functions["echo"].url.startswith("http://127.0.0.1:")
         broker.publisher().publish(
             f"projects/{project}/topics/{requests}", message.data, **message.attributes
@@ -225,13 +233,14 @@ def test_children_die_with_a_killed_relay_up(tmp_path: Path, project: str) -> No
     (tmp_path / "relay.yaml").write_text(
         f"""
 project: {project}
-topics: {{requests: [killed-requests], completion: killed-results}}
+topics: {{requests: [killed-requests], completion: killed-results, dead_letter: [killed-dead]}}
 functions:
   echo:
     source: {REPO / "functions" / "echo"}
     entry_point: echo
     topic: killed-requests
     delivery: pull
+    dead_letter_topic: killed-dead
 """
     )
     output = tmp_path / "up.out"

@@ -60,7 +60,17 @@ def huge(request: Request) -> Any:
     return "x" * 2_000_000
 
 
-@relay_function(blob_store=LocalBlobStore(os.environ.get("TEST_BLOB_DIR", "/tmp/relay-test-blobs")))
+@relay_function(
+    blob_stores=[LocalBlobStore(os.environ.get("TEST_BLOB_DIR", "/tmp/relay-test-blobs"))]
+)
 def offloading(request: Request) -> Any:
     """Returns 2 MB with a blob store: the result travels as a dataref."""
     return "y" * 2_000_000
+
+
+@relay_function(
+    blob_stores=[LocalBlobStore(os.environ.get("TEST_BLOB_DIR", "/tmp/relay-test-blobs"))]
+)
+def blob_echo(request: Request) -> Any:
+    """Echoes its data, which may come as a dataref into the TEST_BLOB_DIR store."""
+    return {"data": request.data}
