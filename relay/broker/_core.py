@@ -60,7 +60,7 @@ from relay.broker._state import (
     check_ack_deadline,
     parse_ack_ids,
 )
-from relay.broker._store import Statement, Store, StoreFailed, StoreUnusable, pack, unpack
+from relay.broker._store import Statement, Store, StoreFailed, pack, unpack
 from relay.broker._timers import Scheduler
 from relay.broker._tokens import PushTokens
 
@@ -173,9 +173,6 @@ class Broker:
         except (sqlite3.DatabaseError, DecodeError) as exc:
             self.store.close_sync()
             raise self.store.damaged(exc) from None
-        except StoreUnusable:
-            self.store.close_sync()
-            raise
         self.store.start()
         self._spawn(self._collect_garbage())
         for sub in self.subs.values():
