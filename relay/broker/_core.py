@@ -582,14 +582,15 @@ class Broker:
         self.iam.forget(sub.name)
         cleanup: list[Statement] = []
         self._drop_messages(sub, cleanup)
-        if cleanup:
-            self.store.post(cleanup)
+        self.store.post(cleanup)
         if sub.config.push_endpoint:
             self.on_push_change(sub)
 
     def _drop_messages(self, sub: SubState, statements: list[Statement]) -> None:
-        """Forget every message of `sub` (unacked and retained; its pending rows are deleted
-        already); stale references go inert."""
+        """Forget every message of `sub` (unacked and retained), once it takes no new ones; stale
+        references go inert. Its pending rows are deleted again: publishes queued while that
+        deletion was committed added some."""
+        statements.append((_SQL_DROP_PENDING, [(sub.sub_id,)]))
         for entry in sub.entries.values():
             entry.state = DONE
         for msg in [e.msg for e in sub.entries.values()] + list(sub.acked.values()):
@@ -625,8 +626,7 @@ class Broker:
             sub.pb.detached = True
             cleanup: list[Statement] = []
             self._drop_messages(sub, cleanup)
-            if cleanup:
-                self.store.post(cleanup)
+            self.store.post(cleanup)
             for consumer in list(sub.consumers) + list(sub.waiters):
                 consumer.wake()  # open streams end with FAILED_PRECONDITION
 
@@ -807,8 +807,9 @@ class Broker:
             count = len(rows[1])
             await self.store.submit(
                 [rows],
-                what=f"the ack{'s' if count != 1 else ''} of {count} message"
-                f"{'s' if count != 1 else ''} (they stay unacked)",
+                what="the ack of 1 message (it stays unacked)"
+                if count == 1
+                else f"the acks of {count} messages (they stay unacked)",
             )
             committed = {seq for _, seq in rows[1]}
         cleanup: list[Statement] = []
@@ -1037,7 +1038,7 @@ def _copy_field(target: Any, source: Any, field: str) -> None:
 
 def _seek_ns(time: Any) -> int:
     """A Seek time in nanoseconds since 1970, or INVALID_ARGUMENT before anything changes: the
-    store keeps times as 64-bit nanoseconds (years 1678 to 2261)."""
+    store keeps times as 64-bit nanoseconds, so the broker takes years 1700-2250."""
     ns = time.seconds * 1_000_000_000 + time.nanos
     if not 0 <= time.nanos < 1_000_000_000 or not _MIN_SEEK_NS <= ns <= _MAX_SEEK_NS:
         raise invalid(
