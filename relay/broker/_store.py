@@ -273,8 +273,13 @@ class Store:
             conn.execute("SELECT id, name, topic, start_seq, body FROM subscriptions ORDER BY id")
         )
         row = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
-        top = conn.execute("SELECT MAX(last_seq) FROM batches").fetchone()
-        state.last_seq = max(row[0] if row else 0, top[0] or 0)
+        # A Publish whose write failed gave out no message id but used up its seqs, and a
+        # subscription or snapshot created since stored one of them: never give those out again.
+        tops = conn.execute(
+            "SELECT (SELECT MAX(last_seq) FROM batches), "
+            "(SELECT MAX(start_seq) FROM subscriptions), (SELECT MAX(start_seq) FROM snapshots)"
+        ).fetchone()
+        state.last_seq = max(row[0] if row else 0, *(top or 0 for top in tops))
         return state
 
     def schema_rows(

@@ -117,7 +117,8 @@ class _Names(click.ParamType[Any]):
     default=".relay/broker",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the store lives.",
+    help="Where the store and the signing key live (created 0700); one used before must still "
+    "hold its store (else see --reset-store).",
 )
 @click.option(
     "--reset-store",
