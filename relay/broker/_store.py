@@ -509,9 +509,9 @@ class Store:
         every write until there is room) and fail its future."""
         failure = StoreFailed(self.path, op.what, error)
         if isinstance(error, sqlite3.OperationalError):
-            _LOG.error("broker store: %s", failure)
+            _LOG.error("%s", failure)
         else:
-            _LOG.error("broker store: %s", failure, exc_info=error)
+            _LOG.error("%s", failure, exc_info=error)
         self._resolve([op], failure)
 
     def _apply(self, batch: list[_Op]) -> None:
