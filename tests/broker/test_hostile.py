@@ -239,7 +239,7 @@ def test_modify_push_config_and_update_refuse_the_same(
 
 
 def test_audience_other_than_the_endpoint_is_refused_without_allow_lists(
-    make_sub: Callable[..., str], subscriber: Any, project: str, endpoints: Callable[[], _Endpoint]
+    broker: Any, make_sub: Callable[..., str], endpoints: Callable[[], _Endpoint]
 ) -> None:
     with pytest.raises(exceptions.InvalidArgument, match="is not the push_endpoint") as info:
         make_sub(
@@ -249,6 +249,7 @@ def test_audience_other_than_the_endpoint_is_refused_without_allow_lists(
             }
         )
     assert "stricter than Google" in info.value.message
+    assert_serving(broker)
 
 
 def test_a_stored_push_config_outside_the_rules_is_not_pushed_to(
@@ -323,6 +324,7 @@ def test_control_refuses_requests_a_web_page_can_send(
     after = broker.stats()
     for key in ("behaviour", "clock_offset_seconds"):
         assert after[key] == before[key]
+    assert_serving(broker)
 
 
 def test_the_http_port_mints_no_token_and_turns_no_check_off(broker: Any) -> None:
@@ -338,6 +340,7 @@ def test_the_http_port_mints_no_token_and_turns_no_check_off(broker: Any) -> Non
         assert "unknown behaviour setting" in json.loads(text)["error"]
     certs = json.load(urllib.request.urlopen(broker.certs_url, timeout=10))
     assert all("PRIVATE" not in pem for pem in certs.values())
+    assert_serving(broker)
 
 
 # -- the store (item 7) --------------------------------------------------------------------------
@@ -576,14 +579,17 @@ def test_control_characters_are_refused_in_project_ids(
 
 
 @pytest.mark.parametrize("bad", ["topic\x00x", "topic\nx", "topic\u200bx"])
-def test_control_characters_are_refused_in_resource_ids(publisher: Any, bad: str) -> None:
+def test_control_characters_are_refused_in_resource_ids(
+    broker: Any, publisher: Any, bad: str
+) -> None:
     with pytest.raises(exceptions.InvalidArgument, match="the id must be 3-255") as info:
         publisher.create_topic(name=f"projects/relay-test/topics/{bad}")
     assert repr(f"projects/relay-test/topics/{bad}")[1:-1] in info.value.message
+    assert_serving(broker)
 
 
 def test_control_characters_are_refused_in_push_configs(
-    make_sub: Callable[..., str], endpoints: Callable[[], _Endpoint]
+    broker: Any, make_sub: Callable[..., str], endpoints: Callable[[], _Endpoint]
 ) -> None:
     url = endpoints().url
     with pytest.raises(exceptions.InvalidArgument, match="push_endpoint"):
@@ -595,6 +601,7 @@ def test_control_characters_are_refused_in_push_configs(
                 "oidc_token": {"service_account_email": "a\n@b.iam.gserviceaccount.com"},
             }
         )
+    assert_serving(broker)
 
 
 def _mode(path: Path) -> int:
