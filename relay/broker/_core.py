@@ -62,7 +62,7 @@ from relay.broker._state import (
 )
 from relay.broker._store import Statement, Store, StoreFailed, pack, unpack
 from relay.broker._timers import Scheduler
-from relay.broker._tokens import PushTokens
+from relay.broker._push_tokens import PushTokens
 
 __all__ = ["Broker", "TopicState", "detached", "paged"]
 

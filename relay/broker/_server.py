@@ -22,7 +22,7 @@ from relay.broker._grpc import handlers
 from relay.broker._http import start_http
 from relay.broker._oidc import TokenSigner
 from relay.broker._pusher import PushManager
-from relay.broker._tokens import PushTokens
+from relay.broker._push_tokens import PushTokens
 
 __all__ = ["BrokerServer", "ListenRefused", "ServerOptions", "run"]
 
@@ -40,7 +40,7 @@ class ServerOptions:
     of it). `admin_ops_per_minute`: the per-project administrator-operation quota (always on).
     `control`: serve POST /control (change behaviour, inject faults, advance the clock).
     `push_service_accounts`, `push_audiences`: the only values push tokens are signed for (None:
-    any; `_tokens`). `reset_store`: start with an empty store, the old one moved aside.
+    any; `_push_tokens`). `reset_store`: start with an empty store, the old one moved aside.
     `insecure_listen`: allow a `host` other than loopback (there is no authentication).
     """
 
