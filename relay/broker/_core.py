@@ -45,6 +45,7 @@ from relay.broker._names import (
     check_topic,
     project_of,
 )
+from relay.broker._push_tokens import PushTokens
 from relay.broker._schemas import SchemaRegistry
 from relay.broker._snapshots import Snapshots
 from relay.broker._state import (
@@ -62,7 +63,6 @@ from relay.broker._state import (
 )
 from relay.broker._store import Statement, Store, StoreFailed, pack, unpack
 from relay.broker._timers import Scheduler
-from relay.broker._push_tokens import PushTokens
 
 __all__ = ["Broker", "TopicState", "detached", "paged"]
 

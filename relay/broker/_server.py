@@ -21,8 +21,8 @@ from relay.broker._core import Broker
 from relay.broker._grpc import handlers
 from relay.broker._http import start_http
 from relay.broker._oidc import TokenSigner
-from relay.broker._pusher import PushManager
 from relay.broker._push_tokens import PushTokens
+from relay.broker._pusher import PushManager
 
 __all__ = ["BrokerServer", "ListenRefused", "ServerOptions", "run"]
 
