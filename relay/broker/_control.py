@@ -1,11 +1,12 @@
 """What every RPC passes on its way in, and the broker's run-time control (HTTP /stats, /control).
 
 Every gRPC method handler is wrapped (`Control.gate`), keyed by its gRPC method name: the call is
-counted, fails if a fault was injected for that method, and, for an administrator operation
+counted, fails if a fault was injected for that method, with --require-auth is authenticated and
+authorized (`_auth`; a StreamingPull on its first request), and, for an administrator operation
 (`_admin.ADMIN_METHODS`), is charged against its project's quota and delayed by the admin
 latency of the behaviour settings. A method added to a service later is gated the same way.
-When nothing is injected and no admin latency is set, a data-plane call costs a counter
-increment and one attribute check.
+When nothing is injected, no admin latency is set and auth is off, a data-plane call costs a
+counter increment and two attribute checks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 
 from relay.broker._admin import ADMIN_METHODS, AdminQuota, charged_project
+from relay.broker._auth import CALLER, Auth
 from relay.broker._behaviour import Behaviour
 from relay.broker._core import Broker
 from relay.broker._errors import BrokerError
@@ -49,9 +51,10 @@ class _Fault:
 class Control:
     """Counters, injected faults and the admin quota of one broker, and what changes them."""
 
-    def __init__(self, broker: Broker, quota: AdminQuota) -> None:
+    def __init__(self, broker: Broker, quota: AdminQuota, auth: Auth | None = None) -> None:
         self.broker = broker
         self.quota = quota
+        self.auth = auth
         self._calls: dict[str, _Counter] = {}
         self.admin_ops: dict[str, int] = {}
         self.admin_ops_refused: dict[str, int] = {}
@@ -83,6 +86,8 @@ class Control:
 
     def _unary(self, name: str, counter: _Counter, inner: Any) -> Any:
         admin = name in ADMIN_METHODS
+        auth = self.auth
+        rule = auth.rule(name) if auth is not None else None
 
         async def handle(request: Any, context: Any) -> Any:
             counter.calls += 1
@@ -90,6 +95,13 @@ class Control:
                 fault = self._take_fault(name)
                 if fault is not None:
                     await context.abort(fault.code, fault.message)
+            if auth is not None and rule is not None:
+                try:
+                    principal = auth.authenticate(context.invocation_metadata())
+                    auth.authorize(rule, request, principal)
+                except BrokerError as exc:
+                    await context.abort(exc.code, exc.message)
+                CALLER.set(principal)
             if admin:
                 try:
                     await self._admit(name, request, context)
@@ -100,12 +112,26 @@ class Control:
         return handle
 
     def _stream(self, name: str, counter: _Counter, inner: Any) -> Callable[..., Any]:
+        auth = self.auth
+        rule = auth.rule(name) if auth is not None else None
+
         async def handle(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             counter.calls += 1
             if self.faults:
                 fault = self._take_fault(name)
                 if fault is not None:
                     await context.abort(fault.code, fault.message)
+            if auth is not None and rule is not None:
+                try:
+                    principal = auth.authenticate(context.invocation_metadata())
+                    first = await anext(aiter(requests), None)
+                    if first is None:
+                        return
+                    auth.authorize(rule, first, principal)
+                except BrokerError as exc:
+                    await context.abort(exc.code, exc.message)
+                CALLER.set(principal)
+                requests = _prepended(first, requests)
             stream = inner(requests, context)
             try:
                 async for response in stream:
@@ -207,6 +233,13 @@ class Control:
         if advance:
             broker.advance(float(advance))
         return self._settings()
+
+
+async def _prepended(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """`first` (already read to authorize the stream), then the rest of the requests."""
+    yield first
+    async for request in rest:
+        yield request
 
 
 def _parse_faults(value: Any) -> list[tuple[str, _Fault]]:

@@ -20,6 +20,7 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import empty_pb2
 from google.pubsub_v1 import types
 
+from relay.broker._auth import CALLER
 from relay.broker._control import Control
 from relay.broker._core import Broker, paged
 from relay.broker._errors import BrokerError
@@ -184,6 +185,10 @@ def handlers(broker: Broker, control: Control) -> list[Any]:
 
     async def test_iam_permissions(req: Any, context: Any) -> Any:
         granted = broker.iam.test(req.resource, list(req.permissions))
+        caller = CALLER.get()
+        if caller is not None and control.auth is not None:  # --require-auth: what it holds
+            holds = control.auth.access.holds
+            granted = [p for p in granted if holds(caller.member, p, req.resource)]
         return iam_policy_pb2.TestIamPermissionsResponse(permissions=granted)
 
     async def seek(req: Any, context: Any) -> Any:
@@ -191,8 +196,11 @@ def handlers(broker: Broker, control: Control) -> list[Any]:
         return _pb("SeekResponse")()
 
     async def streaming(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        caller = CALLER.get()
         try:
-            async for response in streaming_pull(broker, requests):
+            async for response in streaming_pull(
+                broker, requests, None if caller is None else caller.expires
+            ):
                 yield response
         except BrokerError as exc:
             await context.abort(exc.code, exc.message)

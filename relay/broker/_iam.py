@@ -22,7 +22,16 @@ from relay.broker._errors import BrokerError, invalid, not_found
 from relay.broker._names import check_resource
 from relay.broker._store import Statement, Store
 
-__all__ = ["EMPTY_ETAG", "MAX_PRINCIPALS", "PERMISSIONS", "ROLES", "IamPolicies", "Policy"]
+__all__ = [
+    "EMPTY_ETAG",
+    "MAX_PRINCIPALS",
+    "PERMISSIONS",
+    "ROLES",
+    "IamPolicies",
+    "Policy",
+    "is_custom_role",
+    "is_member",
+]
 
 Policy: Any = policy_pb2.Policy
 
@@ -99,6 +108,17 @@ _MEMBER = re.compile(
     r"|domain:[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"
     r"|principal(Set)?://\S+"
 )
+
+
+def is_custom_role(role: str) -> bool:
+    """Whether `role` is a custom role's name (projects/P/roles/R, organizations/O/roles/R)."""
+    return _CUSTOM_ROLE.fullmatch(role) is not None
+
+
+def is_member(member: str) -> bool:
+    """Whether `member` is a principal a binding may name (allUsers, serviceAccount:EMAIL...)."""
+    return len(member) <= _MAX_MEMBER_CHARS and _MEMBER.fullmatch(member) is not None
+
 
 _SQL_PUT = "INSERT OR REPLACE INTO iam_policies (resource, body) VALUES (?, ?)"
 _SQL_DROP = "DELETE FROM iam_policies WHERE resource = ?"
@@ -246,7 +266,7 @@ def _checked_bindings(policy: Any) -> dict[str, list[str]]:
         )
     for binding in policy.bindings:
         role = binding.role
-        if role not in ROLES and not _CUSTOM_ROLE.fullmatch(role):
+        if role not in ROLES and not is_custom_role(role):
             raise invalid(
                 f"Role {role[:200]!r} is not supported for this resource; use a basic role "
                 "(roles/owner, roles/editor, roles/viewer), a Pub/Sub role (roles/pubsub.*) or "
@@ -261,7 +281,7 @@ def _checked_bindings(policy: Any) -> dict[str, list[str]]:
             raise invalid(f"The binding of {role} has no members; each binding needs one or more.")
         members = merged.setdefault(role, {})
         for member in binding.members:
-            if len(member) > _MAX_MEMBER_CHARS or not _MEMBER.fullmatch(member):
+            if not is_member(member):
                 raise invalid(
                     f"Invalid member {member[:200]!r} in the binding of {role}: expected allUsers, "
                     "allAuthenticatedUsers, user:EMAIL, serviceAccount:EMAIL, group:EMAIL, "

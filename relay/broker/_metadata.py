@@ -5,16 +5,27 @@ talk to it unmodified when a process runs with GCE_METADATA_HOST and GCE_METADAT
 address: access tokens from the broker's token service, ID tokens signed with the broker's push
 key (verifiable at the broker's /certs), the account's email and the project id. One server per
 identity, because the metadata server, not the caller, decides whose tokens a process gets.
+
+ID tokens only for the audiences the broker signs push tokens for (`--push-audiences`; any
+without it): `relay up` gives its functions' URLs, so a local identity gets tokens its functions
+accept and no other. They carry real time (their receivers check them against their own clocks);
+access tokens are on the broker's clock (the broker checks them: advancing it expires them).
+
+`POST /token` is an OAuth 2.0 token endpoint (refresh-token grant) for the same identity: the
+`token_uri` of google-auth's authorized-user credentials (what `gcloud auth application-default
+login` writes), for a process that cannot set GCE_METADATA_HOST before google-auth is imported,
+such as `relay up` itself.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from relay.broker._oidc import TokenSigner
+from relay.broker._push_tokens import PushTokens
 from relay.broker._tokens import TokenIssuer
 
 __all__ = ["Identity", "start_metadata"]
@@ -32,6 +43,7 @@ class Identity:
     project: str
     issuer: TokenIssuer
     signer: TokenSigner
+    push_tokens: PushTokens = field(default_factory=PushTokens)  # its audiences bound ID tokens
 
 
 _IDENTITY = web.AppKey("identity", Identity)
@@ -76,18 +88,45 @@ async def _serve(request: web.Request) -> web.Response:
         audience = request.query.get("audience", "")
         if not audience:
             return _text("non-empty audience parameter required", 400)
-        issuer = identity.issuer
-        token = identity.signer.mint(
-            audience, identity.email, now=issuer.now(), lifetime=issuer.lifetime
-        )
+        if not identity.push_tokens.allows_audience(audience):
+            return _text(
+                f"the relay broker signs ID tokens only for the audiences it signs push tokens "
+                f"for ({identity.push_tokens.audience_list}), not for {audience[:200]!r}",
+                403,
+            )
+        token = identity.signer.mint(audience, identity.email, lifetime=identity.issuer.lifetime)
         return _text(token)
     return _text(f"{request.path} not found", 404)
+
+
+async def _oauth_token(request: web.Request) -> web.Response:
+    """The refresh-token grant of OAuth 2.0 (RFC 6749 section 6), answered for this identity."""
+    form = await request.post()
+    if form.get("grant_type") != "refresh_token" or not form.get("refresh_token"):
+        return web.json_response(
+            {
+                "error": "unsupported_grant_type",
+                "error_description": "this endpoint answers grant_type=refresh_token only",
+            },
+            status=400,
+        )
+    identity = request.app[_IDENTITY]
+    token, lifetime = identity.issuer.mint(identity.email)
+    return web.json_response(
+        {
+            "access_token": token,
+            "expires_in": lifetime,
+            "token_type": "Bearer",
+            "scope": " ".join(_SCOPES),
+        }
+    )
 
 
 async def start_metadata(host: str, port: int, identity: Identity) -> tuple[web.AppRunner, int]:
     """Serve `identity`'s metadata on host:port (0 = a free port): (runner, bound port)."""
     app = web.Application()
     app[_IDENTITY] = identity
+    app.router.add_post("/token", _oauth_token)
     app.router.add_get("/{tail:.*}", _serve)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -7,7 +7,9 @@ authenticate callers, so it takes allow lists instead (`--push-service-accounts`
 stricter than Google on purpose, sends a token only to the endpoint its audience names: a caller
 who may name a function's identity and audience still cannot have that token pushed to an
 endpoint of its own. The rules are checked on every change of a push config and again before
-every push (a stored subscription that breaks them is not pushed to).
+every push (a stored subscription that breaks them is not pushed to). With --require-auth the
+caller's actAs is checked too (`_required`), and the audience list also bounds the ID tokens the
+broker's metadata servers hand out (`_metadata`).
 """
 
 from __future__ import annotations
@@ -67,13 +69,24 @@ class PushTokens:
                 "the endpoint its audience names (stricter than Google, which takes any "
                 "audience): leave the audience empty or set it to the endpoint."
             )
-        if self.audiences is not None and audience not in self.audiences:
+        if not self.allows_audience(audience):
             return _denied(
                 f"push_config.oidc_token.audience {shown(audience)} (the endpoint) is not one of "
-                "the audiences this broker signs push tokens for (--push-audiences: "
-                f"{_listed(self.audiences)})."
+                f"the audiences this broker signs push tokens for ({self.audience_list})."
             )
         return None
+
+    def allows_audience(self, audience: str) -> bool:
+        """Whether the broker signs ID tokens for `audience`: push tokens, and (--require-auth)
+        the ID tokens its metadata servers hand out."""
+        return self.audiences is None or audience in self.audiences
+
+    @property
+    def audience_list(self) -> str:
+        """The allowed audiences for a message."""
+        if self.audiences is None:
+            return "--push-audiences: any"
+        return f"--push-audiences: {_listed(self.audiences)}"
 
 
 def _denied(message: str) -> BrokerError:

@@ -31,7 +31,7 @@ from relay.broker._store import Statement
 __all__ = ["PushManager"]
 
 _LOG = logging.getLogger("relay.broker.push")
-_TOKEN_REUSE = 3000.0  # seconds a minted token (valid 3600 s) is reused
+_TOKEN_REUSE = 5 / 6  # of its lifetime, a minted push token is reused (50 of 60 minutes)
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 60.0
 
@@ -153,10 +153,17 @@ class _Worker:
 class PushManager:
     """Starts, restarts and stops push workers as subscriptions come and go."""
 
-    def __init__(self, broker: Broker, session: aiohttp.ClientSession, signer: TokenSigner) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        session: aiohttp.ClientSession,
+        signer: TokenSigner,
+        token_lifetime: int = 3600,
+    ) -> None:
         self.broker = broker
         self.session = session
         self.signer = signer
+        self.token_lifetime = token_lifetime  # seconds (--require-auth: --token-lifetime)
         self.workers: dict[str, _Worker] = {}
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         broker.on_push_change = self.refresh
@@ -182,8 +189,9 @@ class PushManager:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        token = self.signer.mint(audience, oidc.service_account_email)
-        self._tokens[key] = (token, now + _TOKEN_REUSE)
+        lifetime = self.token_lifetime
+        token = self.signer.mint(audience, oidc.service_account_email, lifetime=lifetime)
+        self._tokens[key] = (token, now + lifetime * _TOKEN_REUSE)
         return token
 
     async def close(self) -> None:

@@ -13,16 +13,22 @@ from typing import IO, Any
 import aiohttp
 import grpc
 
+from relay.broker._access import Access, identity_project
 from relay.broker._admin import DEFAULT_ADMIN_OPS_PER_MINUTE, AdminQuota
+from relay.broker._auth import Auth
 from relay.broker._behaviour import Behaviour
 from relay.broker._config import is_loopback
 from relay.broker._control import Control
 from relay.broker._core import Broker
+from relay.broker._grants import Grants
 from relay.broker._grpc import handlers
 from relay.broker._http import start_http
+from relay.broker._metadata import Identity, start_metadata
 from relay.broker._oidc import TokenSigner
 from relay.broker._push_tokens import PushTokens
 from relay.broker._pusher import PushManager
+from relay.broker._tls import ServerTls
+from relay.broker._tokens import DEFAULT_TOKEN_LIFETIME, TokenIssuer
 
 __all__ = ["BrokerServer", "ListenRefused", "ServerOptions", "run"]
 
@@ -41,7 +47,11 @@ class ServerOptions:
     `control`: serve POST /control (change behaviour, inject faults, advance the clock).
     `push_service_accounts`, `push_audiences`: the only values push tokens are signed for (None:
     any; `_push_tokens`). `reset_store`: start with an empty store, the old one moved aside.
-    `insecure_listen`: allow a `host` other than loopback (there is no authentication).
+    `insecure_listen`: allow a `host` other than loopback.
+    `require_auth`: gRPC over TLS, a bearer token from the broker's token service and the IAM
+    permission Google requires on every call (`_auth`); `token_lifetime` (seconds) of its access
+    and ID tokens; `identities`: service accounts that get a metadata server each; `grants`: the
+    --grants file (`_grants`).
     """
 
     data_dir: Path
@@ -57,6 +67,10 @@ class ServerOptions:
     push_audiences: frozenset[str] | None = None
     reset_store: bool = False
     insecure_listen: bool = False
+    require_auth: bool = False
+    token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+    identities: tuple[str, ...] = ()
+    grants: Path | None = None
 
 
 class ListenRefused(Exception):
@@ -77,15 +91,25 @@ class BrokerServer:
         self._session: aiohttp.ClientSession | None = None
         self._pushers: PushManager | None = None
         self._lock: IO[bytes] | None = None
+        self.tls: ServerTls | None = None
+        self.metadata: dict[str, int] = {}  # identity email -> its metadata server's port
+        self._metadata_runners: list[Any] = []
 
     @property
     def ready_line(self) -> str:
-        """The line logged once the broker serves."""
+        """The line logged once the broker serves (with --require-auth: the CA file clients
+        trust and `metadata:EMAIL=HOST:PORT` for each identity's metadata server)."""
         host = self.options.host
-        return (
+        line = (
             f"relay broker ready grpc={host}:{self.grpc_port} "
             f"http=http://{host}:{self.http_port} data={self.options.data_dir}"
         )
+        if self.tls is not None:
+            line += f" ca={self.tls.ca_file}"
+            line += "".join(
+                f" metadata:{email}={host}:{port}" for email, port in self.metadata.items()
+            )
+        return line
 
     async def start(self) -> None:
         """Load the store, bind both ports and start serving."""
@@ -102,10 +126,11 @@ class BrokerServer:
             push_tokens=PushTokens(options.push_service_accounts, options.push_audiences),
         )
         self.broker = broker
-        control = Control(broker, AdminQuota(options.admin_ops_per_minute))
-        self.control = control
         broker.load()
         signer = TokenSigner.load_or_create(options.data_dir)
+        auth = self._auth(broker) if options.require_auth else None
+        control = Control(broker, AdminQuota(options.admin_ops_per_minute), auth)
+        self.control = control
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", _MAX_GRPC_MESSAGE),
@@ -120,8 +145,14 @@ class BrokerServer:
             ]
         )
         self._server.add_generic_rpc_handlers(handlers(broker, control))
+        address = f"{options.host}:{options.port}"
         try:
-            self.grpc_port = self._server.add_insecure_port(f"{options.host}:{options.port}")
+            if options.require_auth:
+                self.tls = ServerTls.load_or_create(options.data_dir, options.host)
+                credentials = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
+                self.grpc_port = self._server.add_secure_port(address, credentials)
+            else:
+                self.grpc_port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(
                 f"cannot listen on {options.host}:{options.port} (gRPC): the port is in use or "
@@ -137,11 +168,39 @@ class BrokerServer:
             )
         except OSError as exc:
             raise OSError(f"cannot listen on {options.host}:{http_port} (HTTP): {exc}") from exc
+        if auth is not None:
+            await self._serve_metadata(auth.issuer, signer)
         # No session-wide connection cap: each push subscription has its own concurrency cap.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self._pushers = PushManager(broker, self._session, signer)
+        lifetime = options.token_lifetime if options.require_auth else DEFAULT_TOKEN_LIFETIME
+        self._pushers = PushManager(broker, self._session, signer, lifetime)
         if not is_loopback(options.host):
             _LOG.warning("%s", self._exposed())
+
+    def _auth(self, broker: Broker) -> Auth:
+        """The token service (on the broker's clock) and the access checks of --require-auth."""
+        options = self.options
+        clock = broker.clock
+        issuer = TokenIssuer.load_or_create(
+            options.data_dir, lambda: clock.wall_ns() / 1e9, options.token_lifetime
+        )
+        grants = Grants.load(options.grants) if options.grants is not None else Grants()
+        return Auth(issuer, Access(grants, broker.iam), broker)
+
+    async def _serve_metadata(self, issuer: TokenIssuer, signer: TokenSigner) -> None:
+        """One metadata server per identity, each on a free port of the broker's host."""
+        assert self.broker is not None
+        for email in self.options.identities:
+            project = identity_project(email)
+            if project is None:
+                raise ValueError(f"identity {email!r} is not NAME@PROJECT.iam.gserviceaccount.com")
+            identity = Identity(email, project, issuer, signer, self.broker.push_tokens)
+            try:
+                runner, port = await start_metadata(self.options.host, 0, identity)
+            except OSError as exc:
+                raise OSError(f"cannot serve the metadata server of {email}: {exc}") from exc
+            self._metadata_runners.append(runner)
+            self.metadata[email] = port
 
     def _exposed(self) -> str:
         """The warning of a broker listening beyond loopback: what anyone who reaches it can do."""
@@ -177,6 +236,9 @@ class BrokerServer:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        for runner in self._metadata_runners:
+            await runner.cleanup()
+        self._metadata_runners.clear()
         if broker is not None:
             await broker.close()
         if self._lock is not None:

@@ -132,6 +132,17 @@ def _end_stream(consumer: Consumer) -> None:
     consumer.wake()
 
 
+_STREAM_CLOSED = (
+    "The service closed the stream (Google closes StreamingPull streams from time to time; "
+    "reconnect)."
+)
+_TOKEN_EXPIRED = (
+    "The service closed the stream: the access token it was opened with has expired (the relay "
+    "broker closes a stream then, so that every stream is authenticated again at least once per "
+    "token lifetime; reconnect with a fresh token)."
+)
+
+
 async def _held_back(consumer: Consumer, last_sent: float) -> bool:
     """Wait while the next response must wait: for the last one's receipt, or the coalescing gap.
 
@@ -156,8 +167,14 @@ async def _held_back(consumer: Consumer, last_sent: float) -> bool:
     return True
 
 
-async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Serve one StreamingPull stream; raises BrokerError for a status to send."""
+async def streaming_pull(
+    broker: Broker, requests: AsyncIterator[Any], token_expires: float | None = None
+) -> AsyncIterator[Any]:
+    """Serve one StreamingPull stream; raises BrokerError for a status to send.
+
+    `token_expires` (seconds since the epoch on the broker's clock): when the access token the
+    stream was opened with expires; the stream is closed then with UNAVAILABLE.
+    """
     first = None
     async for request in requests:
         first = request
@@ -181,6 +198,17 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
     ordered = sub.config.ordered
     loop = asyncio.get_running_loop()
     ender = None if lifetime is None else loop.call_later(lifetime, _end_stream, consumer)
+    closed_because = [_STREAM_CLOSED]
+    if token_expires is not None:
+
+        def token_expired() -> None:
+            if not consumer.closed:
+                closed_because[0] = _TOKEN_EXPIRED
+                _end_stream(consumer)
+
+        # On the broker's clock: advancing it (POST /control) expires the stream's token too.
+        left = token_expires - broker.clock.wall_ns() / 1e9
+        broker.scheduler.at(broker.clock.now() + max(left, 0.0), token_expired)
     last_sent = float("-inf")
     try:
         while True:
@@ -191,11 +219,7 @@ async def streaming_pull(broker: Broker, requests: AsyncIterator[Any]) -> AsyncI
             if broker.closing:
                 raise BrokerError(grpc.StatusCode.UNAVAILABLE, "The broker is shutting down.")
             if consumer.closed:
-                raise BrokerError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "The service closed the stream (Google closes StreamingPull streams from "
-                    "time to time; reconnect).",
-                )
+                raise BrokerError(grpc.StatusCode.UNAVAILABLE, closed_because[0])
             if reader.done():
                 reader.result()  # raises the reader's error, if any
                 return  # the client closed its side

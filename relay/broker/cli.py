@@ -76,6 +76,19 @@ def _behaviour(profile: str, seed: int, overrides: dict[str, Any]) -> Any:
         raise click.BadParameter(str(exc)) from exc
 
 
+class _ServiceAccount(click.ParamType[Any]):
+    """A service account email whose project the email names."""
+
+    name = "EMAIL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from relay.broker._access import identity_project
+
+        if identity_project(str(value)) is None:
+            self.fail(f"{value!r} is not NAME@PROJECT.iam.gserviceaccount.com", param, ctx)
+        return str(value)
+
+
 class _Names(click.ParamType[Any]):
     """A comma-separated list of values ("" for none), as a frozenset."""
 
@@ -97,7 +110,8 @@ class _Names(click.ParamType[Any]):
 @click.option(
     "--insecure-listen",
     is_flag=True,
-    help="Allow a --host that is not loopback, although the broker has no authentication.",
+    help="Allow a --host that is not loopback (without --require-auth the API has no "
+    "authentication; with it, the metadata servers hand tokens to whoever reaches them).",
 )
 @click.option(
     "--port",
@@ -137,6 +151,33 @@ class _Names(click.ParamType[Any]):
     type=_Names(),
     default=None,
     help="The only push token audiences (= push endpoints) [default: any].",
+)
+@click.option(
+    "--require-auth",
+    is_flag=True,
+    help="gRPC over TLS (a CA in the data dir), a bearer token from the broker's token service "
+    "and the IAM permission Google requires, on every call.",
+)
+@click.option(
+    "--token-lifetime",
+    type=click.IntRange(1, 24 * 3600),
+    default=None,
+    help="Seconds the access and ID tokens of --require-auth live [default: 3600, Google's].",
+)
+@click.option(
+    "--identity",
+    "identities",
+    multiple=True,
+    type=_ServiceAccount(),
+    help="A service account NAME@PROJECT.iam.gserviceaccount.com that gets a metadata server "
+    "of its own (GCE_METADATA_HOST); repeat for each (--require-auth).",
+)
+@click.option(
+    "--grants",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="JSON: custom roles and project, service-account or resource bindings beside the IAM "
+    "policies of SetIamPolicy (--require-auth; docs/broker.md).",
 )
 @click.option(
     "--push-concurrency",
@@ -225,6 +266,10 @@ def broker(
     reset_store: bool,
     push_service_accounts: frozenset[str] | None,
     push_audiences: frozenset[str] | None,
+    require_auth: bool,
+    token_lifetime: int | None,
+    identities: tuple[str, ...],
+    grants: Path | None,
     push_concurrency: int,
     fsync: bool,
     log_level: str,
@@ -236,10 +281,27 @@ def broker(
 ) -> None:
     """Run the local Pub/Sub-compatible broker until SIGINT/SIGTERM.
 
-    Point the google-cloud-pubsub clients at it with PUBSUB_EMULATOR_HOST=HOST:PORT.
+    Point the google-cloud-pubsub clients at it with PUBSUB_EMULATOR_HOST=HOST:PORT; with
+    --require-auth, with the API endpoint HOST:PORT, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=<the CA of
+    the ready line> and credentials from an identity's metadata server (GCE_METADATA_HOST).
     """
+    from relay.broker._grants import GrantsError
     from relay.broker._server import ListenRefused, ServerOptions, run
     from relay.broker._store import StoreUnusable
+    from relay.broker._tokens import DEFAULT_TOKEN_LIFETIME
+
+    if not require_auth:
+        given = [
+            option
+            for option, value in (
+                ("--token-lifetime", token_lifetime),
+                ("--identity", identities),
+                ("--grants", grants),
+            )
+            if value
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} take(s) effect only with --require-auth")
 
     handler = logging.StreamHandler()
     handler.setFormatter(_Formatter())
@@ -261,6 +323,10 @@ def broker(
         push_audiences=push_audiences,
         reset_store=reset_store,
         insecure_listen=insecure_listen,
+        require_auth=require_auth,
+        token_lifetime=token_lifetime or DEFAULT_TOKEN_LIFETIME,
+        identities=tuple(dict.fromkeys(identities)),
+        grants=None if grants is None else grants.resolve(),
     )
     sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
     gc.freeze()  # what start-up created (modules, classes) is never scanned again
@@ -268,5 +334,5 @@ def broker(
     gc.set_threshold(young, middle, _NO_AUTOMATIC_FULL_COLLECTION)
     try:
         asyncio.run(run(options))
-    except (OSError, StoreUnusable, ListenRefused) as exc:
+    except (OSError, StoreUnusable, ListenRefused, GrantsError) as exc:
         raise click.ClickException(f"cannot start the broker: {exc}") from None
