@@ -40,6 +40,7 @@ from relay.functions._runtime import Runtime
 from relay.functions._settings import (
     BLOB_STORES_ENV,
     MAX_DELIVERY_ATTEMPTS_ENV,
+    PUBSUB_API_ENDPOINT_ENV,
     PUSH_ALLOWED_EMAILS_ENV,
     PUSH_AUDIENCE_ENV,
     PUSH_CERTS_URL_ENV,
@@ -51,6 +52,7 @@ __all__ = [
     "DELIVERY_COUNT_ATTRIBUTE",
     "GOOGLE_CERTS_URL",
     "MAX_DELIVERY_ATTEMPTS_ENV",
+    "PUBSUB_API_ENDPOINT_ENV",
     "PUSH_ALLOWED_EMAILS_ENV",
     "PUSH_AUDIENCE_ENV",
     "PUSH_CERTS_URL_ENV",

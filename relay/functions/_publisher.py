@@ -7,9 +7,11 @@ it answers Pub/Sub, so batching would only add latency.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Protocol
 
+from relay.functions._settings import PUBSUB_API_ENDPOINT_ENV
 from relay.protocol import Message
 
 
@@ -22,7 +24,9 @@ class ResultPublisher(Protocol):
 class PubSubPublisher:
     """The production publisher: google.cloud.pubsub_v1.PublisherClient, created once, lazily.
 
-    Honours PUBSUB_EMULATOR_HOST (relay broker) like every google-cloud-pubsub client.
+    Honours PUBSUB_EMULATOR_HOST (relay broker) like every google-cloud-pubsub client, and
+    RELAY_PUBSUB_API_ENDPOINT (an API endpoint host:port, e.g. `relay broker --require-auth`)
+    as `client_options`: TLS and the instance's own credentials (ADC) stay as on Google.
     """
 
     def __init__(self, client: Any = None) -> None:
@@ -37,8 +41,10 @@ class PubSubPublisher:
                 if self._client is None:
                     from google.cloud import pubsub_v1
 
+                    endpoint = os.environ.get(PUBSUB_API_ENDPOINT_ENV, "").strip()
                     self._client = pubsub_v1.PublisherClient(
-                        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1)
+                        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1),
+                        client_options={"api_endpoint": endpoint} if endpoint else None,
                     )
         return self._client
 

@@ -15,6 +15,8 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -23,12 +25,20 @@ _ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 
 
 class PullForwarder:
-    """Streaming-pulls one subscription and forwards each message to one URL."""
+    """Streaming-pulls one subscription and forwards each message to one URL; `client_kwargs`
+    go to its SubscriberClient (credentials, client_options)."""
 
     def __init__(
-        self, subscription: str, url: str, *, max_outstanding: int = 8, timeout: float = 540.0
+        self,
+        subscription: str,
+        url: str,
+        *,
+        max_outstanding: int = 8,
+        timeout: float = 540.0,
+        client_kwargs: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
         self.subscription = subscription
+        self.client_kwargs = client_kwargs
         self.url = url
         self.timeout = timeout
         self.max_outstanding = max_outstanding
@@ -40,7 +50,7 @@ class PullForwarder:
         from google.cloud.pubsub_v1 import SubscriberClient
         from google.cloud.pubsub_v1.types import FlowControl
 
-        self._client = SubscriberClient()
+        self._client = SubscriberClient(**self.client_kwargs)
         self._future = self._client.subscribe(
             self.subscription,
             callback=self._forward,

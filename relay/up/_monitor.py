@@ -7,9 +7,9 @@ import datetime as dt
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from relay.protocol import (
@@ -50,7 +50,8 @@ class CompletionMonitor:
     """A subscription on the completion topic, pulled in the background; deleted on exit.
 
     Sees only what is published after it starts (Pub/Sub semantics). `on_event` runs on the
-    client's callback thread; events also queue up for `wait_for`.
+    client's callback thread; events also queue up for `wait_for`. `client_kwargs` go to its
+    SubscriberClient (credentials, client_options: `Stack.client_kwargs`).
     """
 
     def __init__(
@@ -60,8 +61,10 @@ class CompletionMonitor:
         *,
         subscription: str = "relay-up-monitor",
         on_event: Callable[[Observed], None] | None = None,
+        client_kwargs: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
         self.topic = f"projects/{project}/topics/{topic}"
+        self.client_kwargs = client_kwargs
         self.subscription = f"projects/{project}/subscriptions/{subscription}"
         self.on_event = on_event
         self.events: queue.Queue[Observed] = queue.Queue()
@@ -74,7 +77,7 @@ class CompletionMonitor:
         from google.api_core.exceptions import AlreadyExists
         from google.cloud.pubsub_v1 import SubscriberClient
 
-        self._client = SubscriberClient()
+        self._client = SubscriberClient(**self.client_kwargs)
         # AlreadyExists: left over from a run that was killed; reuse it.
         with contextlib.suppress(AlreadyExists):
             self._client.create_subscription(

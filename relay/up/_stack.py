@@ -1,7 +1,9 @@
 """Bring the local stack up: `relay broker`, the topology provisioned, every function served.
 
 `stack_up()` is the one place that knows the order; `relay up`, `python -m relay.demo` and the tests
-all use it. Everything it starts is stopped when the `with` block ends, functions first.
+all use it. Everything it starts is stopped when the `with` block ends, functions first. With
+`require_auth` the broker authenticates and authorizes every call and each process runs as its
+identity (`_auth`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 from urllib.parse import urlsplit
 
 from relay.functions import (
     MAX_DELIVERY_ATTEMPTS_ENV,
+    PUBSUB_API_ENDPOINT_ENV,
     PUSH_ALLOWED_EMAILS_ENV,
     PUSH_AUDIENCE_ENV,
     PUSH_CERTS_URL_ENV,
@@ -25,6 +29,7 @@ from relay.functions import (
 from relay.protocol import topic_path
 from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
+from relay.up import _auth
 from relay.up._forward import PullForwarder
 from relay.up._process import (
     Child,
@@ -40,16 +45,24 @@ DEFAULT_DATA_DIR = ".relay"
 _READY_PREFIX = "relay broker ready "
 _HOST = "127.0.0.1"
 _BROKER = "relay broker"
+_METADATA_FIELD = "metadata:"
+# What a process of the stack must not inherit under --require-auth: the emulator switch (no TLS,
+# anonymous) and a key file, which Application Default Credentials would take first.
+_NOT_INHERITED = ("PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 @dataclass(frozen=True)
 class BrokerEndpoint:
-    """Where the broker listens: `host` is what PUBSUB_EMULATOR_HOST takes."""
+    """Where the broker listens: `host` is what PUBSUB_EMULATOR_HOST takes, or with
+    --require-auth the API endpoint (TLS by `ca_file`; `metadata`: each identity's metadata
+    server, email -> host:port)."""
 
     host: str
     http_url: str
     data_dir: Path | None = None
     log: Path | None = None
+    ca_file: Path | None = None
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def certs_url(self) -> str:
@@ -81,6 +94,7 @@ class Stack:
         plan: Plan,
         data_dir: Path,
         children: list[Child],
+        client_kwargs: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
         self.topology = topology
         """The topology as provisioned locally (function URLs point at the local servers)."""
@@ -88,15 +102,38 @@ class Stack:
         self.functions = MappingProxyType(dict(functions))
         self.plan = plan
         self.data_dir = data_dir
+        self.client_kwargs = MappingProxyType(dict(client_kwargs))
+        """What google-cloud-pubsub clients in this process take to reach the stack (with
+        --require-auth: the operator's credentials and the API endpoint)."""
         self._children = children
 
     @property
     def environment(self) -> dict[str, str]:
-        """What a client process needs to reach this stack."""
-        return {
-            "PUBSUB_EMULATOR_HOST": self.broker.host,
-            "GOOGLE_CLOUD_PROJECT": self.topology.project,
-        }
+        """What a client process needs to reach this stack (with --require-auth: as the
+        identity that waits on results, Airflow's, when there is one)."""
+        project = {"GOOGLE_CLOUD_PROJECT": self.topology.project}
+        if self.broker.ca_file is None:
+            return {"PUBSUB_EMULATOR_HOST": self.broker.host, **project}
+        waiter = self.waiter
+        if waiter is None:
+            return {_auth.CA_ENV: str(self.broker.ca_file), **project}
+        return {**self.identity_environment(waiter), **project}
+
+    @property
+    def waiter(self) -> str | None:
+        """The name of the identity that waits on results (Airflow's), with a service account."""
+        return next(
+            (
+                name
+                for name, identity in self.topology.identities.items()
+                if identity.waits_on and identity.service_account
+            ),
+            None,
+        )
+
+    def identity_environment(self, name: str) -> dict[str, str]:
+        """--require-auth: what a process needs to run as identity `name` (metadata server, CA)."""
+        return _identity_environment(self.topology, self.broker, name)
 
     def dead(self) -> list[str]:
         """Descriptions of child processes that have exited (empty while all is well)."""
@@ -118,6 +155,8 @@ def stack_up(
     broker_args: Sequence[str] = (),
     ready_timeout: float = 60.0,
     status: Callable[[str], None] | None = None,
+    require_auth: bool = False,
+    token_lifetime: int | None = None,
 ) -> Iterator[Stack]:
     """Start the broker (unless `broker` is given; `broker_args`: more `relay broker` options,
     e.g. `--profile google`), serve each function, provision; yield the stack.
@@ -126,21 +165,37 @@ def stack_up(
     push identities and those functions' URLs (`--push-service-accounts`, `--push-audiences`).
 
     Sets PUBSUB_EMULATOR_HOST in this process for the duration (restored afterwards), so the
-    google-cloud-pubsub clients created inside the block talk to the local broker.
+    google-cloud-pubsub clients created inside the block talk to the local broker. With
+    `require_auth` (the broker is started with --require-auth, --token-lifetime, an --identity
+    per service account and the topology's --grants) it sets GRPC_DEFAULT_SSL_ROOTS_FILE_PATH to
+    the broker's CA instead, and clients take `Stack.client_kwargs` (the operator's identity).
     """
     say = status or (lambda _: None)
     root = Path(data_dir).resolve()
     logs = root / "logs"
     children: list[Child] = []
     forwarders: list[PullForwarder] = []
-    previous_host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    previous = {key: os.environ.get(key) for key in ("PUBSUB_EMULATOR_HOST", _auth.CA_ENV)}
+    admin: tuple[Any, Any] | None = None
     try:
         urls = {name: f"http://{_HOST}:{free_port(_HOST)}/" for name in topology.functions}
         if broker is None:
             say("starting relay broker")
             args = [*_push_allow_lists(topology, urls), *broker_args]
+            if require_auth:
+                args += _auth_args(topology, root, token_lifetime)
             broker = _start_broker(root, logs, broker_port, args, ready_timeout, children)
-        os.environ["PUBSUB_EMULATOR_HOST"] = broker.host
+        client_kwargs: dict[str, Any] = {}
+        if broker.ca_file is None:
+            os.environ["PUBSUB_EMULATOR_HOST"] = broker.host
+        else:
+            _check_runtime_identities(topology)
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+            os.environ[_auth.CA_ENV] = str(broker.ca_file)
+            client_kwargs = {
+                "credentials": _auth.operator_credentials(broker.metadata, topology),
+                "client_options": {"api_endpoint": broker.host},
+            }
         served: dict[str, ServedFunction] = {}
         pending: list[tuple[Child, str]] = []
         for function in topology.functions.values():
@@ -170,26 +225,70 @@ def stack_up(
             ),
         )
         say("provisioning the topology")
-        plan = provision(local)
+        admin = _admin_clients(client_kwargs)
+        plan = provision(local, clients=admin)
         for function in local.functions.values():
             if function.delivery == "pull":
                 forwarder = PullForwarder(
-                    subscription_path(local.project, function.subscription), function.url
+                    subscription_path(local.project, function.subscription),
+                    function.url,
+                    client_kwargs=client_kwargs,
                 )
                 forwarder.start()
                 forwarders.append(forwarder)
-        yield Stack(local, broker, served, plan, root, children)
+        yield Stack(local, broker, served, plan, root, children, client_kwargs)
     finally:
         for forwarder in forwarders:
             forwarder.stop()
+        for client in admin or ():
+            client.transport.close()
         # Functions first (they may still be publishing results), then the broker.
         broker_children = [child for child in children if child.name == _BROKER]
         stop_all([child for child in children if child.name != _BROKER])
         stop_all(broker_children)
-        if previous_host is None:
-            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-        else:
-            os.environ["PUBSUB_EMULATOR_HOST"] = previous_host
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _identity_environment(topology: Topology, broker: BrokerEndpoint, name: str) -> dict[str, str]:
+    """What a process needs to run as identity `name` against a --require-auth broker."""
+    identity = topology.identities.get(name)
+    account = identity.service_account if identity is not None else None
+    host = broker.metadata.get(account or "")
+    if broker.ca_file is None or host is None:
+        raise StackError(f"identity {name!r} has no metadata server (relay up --require-auth)")
+    return _auth.identity_environment(host, broker.ca_file)
+
+
+def _admin_clients(client_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The publisher and subscriber admin clients provisioning uses (closed by the caller)."""
+    from google.pubsub_v1 import PublisherClient, SubscriberClient
+
+    return PublisherClient(**client_kwargs), SubscriberClient(**client_kwargs)
+
+
+def _check_runtime_identities(topology: Topology) -> None:
+    """Under --require-auth every function runs as a service account of the topology."""
+    for function in topology.functions.values():
+        identity = topology.identities.get(function.runtime_identity or "")
+        if identity is None or identity.service_account is None:
+            raise StackError(
+                f"function {function.name} has no runtime_identity with a service account: "
+                "under --require-auth every function runs as one (docs/topology.md)"
+            )
+
+
+def _auth_args(topology: Topology, root: Path, token_lifetime: int | None) -> list[str]:
+    """`relay broker` options of --require-auth: an identity per service account, the grants."""
+    args = ["--require-auth", "--grants", str(_auth.write_grants(topology, root / "grants.json"))]
+    if token_lifetime is not None:
+        args += ["--token-lifetime", str(token_lifetime)]
+    for account in _auth.service_accounts(topology):
+        args += ["--identity", account]
+    return args
 
 
 def _push_allow_lists(topology: Topology, urls: Mapping[str, str]) -> list[str]:
@@ -239,7 +338,19 @@ def _start_broker(
     fields = dict(part.split("=", 1) for part in line[len(_READY_PREFIX) :].split() if "=" in part)
     if "grpc" not in fields or "http" not in fields:
         raise StackError(f"cannot parse the broker's ready line: {line!r}")
-    return BrokerEndpoint(fields["grpc"], fields["http"].rstrip("/"), data, child.log)
+    metadata = {
+        key[len(_METADATA_FIELD) :]: value
+        for key, value in fields.items()
+        if key.startswith(_METADATA_FIELD)
+    }
+    return BrokerEndpoint(
+        fields["grpc"],
+        fields["http"].rstrip("/"),
+        data,
+        child.log,
+        Path(fields["ca"]) if "ca" in fields else None,
+        MappingProxyType(metadata),
+    )
 
 
 def function_server(
@@ -250,11 +361,14 @@ def function_server(
     pubsub_host: str,
     certs_url: str,
     base_env: Mapping[str, str],
+    identity: Mapping[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The functions-framework command line and environment that serve `function` at `url`.
 
     Pushes are verified the way Cloud Run would: a token from the broker (`certs_url`), for this
-    URL, signed as the function's push identity.
+    URL, signed as the function's push identity. With `identity` (--require-auth: the
+    environment of its runtime identity, `Stack.identity_environment`) it publishes as that
+    identity over TLS to the API endpoint `pubsub_host`; else through PUBSUB_EMULATOR_HOST.
     """
     port = urlsplit(url).port
     if port is None:
@@ -262,12 +376,19 @@ def function_server(
     env = dict(base_env)
     env.update(
         {
-            "PUBSUB_EMULATOR_HOST": pubsub_host,
             "GOOGLE_CLOUD_PROJECT": topology.project,
             "K_SERVICE": function.name,
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.pop(PUBSUB_API_ENDPOINT_ENV, None)
+    if identity is None:
+        env["PUBSUB_EMULATOR_HOST"] = pubsub_host
+    else:
+        for key in _NOT_INHERITED:
+            env.pop(key, None)
+        env.update(identity)
+        env[PUBSUB_API_ENDPOINT_ENV] = pubsub_host
     for key in (PUSH_AUDIENCE_ENV, PUSH_CERTS_URL_ENV, PUSH_ALLOWED_EMAILS_ENV):
         env.pop(key, None)
     push_account = topology.push_service_account(function)
@@ -310,6 +431,9 @@ def function_server(
 def _start_function(
     topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path, url: str
 ) -> Child:
+    identity = None
+    if broker.ca_file is not None:
+        identity = _identity_environment(topology, broker, function.runtime_identity or "")
     argv, env = function_server(
         topology,
         function,
@@ -317,6 +441,7 @@ def _start_function(
         pubsub_host=broker.host,
         certs_url=broker.certs_url,
         base_env=os.environ,
+        identity=identity,
     )
     cwd = topology.path.parent if topology.path else None
     return start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import time
@@ -41,13 +42,35 @@ def render_stack(console: Console, stack: Stack) -> None:
             f"{function.subscription} ({function.delivery})"
         )
     lines.append(f"  {'logs':<{width}}  {stack.data_dir / 'logs'} (broker.log, <function>.log)")
-    lines.append(
-        f"  {'clients':<{width}}  "
-        + " ".join(f"{key}={value}" for key, value in stack.environment.items())
-    )
+    clients = " ".join(f"{key}={value}" for key, value in stack.environment.items())
+    if broker.ca_file is not None:
+        lines.extend(_auth_lines(stack, width))
+        waiter = stack.waiter
+        if waiter is not None:
+            clients += f" (runs as {waiter})"
+    lines.append(f"  {'clients':<{width}}  {clients}")
     lines.append(f"  {'results':<{width}}  completion topic {stack.topology.completion_topic}")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _auth_lines(stack: Stack, width: int) -> list[str]:
+    """--require-auth: each identity's metadata server, and what Airflow's connection needs."""
+    broker = stack.broker
+    lines = [f"  {'auth':<{width}}  TLS (CA {broker.ca_file}); every call needs a token and IAM"]
+    for name, identity in stack.topology.identities.items():
+        host = broker.metadata.get(identity.service_account or "")
+        if host is not None:
+            lines.append(
+                f"  {'identity':<{width}}  {name} ({identity.service_account}): "
+                f"GCE_METADATA_HOST=GCE_METADATA_IP={host}"
+            )
+    extra = json.dumps({"project": stack.topology.project, "api_endpoint": broker.host})
+    lines.append(
+        f"  {'airflow':<{width}}  Google connection extra {extra}, in every Airflow process "
+        f"the clients' variables below (no PUBSUB_EMULATOR_HOST)"
+    )
+    return lines
 
 
 def _print_event(console: Console, observed: Observed) -> None:
@@ -96,12 +119,34 @@ def _print_event(console: Console, observed: Observed) -> None:
     metavar="'OPTIONS'",
     help="More `relay broker` options, e.g. '--profile google' (behave as Google may).",
 )
-def up(file: Path, data_dir: Path, project: str | None, broker_port: int, broker_args: str) -> None:
+@click.option(
+    "--require-auth",
+    is_flag=True,
+    help="The broker authenticates and authorizes every call as Google does (TLS, tokens, the "
+    "topology's least-privilege grants); each function runs as its runtime_identity.",
+)
+@click.option(
+    "--token-lifetime",
+    type=click.IntRange(1, 24 * 3600),
+    default=None,
+    help="Seconds the broker's access and ID tokens live (with --require-auth) [default: 3600].",
+)
+def up(
+    file: Path,
+    data_dir: Path,
+    project: str | None,
+    broker_port: int,
+    broker_args: str,
+    require_auth: bool,
+    token_lifetime: int | None,
+) -> None:
     """Run the topology locally: broker, provisioning, every function; Ctrl-C stops it all.
 
     Each function runs under functions-framework on a free port and verifies the OIDC token of
     every push against the broker's certificates. Results on the completion topic are shown live.
     """
+    if token_lifetime is not None and not require_auth:
+        raise click.UsageError("--token-lifetime takes effect only with --require-auth")
     console = Console()
     try:
         topology = load_topology(file, project=project)
@@ -122,6 +167,8 @@ def up(file: Path, data_dir: Path, project: str | None, broker_port: int, broker
                         broker_port=broker_port,
                         broker_args=shlex.split(broker_args),
                         status=lambda text: spinner.update(text),
+                        require_auth=require_auth,
+                        token_lifetime=token_lifetime,
                     )
                 )
             render_plan(console, stack.plan, dry_run=False)
@@ -131,6 +178,7 @@ def up(file: Path, data_dir: Path, project: str | None, broker_port: int, broker
                     topology.project,
                     topology.completion_topic,
                     on_event=lambda observed: _print_event(console, observed),
+                    client_kwargs=stack.client_kwargs,
                 )
             )
             console.print("[bold]ready[/] — watching results; Ctrl-C stops everything")
