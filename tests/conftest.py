@@ -8,7 +8,8 @@
 - `google_broker` (session): a second broker started with `--profile google --seed 1 --control`.
 - `start_broker` (function): `start_broker(data_dir, args=[...], launcher=[...]) ->
   BrokerProcess`, a broker of your own (to kill it, with other flags, or run through `launcher`,
-  an argv prefix); stopped at the end of the test.
+  an argv prefix); stopped at the end of the test. `start_module_broker`: the same, stopped at
+  the end of the module (a broker several tests share).
 - `project`: "relay-test"; `unique`: unique("topic") -> "topic-<hex>".
 
 Advancing a shared broker's clock ages every message on it for the rest of the session (publish
@@ -248,6 +249,16 @@ def google_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPr
 def start_broker() -> Iterator[Callable[..., BrokerProcess]]:
     """start_broker(data_dir, args=[...]) -> a new BrokerProcess of your own; stopped after the
     test."""
+    yield from _starter()
+
+
+@pytest.fixture(scope="module")
+def start_module_broker() -> Iterator[Callable[..., BrokerProcess]]:
+    """start_module_broker(data_dir, args=[...]) -> a BrokerProcess stopped after the module."""
+    yield from _starter()
+
+
+def _starter() -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def start(

@@ -1,0 +1,211 @@
+"""A client process of one identity for the --require-auth tests: stock clients, no relay code.
+
+`Client(endpoint, environment)` starts one and talks to it; `auth_broker_fields(log)` reads the
+CA and the metadata servers from a broker's ready line.
+
+The process runs as `python _auth_client.py HOST:PORT` with GCE_METADATA_HOST and GCE_METADATA_IP
+set to the identity's metadata server and GRPC_DEFAULT_SSL_ROOTS_FILE_PATH to the broker's CA:
+google-auth's Compute Engine credentials and the GAPIC clients over TLS, as on Cloud Run. It
+reads one JSON request per line on stdin and answers one JSON line on stdout:
+
+- {"call": "publisher"|"subscriber"|"schema", "method": NAME, "request": {...}} -> {"ok": true,
+  "result": ...} or {"ok": false, "code": "PERMISSION_DENIED", "message": "..."}; Publish's
+  message data is text, SetIamPolicy's etag base64 (as GetIamPolicy's result gives it).
+- {"subscribe": SUBSCRIPTION, "count": N, "timeout": SECONDS} -> the data of the first N
+  messages a streaming pull (`SubscriberClient.subscribe`) receives, acked, and the status that
+  ended the stream, if one did.
+
+With AUTH_CLIENT_FIXED_TOKEN set it holds that one token instead (a negative control: a client
+that caches its token).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from google.api_core import exceptions
+from google.cloud import pubsub_v1
+from google.protobuf import json_format
+from google.pubsub_v1 import PublisherClient, SchemaServiceClient, SubscriberClient
+
+
+def _plain(result: Any) -> Any:
+    if result is None or isinstance(result, str | int | float | bool):
+        return result
+    if hasattr(result, "pages"):
+        return [_plain(item) for item in result]
+    raw = type(result).pb(result) if hasattr(type(result), "pb") else result
+    return json_format.MessageToDict(raw, preserving_proto_field_name=True)
+
+
+def _failure(exc: exceptions.GoogleAPICallError) -> dict[str, Any]:
+    code = exc.grpc_status_code
+    return {"ok": False, "code": code.name if code else str(exc.code), "message": exc.message}
+
+
+def _credentials() -> Any:
+    """None (Application Default Credentials), or the one token of AUTH_CLIENT_FIXED_TOKEN."""
+    token = os.environ.get("AUTH_CLIENT_FIXED_TOKEN")
+    if not token:
+        return None
+    from google.oauth2.credentials import Credentials
+
+    return Credentials(token)  # type: ignore[no-untyped-call]
+
+
+def _subscribe(endpoint: str, subscription: str, count: int, timeout: float) -> dict[str, Any]:
+    received: list[str] = []
+    done = threading.Event()
+
+    def callback(message: Any) -> None:
+        received.append(message.data.decode())
+        message.ack()
+        if len(received) >= count:
+            done.set()
+
+    client = pubsub_v1.SubscriberClient(
+        client_options={"api_endpoint": endpoint}, credentials=_credentials()
+    )
+    future = client.subscribe(subscription, callback=callback)
+    future.add_done_callback(lambda _: done.set())
+    done.wait(timeout)
+    error = None
+    if future.done():
+        exc = future.exception()
+        if isinstance(exc, exceptions.GoogleAPICallError):
+            error = _failure(exc)
+    future.cancel()
+    with contextlib.suppress(Exception):  # cancelled, or the error reported above
+        future.result(timeout=10)
+    client.close()
+    return {"ok": error is None, "data": received, "error": error}
+
+
+_METADATA = re.compile(r" metadata:(\S+)=(\S+)")
+_CA = re.compile(r" ca=(\S+)")
+
+
+def auth_broker_fields(ready_text: str) -> tuple[Path, dict[str, str]]:
+    """(CA file, {email: metadata host:port}) from the last ready line of a broker's output."""
+    line = [line for line in ready_text.splitlines() if "relay broker ready" in line][-1]
+    ca = _CA.search(line)
+    assert ca is not None, line
+    return Path(ca.group(1)), dict(_METADATA.findall(line))
+
+
+def client_environment(metadata_host: str, ca_file: Path) -> dict[str, str]:
+    """This process's environment as a process of one identity would have it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUBSUB_", "GOOGLE_", "GCE_"))}
+    env.update(
+        {
+            "GCE_METADATA_HOST": metadata_host,
+            "GCE_METADATA_IP": metadata_host,
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(ca_file),
+            "CLOUDSDK_CONFIG": str(ca_file.parent / "no-gcloud-config"),
+        }
+    )
+    return env
+
+
+class Client:
+    """One client process (`main`) with `environment`; `call` and `subscribe` ask it."""
+
+    def __init__(self, endpoint: str, environment: Mapping[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, __file__, endpoint],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=sink,
+                env=dict(environment),
+                text=True,
+            )
+
+    def ask(self, order: dict[str, Any]) -> dict[str, Any]:
+        """Send one order, return its answer."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps(order) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the client process died: {self.log.read_text()[-3000:]}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def call(self, client: str, method: str, **request: Any) -> dict[str, Any]:
+        """One RPC of a GAPIC client ("publisher", "subscriber", "schema")."""
+        return self.ask({"call": client, "method": method, "request": request})
+
+    def ok(self, client: str, method: str, **request: Any) -> Any:
+        """One RPC that must succeed; its result."""
+        answer = self.call(client, method, **request)
+        assert answer["ok"], answer
+        return answer["result"]
+
+    def refused(self, client: str, method: str, **request: Any) -> tuple[str, str]:
+        """One RPC that must fail: (status code name, message)."""
+        answer = self.call(client, method, **request)
+        assert not answer["ok"], answer
+        return answer["code"], answer["message"]
+
+    def subscribe(self, subscription: str, count: int, timeout: float) -> dict[str, Any]:
+        """Streaming-pull `count` messages (or until `timeout`): {"data", "error"}."""
+        return self.ask({"subscribe": subscription, "count": count, "timeout": timeout})
+
+    def close(self) -> None:
+        """End the process."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def main() -> None:
+    endpoint = sys.argv[1]
+    kwargs = {"client_options": {"api_endpoint": endpoint}, "credentials": _credentials()}
+    clients = {
+        "publisher": PublisherClient(**kwargs),
+        "subscriber": SubscriberClient(**kwargs),
+        "schema": SchemaServiceClient(**kwargs),
+    }
+    for line in sys.stdin:
+        order = json.loads(line)
+        started = time.monotonic()
+        if "subscribe" in order:
+            answer = _subscribe(endpoint, order["subscribe"], order["count"], order["timeout"])
+        else:
+            request = order["request"]
+            if order["method"] == "publish":
+                for message in request["messages"]:
+                    message["data"] = message.get("data", "").encode()
+            if order["method"] == "set_iam_policy" and "etag" in request["policy"]:
+                request["policy"]["etag"] = base64.b64decode(request["policy"]["etag"])
+            method = getattr(clients[order["call"]], order["method"])
+            try:
+                answer = {"ok": True, "result": _plain(method(request=request, timeout=30))}
+            except exceptions.GoogleAPICallError as exc:
+                answer = _failure(exc)
+            except Exception as exc:  # a mistake of the test: reported, the process goes on
+                answer = {"ok": False, "code": "CLIENT_ERROR", "message": repr(exc)}
+        answer["seconds"] = round(time.monotonic() - started, 3)
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
