@@ -1,11 +1,12 @@
 """IAM policies of Pub/Sub resources (the google.iam.v1.IAMPolicy service), kept per resource name.
 
-The gRPC API has no authentication yet, so nothing is enforced here: policies are validated as
-Google validates them, stored durably with an etag (optimistic concurrency, as in policy.proto)
-and dropped with their resource; TestIamPermissions grants every requested permission that exists
-on the resource type. `PERMISSIONS` is the one list of those permissions per resource type, for
-the issue that will enforce policies. Resource types plug in by collection name (`exists`), so the
-schema service registers "schemas" the same way topics, subscriptions and snapshots are.
+Policies are validated as Google validates them, stored durably with an etag (optimistic
+concurrency, as in policy.proto) and dropped with their resource; TestIamPermissions lists every
+requested permission that exists on the resource type. Nothing is enforced here: with
+--require-auth `_access` reads these policies and `_auth` filters TestIamPermissions to what the
+caller holds. `PERMISSIONS` is the one list of those permissions per resource type. Resource
+types plug in by collection name (`exists`), so the schema service registers "schemas" the same
+way topics, subscriptions and snapshots are.
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ class IamPolicies:
 
     def test(self, resource: str, permissions: list[str]) -> list[str]:
         """TestIamPermissions: the requested permissions that exist on this resource type (all
-        granted: no auth yet); none if the resource does not exist, as iam_policy.proto says."""
+        granted without --require-auth); none if the resource does not exist, as
+        iam_policy.proto says."""
         collection = _collection(resource)
         valid = PERMISSIONS[collection]
         for permission in permissions:

@@ -212,6 +212,14 @@ class BrokerServer:
             if options.control
             else ""
         )
+        if options.require_auth:
+            ports = ", ".join(str(port) for port in self.metadata.values()) or "none"
+            return (
+                f"relay broker listens on {options.host} (--insecure-listen, --require-auth): "
+                f"whoever reaches the metadata servers of its identities (ports {ports}) gets "
+                "their tokens and acts as them, as every process on a VM can with its metadata "
+                f"server; HTTP port {self.http_port} has no authentication{control}."
+            )
         return (
             f"relay broker listens on {options.host} WITHOUT AUTHENTICATION (--insecure-listen): "
             f"whoever reaches gRPC port {self.grpc_port} or HTTP port {self.http_port} can read, "
@@ -249,11 +257,16 @@ class BrokerServer:
 def _check_listen(options: ServerOptions) -> None:
     if is_loopback(options.host) or options.insecure_listen:
         return
+    if options.require_auth:
+        exposed = "its identities' metadata servers give their tokens to anyone who reaches them"
+    else:
+        exposed = (
+            "the broker has no authentication without --require-auth: anyone who reaches it "
+            "could read, publish and delete every message and have push tokens signed"
+        )
     raise ListenRefused(
-        f"--host {options.host!r} is not a loopback address, and the broker has no "
-        "authentication yet: anyone who reaches it could read, publish and delete every "
-        "message and have push tokens signed. Listen on 127.0.0.1 (the default), or add "
-        "--insecure-listen to accept that."
+        f"--host {options.host!r} is not a loopback address, and {exposed}. Listen on "
+        "127.0.0.1 (the default), or add --insecure-listen to accept that."
     )
 
 
