@@ -20,7 +20,10 @@ from pathlib import Path
 
 from _auth_client import Client, client_environment
 
+from relay.functions import PUBSUB_API_ENDPOINT_ENV
 from relay.protocol import RESULT_SUCCEEDED, from_message, new_request, to_binary
+from relay.topology import load_topology
+from relay.up import function_server
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "relay-local"
@@ -37,23 +40,6 @@ def _wait_for(path: Path, pattern: str, process: subprocess.Popen[bytes], timeou
         assert process.poll() is None, f"relay up exited early:\n{text}"
         time.sleep(0.2)
     raise AssertionError(f"{pattern!r} not in the output of relay up:\n{path.read_text()}")
-
-
-def _environ_of(parent: int, target: str) -> dict[str, str]:
-    """The environment of the child of `parent` that serves functions-framework `target`."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if ppid == parent and b"functions_framework" in argv and target.encode() in argv:
-            pairs = (item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
-            return {key.decode(): value.decode() for key, value in pairs}
-    raise AssertionError(f"no functions-framework child of {parent} serves {target}")
 
 
 def test_up_require_auth_runs_every_process_as_its_identity(
@@ -85,12 +71,12 @@ def test_up_require_auth_runs_every_process_as_its_identity(
         )
         assert set(metadata) == {"airflow", "functions", "pubsub-push"}, text
         assert f'"api_endpoint": "{endpoint.group(1)}"' in text
-        assert "PUBSUB_EMULATOR_HOST" not in text.split("ready — watching")[0].split("clients")[1]
 
         # Airflow's side: exactly the variables `relay up` printed under "clients".
         printed = re.search(r"^  clients +(.*) \(runs as airflow\)$", text, re.MULTILINE)
         assert printed is not None, text
         airflow_env = dict(item.split("=", 1) for item in printed.group(1).split())
+        assert "PUBSUB_EMULATOR_HOST" not in airflow_env
         assert airflow_env["GCE_METADATA_HOST"] == metadata["airflow"]
         base = client_environment(
             airflow_env["GCE_METADATA_HOST"], Path(airflow_env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"])
@@ -132,24 +118,21 @@ def test_up_require_auth_runs_every_process_as_its_identity(
         assert result is not None, "no result within 60 s"
         assert (result.type, result.data) == (RESULT_SUCCEEDED, {"hello": "auth"})
 
-        # The echo function ran as its runtime identity: its own metadata server, the broker's
-        # CA and API endpoint, no emulator variable; only that identity may publish results.
-        echo = _environ_of(process.pid, "echo")
-        assert echo["GCE_METADATA_HOST"] == metadata["functions"]
-        assert echo["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] == ca.group(1)
-        assert echo["RELAY_PUBSUB_API_ENDPOINT"] == endpoint.group(1)
-        assert "PUBSUB_EMULATOR_HOST" not in echo
+        # Only the functions' identity may publish results (`function_server` gives echo that
+        # identity and nothing else, test_function_server_runs_a_function_as_its_identity).
         one = [{"data": "x"}]
         code, says = airflow.refused("publisher", "publish", topic=RESULTS, messages=one)
         assert code == "PERMISSION_DENIED"
         assert f"'pubsub.topics.publish' on resource '{RESULTS}'" in says
-        # Least privilege, enforced: a function identity may not publish requests, Airflow's
-        # may not consume a function's push subscription.
+        # Least privilege, enforced: a function identity may not publish requests nor consume
+        # a push subscription. (Airflow's may consume it: relay.yaml gives it relayWaiter, with
+        # subscriptions.consume, on the whole project, as Google would; a wait_project of its
+        # own keeps it off the functions' subscriptions.)
         code, says = functions.refused("publisher", "publish", topic=ECHO_REQUESTS, messages=one)
         assert code == "PERMISSION_DENIED"
         assert "serviceAccount:relay-functions@relay-local.iam.gserviceaccount.com" in says
         push = f"projects/{PROJECT}/subscriptions/echo-push"
-        code, says = airflow.refused("subscriber", "pull", subscription=push, max_messages=1)
+        code, says = functions.refused("subscriber", "pull", subscription=push, max_messages=1)
         assert code == "PERMISSION_DENIED"
         assert f"'pubsub.subscriptions.consume' on resource '{push}'" in says
         airflow.ok("subscriber", "delete_subscription", subscription=wait)
@@ -167,3 +150,27 @@ def test_up_require_auth_runs_every_process_as_its_identity(
                 process.kill()
                 process.wait(10)
     assert output.read_text().rstrip().endswith("stopped")
+
+
+def test_function_server_runs_a_function_as_its_identity(tmp_path: Path) -> None:
+    topology = load_topology(REPO / "relay.yaml")
+    echo = topology.functions["echo"]
+    identity = {"GCE_METADATA_HOST": "127.0.0.1:7", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": "/ca.pem"}
+    inherited = {"PUBSUB_EMULATOR_HOST": "127.0.0.1:1", "GOOGLE_APPLICATION_CREDENTIALS": "/k"}
+    common = {"url": "http://127.0.0.1:9/", "certs_url": "http://127.0.0.1:2/certs"}
+    _, env = function_server(
+        topology, echo, pubsub_host="127.0.0.1:8", base_env=inherited, identity=identity, **common
+    )
+    assert {key: env.get(key) for key in (*identity, *inherited, PUBSUB_API_ENDPOINT_ENV)} == {
+        **identity,
+        "PUBSUB_EMULATOR_HOST": None,
+        "GOOGLE_APPLICATION_CREDENTIALS": None,
+        PUBSUB_API_ENDPOINT_ENV: "127.0.0.1:8",
+    }
+    _, plain = function_server(
+        topology, echo, pubsub_host="127.0.0.1:8", base_env=inherited, **common
+    )
+    assert (plain["PUBSUB_EMULATOR_HOST"], plain.get(PUBSUB_API_ENDPOINT_ENV)) == (
+        "127.0.0.1:8",
+        None,
+    )
