@@ -173,10 +173,15 @@ def test_retry_budget_spent_ends_in_a_dead_letter_result(
         if line.get("correlationid") == request.correlationid
     ]
     assert attempts == [1, 2, 3, 4, 5]
-    (dead,) = [
-        line for line in dead_letter.lines() if line.get("correlationid") == request.correlationid
-    ]
+    deadline = time.monotonic() + 10  # the function logs right after its publish: wait for it
+    while not (dead_lines := _lines_of(dead_letter, request)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (dead,) = dead_lines
     assert (dead["outcome"], dead["error"]["message"]) == ("dead-lettered", "after 5 attempts")
+
+
+def _lines_of(served: Served, request: Event) -> list[dict[str, Any]]:
+    return [line for line in served.lines() if line.get("correlationid") == request.correlationid]
 
 
 def test_duplicate_publish_answers_twice_with_one_result_id(
