@@ -212,4 +212,3 @@ class WaitOutcome:
             for cid in wait.correlation_ids
         )
         return cls(wait, str(event["status"]), found, str(event.get("message") or ""))
-

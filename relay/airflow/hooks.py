@@ -57,6 +57,7 @@ def check_lifetime(ttl: timedelta | None, retention: timedelta) -> None:
     except LimitError as exc:
         raise RelayConfigError(exc.message) from None
 
+
 _LOCK = threading.Lock()
 _SYNC_CLIENTS: dict[tuple[Any, ...], Any] = {}
 _ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
@@ -425,7 +426,7 @@ def _why(error: BaseException | None, attempts: int) -> str:
             "; RESOURCE_EXHAUSTED is a quota: administrator operations (creating, seeking and "
             "deleting subscriptions) are capped at 6,000 per minute per project, charged to the "
             "caller's project, and publishing has a throughput quota (docs/airflow.md, "
-            '"Quotas and costs"; a wait_project keeps relay\'s subscriptions off the topic\'s '
+            "\"Quotas and costs\"; a wait_project keeps relay's subscriptions off the topic's "
             "project)"
         )
     return text

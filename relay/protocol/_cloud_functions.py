@@ -72,6 +72,8 @@ RESERVED_ENVIRONMENT = frozenset(
     {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "FUNCTION_TARGET"}
 )
 """Set by Cloud Run / the functions runtime; a deploy may not set them (nor X_GOOGLE_*)."""
+GOOGLE_ADDED_ENVIRONMENT = {"LOG_EXECUTION_ID": "true"}
+"""What Google adds to a 2nd-gen function's environment_variables on every deploy."""
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 

@@ -652,8 +652,10 @@ class _Parser:
     def delivery(self, value: object, path: str) -> Delivery:
         if value is None or value == "push":
             return "push"
-        if value in ("pull", "eventarc"):
-            return cast(Delivery, value)
+        if value == "pull":
+            return "pull"
+        if value == "eventarc":
+            return "eventarc"
         if isinstance(value, list):
             self.issue(
                 path,

@@ -15,14 +15,13 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from relay.deploy._environment import function_environment
 from relay.functions import (
     MAX_DELIVERY_ATTEMPTS_ENV,
     PUSH_ALLOWED_EMAILS_ENV,
     PUSH_AUDIENCE_ENV,
     PUSH_CERTS_URL_ENV,
-    REPLY_TOPICS_ENV,
 )
-from relay.protocol import topic_path
 from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
 from relay.up._forward import PullForwarder
@@ -256,16 +255,14 @@ def function_server(
                 PUSH_ALLOWED_EMAILS_ENV: push_account,
             }
         )
-    # What it may touch: results only to the completion topic; its last attempt known.
-    env[REPLY_TOPICS_ENV] = topic_path(topology.project, topology.completion_topic)
-    env.pop(MAX_DELIVERY_ATTEMPTS_ENV, None)
-    if function.dead_letter_topic is not None:
-        env[MAX_DELIVERY_ATTEMPTS_ENV] = str(function.max_delivery_attempts)
-    # Requests time out as on Cloud Run (functions-framework's gunicorn option), after the
-    # ack deadline, when Pub/Sub would redeliver anyway.
-    env["CLOUD_RUN_TIMEOUT_SECONDS"] = str(function.ack_deadline_seconds)
+    # Requests time out as on Cloud Run (functions-framework's gunicorn option), at the
+    # function's timeout (at least the ack deadline plus a margin, as deployed).
+    env["CLOUD_RUN_TIMEOUT_SECONDS"] = str(function.timeout_seconds)
     env["THREADED_TIMEOUT_ENABLED"] = "true"
-    env.update(function.environment)
+    # What it may touch (results only to the completion topic; its last attempt known): the
+    # same variables `relay deploy` sets.
+    env.pop(MAX_DELIVERY_ATTEMPTS_ENV, None)
+    env.update(function_environment(topology, function))
     argv = [
         sys.executable,
         "-m",
