@@ -25,14 +25,14 @@ def emulator_host() -> str | None:
     return os.environ.get(EMULATOR_HOST_ENV) or None
 
 
-def function_client() -> Any:
-    """A `functions_v2.FunctionServiceClient`: Google Cloud with Application Default Credentials,
-    or the control plane at CLOUD_FUNCTIONS_EMULATOR_HOST."""
+def function_client(credentials: Any = None) -> Any:
+    """A `functions_v2.FunctionServiceClient`: Google Cloud with `credentials` (default:
+    Application Default Credentials), or the control plane at CLOUD_FUNCTIONS_EMULATOR_HOST."""
     from google.cloud import functions_v2
 
     host = emulator_host()
     if host is None:
-        return functions_v2.FunctionServiceClient()
+        return functions_v2.FunctionServiceClient(credentials=credentials)
     import grpc
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.functions_v2.services.function_service.transports import (

@@ -49,14 +49,17 @@ class Routes:
         async def stop() -> None:
             for server in self._servers:
                 server.close()
-            for server in self._servers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 2)
+            # Connections still open (keep-alive pushes) end with the loop.
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         if self._loop.is_running():
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            self._loop.close()
 
     async def _listen(self, name: str) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
