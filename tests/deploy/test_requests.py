@@ -22,8 +22,8 @@ from relay.deploy import (
     SOURCE_LABEL,
     FunctionChange,
     PackageError,
-    desired_function,
     describe_requests,
+    desired_function,
     package,
     relay_wheel,
     request_for,
@@ -91,7 +91,9 @@ def test_create_requests_hold_every_required_field_in_googles_format(
     assert float(service.available_cpu) == pytest.approx(0.167)
     assert service.max_instance_count == 100
     assert service.max_instance_request_concurrency == 1
-    assert service.ingress_settings == functions_v2.ServiceConfig.IngressSettings.ALLOW_INTERNAL_ONLY
+    assert (
+        service.ingress_settings == functions_v2.ServiceConfig.IngressSettings.ALLOW_INTERNAL_ONLY
+    )
     assert is_service_account(service.service_account_email)
     assert service.service_account_email == "relay-functions@relay-local.iam.gserviceaccount.com"
     assert service.all_traffic_on_latest_revision

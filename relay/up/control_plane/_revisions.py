@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class Revisions:
         self.ready_timeout = ready_timeout
         self._lock = threading.Lock()
         self._serving: dict[str, Child] = {}
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-revisions")
 
     def url(self, function: str) -> str:
         """The stable URL of `function` (its route opens on first use)."""
@@ -91,13 +93,16 @@ class Revisions:
             "--port",
             str(port),
         ]
-        child = start(
+        # Started from one long-lived thread: Linux sends the parent-death signal when the
+        # *thread* that forked a child ends, and each deploy runs on a thread of its own.
+        child = self._spawner.submit(
+            start,
             revision.revision,
             argv,
             log=revision.log,
             env=self._environment(revision, url, port),
             cwd=revision.source,
-        )
+        ).result()
         try:
             wait_for_http(child, f"http://{_HOST}:{port}/", self.ready_timeout)
         except StackError:
@@ -136,6 +141,7 @@ class Revisions:
             self._serving.clear()
         for child in children:
             child.stop()
+        self._spawner.shutdown(wait=True)
 
     def _environment(self, revision: Revision, url: str, port: int) -> dict[str, str]:
         """What Cloud Run gives a revision, with the local stand-ins for Google around it."""
