@@ -39,7 +39,6 @@ def with_field(definition: str, field: dict[str, Any]) -> str:
     return json.dumps(schema)
 
 
-
 # -- create / get -----------------------------------------------------------------------------
 
 
