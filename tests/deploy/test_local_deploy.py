@@ -29,7 +29,7 @@ from relay.deploy import (
     function_client,
 )
 from relay.protocol import RESULT_SUCCEEDED, new_request, to_binary
-from relay.provision import configure_triggers, provision
+from relay.provision import admin_clients, configure_triggers, provision
 from relay.topology import Topology, load_topology
 from relay.up import CompletionMonitor, Stack, stack_up
 
@@ -434,3 +434,87 @@ def test_the_example_pipeline_passes_against_the_deployed_functions(tmp_path: Pa
     assert deployed.read_text().count('"succeeded"') >= 6
     from_source = (run_dir / "stack" / "logs" / "csv-profile.log").read_text()
     assert from_source.count('"succeeded"') == 0  # every request ran in the deployed archive
+
+
+def test_relay_deploy_on_the_command_line_uses_the_emulator_variable(world: World) -> None:
+    from click.testing import CliRunner
+
+    from relay.deploy.cli import deploy as deploy_command
+
+    before = world.operations()
+    runner = CliRunner()
+    file = str(world.base / "relay.yaml")
+
+    dry = runner.invoke(
+        deploy_command, ["--file", file, "--dry-run", "echo"], env={"COLUMNS": "300"}
+    )
+    unchanged = runner.invoke(deploy_command, ["--file", file], env={"COLUMNS": "300"})
+
+    assert dry.exit_code == 0, dry.output
+    assert f"relay up's control plane at {world.stack.control_plane.host}" in dry.output
+    assert "= echo" in dry.output
+    assert "dry run, nothing deployed" in dry.output
+    assert unchanged.exit_code == 0, unchanged.output
+    for name in NAMES:
+        assert f"= {name}" in unchanged.output
+    assert world.operations() == before
+    document = _document(world.base)
+    document["functions"]["echo"]["environment"] = {"GREETING": "dry"}
+    _write(world.base, document, "dry.yaml")
+    dry = runner.invoke(
+        deploy_command,
+        ["--file", str(world.base / "dry.yaml"), "--dry-run", "echo"],
+        env={"COLUMNS": "300"},
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "~ echo" in dry.output
+    assert '> UpdateFunction {"function": {' in dry.output
+    # (a FieldMask's JSON form: the one path, camel-cased)
+    assert '"update_mask": "serviceConfig.environmentVariables"}' in dry.output
+    assert "GenerateUploadUrl" not in dry.output
+    assert world.operations() == before
+    bad = runner.invoke(deploy_command, ["--file", file, "ghost"])
+    assert bad.exit_code != 0
+    assert "not in the topology: ghost" in bad.output
+
+
+def test_relay_up_provisioned_the_trigger_as_pending_and_no_push_subscription(
+    world: World,
+) -> None:
+    pending = [change for change in world.stack.plan.changes if change.action == "pending"]
+
+    assert [change.name for change in pending] == [
+        f"projects/{PROJECT}/subscriptions/eventarc-europe-west1-echo-events-*"
+    ]
+    names = {change.short_name for change in world.stack.plan.changes}
+    assert "echo-events-eventarc" not in names
+    assert "echo-events-push" not in names
+
+
+def test_a_trigger_beside_a_push_subscription_is_a_conflict(world: World) -> None:
+    """What `gcloud functions deploy --trigger-topic` next to relay's push subscription makes:
+    every request twice. provision refuses it, naming the subscription."""
+    with admin_clients() as (_, subscriber):
+        stray = f"projects/{PROJECT}/subscriptions/eventarc-europe-west1-echo-123456-sub-456"
+        subscriber.create_subscription(
+            request={"name": stray, "topic": f"projects/{PROJECT}/topics/relay-echo-requests"}
+        )
+        try:
+            plan = provision(world.stack.topology, dry_run=True)
+            (conflict,) = plan.conflicts
+            assert conflict.name == stray
+            assert "would get every request twice" in conflict.details[0]
+        finally:
+            subscriber.delete_subscription(request={"subscription": stray})
+
+
+def test_the_iam_script_grants_the_trigger_subscription_by_lookup(world: World) -> None:
+    from relay.provision import gcloud_script
+
+    script = gcloud_script(world.topology)
+
+    assert (
+        'gcloud pubsub subscriptions add-iam-policy-binding "$(gcloud pubsub topics '
+        "list-subscriptions relay-echo-events --project=relay-local --format='value(.)' | "
+        'grep -m1 /eventarc-europe-west1-echo-events-)"'
+    ) in script
