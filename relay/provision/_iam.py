@@ -224,7 +224,8 @@ def gcloud_script(topology: Topology) -> str:
     ]
     if runtime:
         lines.append(
-            "# Deploy each function to run as its runtime identity (gcloud functions deploy):"
+            "# relay deploy runs each function as its runtime identity (the account deploying "
+            "needs iam.serviceAccounts.actAs on it):"
         )
         lines.extend(runtime)
     lines.append(

@@ -40,9 +40,10 @@ def render_stack(console: Console, stack: Stack) -> None:
         f"{stack.control_plane.host} (relay deploy deploys here)"
     )
     for function in stack.functions.values():
+        via = function.subscription or "its Eventarc trigger, once deployed"
         lines.append(
             f"  [bold]{function.name:<{width}}[/]  {function.url}  ← {function.topic} via "
-            f"{function.subscription} ({function.delivery})"
+            f"{via} ({function.delivery})"
         )
     lines.append(f"  {'logs':<{width}}  {stack.data_dir / 'logs'} (broker.log, <function>.log)")
     lines.append(
