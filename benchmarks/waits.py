@@ -197,10 +197,8 @@ def main() -> None:
     import os
 
     print(f"\nrelay waits: administrator operations and phase times ({os.cpu_count()} cores)\n")
-    print(
-        "| admin latency | requests | design | admin ops | publish phase s | cleanup phase s |"
-        " publish+cleanup s |"
-    )
+    print("| admin latency | requests | design | admin ops | publish phase s | cleanup phase s |"
+          " publish+cleanup s |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="relay-bench-waits-") as tmp:
         for latency in latencies:

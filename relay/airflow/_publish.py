@@ -158,4 +158,6 @@ def publish_requests(
         if subscription is not None:
             hook.delete_subscriptions([subscription])
         raise
-    return Published(tuple(event.id for event in events), cids, subscription, tuple(message_ids))
+    return Published(
+        tuple(event.id for event in events), cids, subscription, tuple(message_ids)
+    )

@@ -212,7 +212,9 @@ class RelayResultTrigger(BaseTrigger):
                     next_read = now + recheck_interval * random.uniform(0.8, 1.2)
                     continue
                 try:
-                    await asyncio.wait_for(waiter.event.wait(), min(wait.deadline, next_read) - now)
+                    await asyncio.wait_for(
+                        waiter.event.wait(), min(wait.deadline, next_read) - now
+                    )
                 except TimeoutError:
                     continue
         except SubscriptionGone as gone:

@@ -212,3 +212,4 @@ class WaitOutcome:
             for cid in wait.correlation_ids
         )
         return cls(wait, str(event["status"]), found, str(event.get("message") or ""))
+

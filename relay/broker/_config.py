@@ -196,9 +196,7 @@ def subscription_config(pb: Any, *, stored: bool = False) -> SubConfig:
             _check_push_config(pb)
         concurrency = pb.push_config.attributes.get(PUSH_CONCURRENCY_ATTRIBUTE)
         if concurrency is not None and not (
-            concurrency.isascii()
-            and concurrency.isdigit()
-            and 1 <= len(concurrency) <= 6
+            concurrency.isascii() and concurrency.isdigit() and 1 <= len(concurrency) <= 6
             and int(concurrency) >= 1
         ):
             raise invalid(

@@ -180,84 +180,72 @@ def handlers(broker: Broker, control: Control) -> list[Any]:
 
     publisher = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Publisher",
-        control.gate(
-            {
-                "CreateTopic": _unary(create_topic, "Topic", "Topic"),
-                "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
-                "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
-                "ListTopics": _unary(list_topics, "ListTopicsRequest", "ListTopicsResponse"),
-                "ListTopicSubscriptions": _unary(
-                    list_topic_subscriptions,
-                    "ListTopicSubscriptionsRequest",
-                    "ListTopicSubscriptionsResponse",
-                ),
-                "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
-                "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
-                "DetachSubscription": _unary(
-                    detach_subscription, "DetachSubscriptionRequest", "DetachSubscriptionResponse"
-                ),
-                "ListTopicSnapshots": _unary(
-                    list_topic_snapshots, "ListTopicSnapshotsRequest", "ListTopicSnapshotsResponse"
-                ),
-            }
-        ),
+        control.gate({
+            "CreateTopic": _unary(create_topic, "Topic", "Topic"),
+            "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
+            "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
+            "ListTopics": _unary(list_topics, "ListTopicsRequest", "ListTopicsResponse"),
+            "ListTopicSubscriptions": _unary(
+                list_topic_subscriptions,
+                "ListTopicSubscriptionsRequest",
+                "ListTopicSubscriptionsResponse",
+            ),
+            "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
+            "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
+            "DetachSubscription": _unary(
+                detach_subscription, "DetachSubscriptionRequest", "DetachSubscriptionResponse"
+            ),
+            "ListTopicSnapshots": _unary(
+                list_topic_snapshots, "ListTopicSnapshotsRequest", "ListTopicSnapshotsResponse"
+            ),
+        }),
     )
     subscriber = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Subscriber",
-        control.gate(
-            {
-                "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
-                "GetSubscription": _unary(
-                    get_subscription, "GetSubscriptionRequest", "Subscription"
-                ),
-                "UpdateSubscription": _unary(
-                    update_subscription, "UpdateSubscriptionRequest", "Subscription"
-                ),
-                "ListSubscriptions": _unary(
-                    list_subscriptions, "ListSubscriptionsRequest", "ListSubscriptionsResponse"
-                ),
-                "DeleteSubscription": _unary(
-                    delete_subscription, "DeleteSubscriptionRequest", "Empty"
-                ),
-                "ModifyPushConfig": _unary(modify_push_config, "ModifyPushConfigRequest", "Empty"),
-                "Pull": _unary(pull, "PullRequest", "PullResponse"),
-                "Acknowledge": _unary(acknowledge, "AcknowledgeRequest", "Empty"),
-                "ModifyAckDeadline": _unary(
-                    modify_ack_deadline, "ModifyAckDeadlineRequest", "Empty"
-                ),
-                "Seek": _unary(seek, "SeekRequest", "SeekResponse"),
-                "CreateSnapshot": _unary(create_snapshot, "CreateSnapshotRequest", "Snapshot"),
-                "GetSnapshot": _unary(get_snapshot, "GetSnapshotRequest", "Snapshot"),
-                "UpdateSnapshot": _unary(update_snapshot, "UpdateSnapshotRequest", "Snapshot"),
-                "ListSnapshots": _unary(
-                    list_snapshots, "ListSnapshotsRequest", "ListSnapshotsResponse"
-                ),
-                "DeleteSnapshot": _unary(delete_snapshot, "DeleteSnapshotRequest", "Empty"),
-                "StreamingPull": grpc.stream_stream_rpc_method_handler(
-                    streaming,
-                    request_deserializer=_pb("StreamingPullRequest").FromString,
-                    response_serializer=_pb("StreamingPullResponse").SerializeToString,
-                ),
-            }
-        ),
+        control.gate({
+            "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
+            "GetSubscription": _unary(get_subscription, "GetSubscriptionRequest", "Subscription"),
+            "UpdateSubscription": _unary(
+                update_subscription, "UpdateSubscriptionRequest", "Subscription"
+            ),
+            "ListSubscriptions": _unary(
+                list_subscriptions, "ListSubscriptionsRequest", "ListSubscriptionsResponse"
+            ),
+            "DeleteSubscription": _unary(delete_subscription, "DeleteSubscriptionRequest", "Empty"),
+            "ModifyPushConfig": _unary(modify_push_config, "ModifyPushConfigRequest", "Empty"),
+            "Pull": _unary(pull, "PullRequest", "PullResponse"),
+            "Acknowledge": _unary(acknowledge, "AcknowledgeRequest", "Empty"),
+            "ModifyAckDeadline": _unary(modify_ack_deadline, "ModifyAckDeadlineRequest", "Empty"),
+            "Seek": _unary(seek, "SeekRequest", "SeekResponse"),
+            "CreateSnapshot": _unary(create_snapshot, "CreateSnapshotRequest", "Snapshot"),
+            "GetSnapshot": _unary(get_snapshot, "GetSnapshotRequest", "Snapshot"),
+            "UpdateSnapshot": _unary(update_snapshot, "UpdateSnapshotRequest", "Snapshot"),
+            "ListSnapshots": _unary(
+                list_snapshots, "ListSnapshotsRequest", "ListSnapshotsResponse"
+            ),
+            "DeleteSnapshot": _unary(delete_snapshot, "DeleteSnapshotRequest", "Empty"),
+            "StreamingPull": grpc.stream_stream_rpc_method_handler(
+                streaming,
+                request_deserializer=_pb("StreamingPullRequest").FromString,
+                response_serializer=_pb("StreamingPullResponse").SerializeToString,
+            ),
+        }),
     )
     iam = grpc.method_handlers_generic_handler(
         "google.iam.v1.IAMPolicy",
-        control.gate(
-            {
-                "SetIamPolicy": _unary(
-                    set_iam_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy
-                ),
-                "GetIamPolicy": _unary(
-                    get_iam_policy, iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy
-                ),
-                "TestIamPermissions": _unary(
-                    test_iam_permissions,
-                    iam_policy_pb2.TestIamPermissionsRequest,
-                    iam_policy_pb2.TestIamPermissionsResponse,
-                ),
-            }
-        ),
+        control.gate({
+            "SetIamPolicy": _unary(
+                set_iam_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy
+            ),
+            "GetIamPolicy": _unary(
+                get_iam_policy, iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy
+            ),
+            "TestIamPermissions": _unary(
+                test_iam_permissions,
+                iam_policy_pb2.TestIamPermissionsRequest,
+                iam_policy_pb2.TestIamPermissionsResponse,
+            ),
+        }),
     )
     return [publisher, subscriber, iam, _schema_service(broker, control)]
 
@@ -306,28 +294,24 @@ def _schema_service(broker: Broker, control: Control) -> Any:
 
     return grpc.method_handlers_generic_handler(
         "google.pubsub.v1.SchemaService",
-        control.gate(
-            {
-                "CreateSchema": _unary(create_schema, "CreateSchemaRequest", "Schema"),
-                "GetSchema": _unary(get_schema, "GetSchemaRequest", "Schema"),
-                "ListSchemas": _unary(list_schemas, "ListSchemasRequest", "ListSchemasResponse"),
-                "ListSchemaRevisions": _unary(
-                    list_schema_revisions,
-                    "ListSchemaRevisionsRequest",
-                    "ListSchemaRevisionsResponse",
-                ),
-                "CommitSchema": _unary(commit_schema, "CommitSchemaRequest", "Schema"),
-                "RollbackSchema": _unary(rollback_schema, "RollbackSchemaRequest", "Schema"),
-                "DeleteSchemaRevision": _unary(
-                    delete_schema_revision, "DeleteSchemaRevisionRequest", "Schema"
-                ),
-                "DeleteSchema": _unary(delete_schema, "DeleteSchemaRequest", "Empty"),
-                "ValidateSchema": _unary(
-                    validate_schema, "ValidateSchemaRequest", "ValidateSchemaResponse"
-                ),
-                "ValidateMessage": _unary(
-                    validate_message, "ValidateMessageRequest", "ValidateMessageResponse"
-                ),
-            }
-        ),
+        control.gate({
+            "CreateSchema": _unary(create_schema, "CreateSchemaRequest", "Schema"),
+            "GetSchema": _unary(get_schema, "GetSchemaRequest", "Schema"),
+            "ListSchemas": _unary(list_schemas, "ListSchemasRequest", "ListSchemasResponse"),
+            "ListSchemaRevisions": _unary(
+                list_schema_revisions, "ListSchemaRevisionsRequest", "ListSchemaRevisionsResponse"
+            ),
+            "CommitSchema": _unary(commit_schema, "CommitSchemaRequest", "Schema"),
+            "RollbackSchema": _unary(rollback_schema, "RollbackSchemaRequest", "Schema"),
+            "DeleteSchemaRevision": _unary(
+                delete_schema_revision, "DeleteSchemaRevisionRequest", "Schema"
+            ),
+            "DeleteSchema": _unary(delete_schema, "DeleteSchemaRequest", "Empty"),
+            "ValidateSchema": _unary(
+                validate_schema, "ValidateSchemaRequest", "ValidateSchemaResponse"
+            ),
+            "ValidateMessage": _unary(
+                validate_message, "ValidateMessageRequest", "ValidateMessageResponse"
+            ),
+        }),
     )

@@ -125,6 +125,7 @@ class _Worker:
         else:
             sub.modify([ack_id], 0)
 
+
     def _paced(self, ok: bool) -> None:
         """Push backoff (when on): grow or shrink the window, pause after failures."""
         if ok:

@@ -303,3 +303,4 @@ def _check_source(sub: SubState) -> None:
 def _timestamp(ns: int) -> Any:
     secs, nanos = divmod(ns, 1_000_000_000)
     return timestamp_pb2.Timestamp(seconds=secs, nanos=nanos)
+

@@ -216,7 +216,9 @@ def test_messages_of_one_ordering_key_stay_in_order(
     broker = start_broker(tmp_path / "data", args=["--reorder-rate", "1"])
     publisher, subscriber, topic, sub = _setup(broker, project, enable_message_ordering=True)
     publisher.stop()
-    publisher = broker.publisher(publisher_options=PublisherOptions(enable_message_ordering=True))
+    publisher = broker.publisher(
+        publisher_options=PublisherOptions(enable_message_ordering=True)
+    )
     _publish_each(publisher, topic, 10, ordering_key="k")
     got = [m.message.data for m in _pull_until(subscriber, sub, 10)]
     assert got == [b"%d" % i for i in range(10)]

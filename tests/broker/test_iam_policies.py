@@ -106,7 +106,9 @@ def test_test_iam_permissions_refuses_invalid_permissions(
         )
 
 
-def test_test_iam_permissions_on_a_missing_resource_is_empty(publisher: Any, project: str) -> None:
+def test_test_iam_permissions_on_a_missing_resource_is_empty(
+    publisher: Any, project: str
+) -> None:
     """iam_policy.proto: "If the resource does not exist, this will return an empty set of
     permissions, not a NOT_FOUND error"."""
     granted = publisher.test_iam_permissions(
@@ -315,7 +317,9 @@ def test_policies_survive_kill(
         assert got.etag == written.etag
     # A stale etag is still refused after the restart.
     with pytest.raises(exceptions.Aborted):
-        publisher.set_iam_policy(request={"resource": topic, "policy": _policy(etag=EMPTY_ETAG)})
+        publisher.set_iam_policy(
+            request={"resource": topic, "policy": _policy(etag=EMPTY_ETAG)}
+        )
     publisher.stop()
     subscriber.close()
 

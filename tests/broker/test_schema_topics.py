@@ -60,6 +60,7 @@ def state_proto_class() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("relay.tests.StateProto"))
 
 
+
 @pytest.fixture
 def make_topic(publisher: Any, project: str, unique: Callable[[str], str]) -> Callable[..., str]:
     """make_topic(schema, encoding, **revisions) -> a new topic validated against `schema`."""

@@ -39,6 +39,7 @@ def with_field(definition: str, field: dict[str, Any]) -> str:
     return json.dumps(schema)
 
 
+
 # -- create / get -----------------------------------------------------------------------------
 
 
