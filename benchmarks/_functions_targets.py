@@ -26,7 +26,7 @@ def bare(cloud_event: Any) -> None:
     PUBLISHER.published.append((message["attributes"].get("ce-replyto", ""), Message(reply, {})))
 
 
-@relay_function(publisher=PUBLISHER)
+@relay_function(publisher=PUBLISHER, reply_topics=["projects/relay-bench/topics/results"])
 def relayed(request: Request) -> Any:
     """The same echo, with relay doing the protocol."""
     PUBLISHER.published.clear()

@@ -6,8 +6,9 @@
   .control(body) (POST /control: behaviour settings, {"fail": ...}, {"advance_seconds": ...}),
   plus .publisher() / .subscriber() / .schema_client() clients bound to this broker.
 - `google_broker` (session): a second broker started with `--profile google --seed 1 --control`.
-- `start_broker` (function): `start_broker(data_dir, args=[...]) -> BrokerProcess`, a broker of
-  your own (to kill it, or with other flags); stopped at the end of the test.
+- `start_broker` (function): `start_broker(data_dir, args=[...], launcher=[...]) ->
+  BrokerProcess`, a broker of your own (to kill it, with other flags, or run through `launcher`,
+  an argv prefix); stopped at the end of the test.
 - `project`: "relay-test"; `unique`: unique("topic") -> "topic-<hex>".
 
 Advancing a shared broker's clock ages every message on it for the rest of the session (publish
@@ -41,7 +42,8 @@ _ENV_LOCK = threading.Lock()  # clients read PUBSUB_EMULATOR_HOST while being co
 
 
 class BrokerProcess:
-    """A `relay broker` subprocess with stderr in <data_dir>/../<name>.log; `args`: more flags."""
+    """A `relay broker` subprocess with stderr in <data_dir>/../<name>.log; `args`: more flags;
+    `launcher`: an argv prefix that runs it (e.g. in a namespace of its own)."""
 
     def __init__(
         self,
@@ -49,11 +51,13 @@ class BrokerProcess:
         port: int = 0,
         http_port: int = 0,
         args: Sequence[str] = (),
+        launcher: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.http_port = http_port
         self.args = list(args)
+        self.launcher = list(launcher)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
         self.start()
@@ -82,6 +86,7 @@ class BrokerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
+                *self.launcher,
                 sys.executable,
                 "-m",
                 "relay.broker",
@@ -245,8 +250,10 @@ def start_broker() -> Iterator[Callable[..., BrokerProcess]]:
     test."""
     started: list[BrokerProcess] = []
 
-    def start(data_dir: Path, args: Sequence[str] = ()) -> BrokerProcess:
-        process = BrokerProcess(data_dir, args=args)
+    def start(
+        data_dir: Path, args: Sequence[str] = (), launcher: Sequence[str] = ()
+    ) -> BrokerProcess:
+        process = BrokerProcess(data_dir, args=args, launcher=launcher)
         started.append(process)
         return process
 

@@ -106,6 +106,13 @@ class RelayHook(GoogleBaseHook):
         """True when the connection asks for anonymous credentials (an emulator or local broker)."""
         return bool(self._get_field("is_anonymous", False))
 
+    def get_client_options(self, api_endpoint_override: str | None = None) -> Any:
+        """Pub/Sub client options: the connection's extra `api_endpoint` (host:port of a Pub/Sub
+        API over TLS, e.g. `relay broker --require-auth`) unless one is passed; Google's default
+        endpoint without either. Unlike PUBSUB_EMULATOR_HOST it keeps TLS and credentials."""
+        endpoint = api_endpoint_override or self._get_field("api_endpoint", None) or None
+        return super().get_client_options(api_endpoint_override=endpoint)
+
     @property
     def relay_project_id(self) -> str:
         """The project for short names: explicit, else the connection's `project`, else ADC's."""

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from relay.broker._errors import BrokerError, invalid
+from relay.broker._errors import BrokerError, invalid, shown
 from relay.broker._filter import FilterError, compile_filter
 from relay.broker._labels import check_labels
 from relay.broker._names import check_topic
@@ -27,6 +27,7 @@ __all__ = [
     "MAX_TOPIC_RETENTION",
     "MIN_EXPIRATION_TTL",
     "MIN_RETENTION",
+    "is_loopback",
     "seconds",
     "subscription_config",
     "topic_config",
@@ -79,13 +80,6 @@ def topic_config(pb: Any, *, stored: bool = False) -> float | None:
     return _retention(value, MAX_TOPIC_RETENTION, "topic", stored=stored)
 
 
-def _shown(value: str, limit: int = 200) -> str:
-    """`value` quoted for an error message, cut short: a status message must stay small."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"
-
-
 def check_push_endpoint(endpoint: str) -> None:
     """Google takes only `https://` push endpoints (lowercase scheme); the broker also takes
     `http://` to a loopback host, which a local run needs (functions served on 127.0.0.1)."""
@@ -93,18 +87,21 @@ def check_push_endpoint(endpoint: str) -> None:
         host = urlsplit(endpoint).hostname or ""
     except ValueError:  # a malformed URL ("http://[::1", say)
         host = ""
+    if not endpoint.isprintable():
+        host = ""  # control characters: refused below
     if endpoint.startswith("https://") and host:
         return
-    if endpoint.startswith("http://") and host and _is_loopback(host):
+    if endpoint.startswith("http://") and host and is_loopback(host):
         return
     raise invalid(
-        f"Invalid push_config.push_endpoint: {_shown(endpoint)}. Google requires an https:// URL "
+        f"Invalid push_config.push_endpoint: {shown(endpoint)}. Google requires an https:// URL "
         "(lowercase scheme, a host); the relay broker also accepts http:// to a loopback host "
         "(127.0.0.0/8, ::1, localhost) for local runs."
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback: `localhost`, 127.0.0.0/8 or ::1."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
@@ -196,12 +193,14 @@ def subscription_config(pb: Any, *, stored: bool = False) -> SubConfig:
             _check_push_config(pb)
         concurrency = pb.push_config.attributes.get(PUSH_CONCURRENCY_ATTRIBUTE)
         if concurrency is not None and not (
-            concurrency.isascii() and concurrency.isdigit() and 1 <= len(concurrency) <= 6
+            concurrency.isascii()
+            and concurrency.isdigit()
+            and 1 <= len(concurrency) <= 6
             and int(concurrency) >= 1
         ):
             raise invalid(
                 f"Invalid push_config.attributes[{PUSH_CONCURRENCY_ATTRIBUTE}]: "
-                f"{_shown(concurrency)}; need a positive integer."
+                f"{shown(concurrency)}; need a positive integer."
             )
 
     ttl: float | None
@@ -252,10 +251,4 @@ def _check_push_config(pb: Any) -> None:
         raise invalid(
             "Invalid subscription: exactly-once delivery (enable_exactly_once_delivery) is "
             "supported for pull subscriptions only, not with a push_config.push_endpoint."
-        )
-    email = push_config.oidc_token.service_account_email
-    if push_config.HasField("oidc_token") and "@" not in email:
-        raise invalid(
-            f"Invalid push_config.oidc_token.service_account_email: {_shown(email)}; a service "
-            "account email is required."
         )

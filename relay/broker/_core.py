@@ -1,8 +1,12 @@
 """The broker's logic: topics, subscriptions, publish, pull, acks, seek, dead letters, expiry.
 
 State lives in memory (authoritative while running) and every change is written to the store;
-responses are sent only after the change is committed. The gRPC layer (`_grpc`) translates
-requests to calls on `Broker` and `BrokerError`s to status codes.
+responses are sent only after the change is committed. A request's change is checked whole and
+committed to the store before memory shows it (administrator operations one at a time, under
+`admin`), so a refused request or a failed write (a full disk) leaves memory as the store has it.
+What the broker writes on its own (delivery counts, stream acks, retention, expiry, cleanup) is
+posted: should that fail, the store keeps the older state and a restart delivers again. The gRPC
+layer (`_grpc`) translates requests to calls on `Broker` and `BrokerError`s to status codes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 from google.pubsub_v1 import types
 
 from relay.broker._behaviour import Behaviour, Dice
@@ -39,6 +45,7 @@ from relay.broker._names import (
     check_topic,
     project_of,
 )
+from relay.broker._push_tokens import PushTokens
 from relay.broker._schemas import SchemaRegistry
 from relay.broker._snapshots import Snapshots
 from relay.broker._state import (
@@ -51,8 +58,10 @@ from relay.broker._state import (
     Entry,
     StoredMessage,
     SubState,
+    check_ack_deadline,
+    parse_ack_ids,
 )
-from relay.broker._store import Statement, Store, pack, unpack
+from relay.broker._store import Statement, Store, StoreFailed, pack, unpack
 from relay.broker._timers import Scheduler
 
 __all__ = ["Broker", "TopicState", "detached", "paged"]
@@ -75,7 +84,14 @@ _SQL_INSERT_PENDING_RANGE = (
 )
 _SQL_LAST_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)"
 _SQL_DELETE_BATCH = "DELETE FROM batches WHERE first_seq = ?"
+_SQL_SUB_BODY = "UPDATE subscriptions SET body = ? WHERE id = ?"
+_SQL_DROP_PENDING = "DELETE FROM pending WHERE sub_id = ?"
+# Seek times become nanoseconds on the broker's clock, bound as SQLite's 64-bit integers (years
+# 1677 to 2262); the range leaves room for the clock offset of `POST /control` (up to 10 years).
+_MIN_SEEK_NS = -8_520_336_000 * 10**9  # 1700-01-01T00:00:00Z
+_MAX_SEEK_NS = 8_867_491_199 * 10**9 + 999_999_999  # 2250-12-31T23:59:59.999999999Z
 _GC_INTERVAL = 600.0
+_EXPIRY_RETRY = 60.0  # seconds until an expiry whose deletion could not be stored is tried again
 MAX_SUBSCRIPTIONS_PER_TOPIC = 10_000
 _PULL_WAIT = 90.0
 
@@ -111,9 +127,12 @@ class Broker:
         push_concurrency: int = 32,
         fsync: bool = False,
         behaviour: Behaviour | None = None,
+        reset_store: bool = False,
+        push_tokens: PushTokens | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.store = Store(data_dir, fsync=fsync)
+        self.push_tokens = push_tokens or PushTokens()
+        self.store = Store(data_dir, fsync=fsync, reset=reset_store)
         self.push_concurrency = push_concurrency
         self.topics: dict[str, TopicState] = {}
         self.subs: dict[str, SubState] = {}
@@ -128,12 +147,15 @@ class Broker:
         self.behaviour = behaviour or Behaviour()
         self.dice = Dice(self.behaviour.seed)
         self.closing = False
+        # Held by every administrator operation that changes something, from its checks to its
+        # commit: one sees the committed result of the other (store first, then memory).
+        self.admin = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set by the server once the push machinery exists: called when a sub's push config changes.
         self.on_push_change: Callable[[SubState], None] = lambda sub: None
         self.snapshots = Snapshots(self)
         self.iam = IamPolicies(self.store)
-        self.schemas = SchemaRegistry(self.store, self.topics, self.iam.drop)
+        self.schemas = SchemaRegistry(self.store, self.topics, self.iam, self.admin)
         self.iam.exists.update(
             topics=self.topics.__contains__,
             subscriptions=self.subs.__contains__,
@@ -144,7 +166,20 @@ class Broker:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the store into memory (before serving) and start the writer thread."""
+        """Read the store into memory (before serving) and start the writer thread; a store
+        that cannot be read raises StoreUnusable naming the file."""
+        try:
+            self._load()
+        except (sqlite3.DatabaseError, DecodeError) as exc:
+            self.store.close_sync()
+            raise self.store.damaged(exc) from None
+        self.store.start()
+        self._spawn(self._collect_garbage())
+        for sub in self.subs.values():
+            self._arm_expiry(sub)
+            self._arm_retention(sub)
+
+    def _load(self) -> None:
         state = self.store.load()
         self.schemas.load()
         self.last_seq = state.last_seq
@@ -184,11 +219,6 @@ class Broker:
                 owning_sub.add(msg, attempts)
         self.snapshots.load()
         self.iam.load()
-        self.store.start()
-        self._spawn(self._collect_garbage())
-        for sub in self.subs.values():
-            self._arm_expiry(sub)
-            self._arm_retention(sub)
 
     def _load_messages(self, needed: list[int]) -> None:
         """Read the batches holding the `needed` seqs (sorted) and keep those messages."""
@@ -292,8 +322,11 @@ class Broker:
         try:
             checked = CheckedMessages([forwarded.SerializeToString()], [forwarded.ordering_key])
             await self._publish(topic, [forwarded], checked)
-        except Exception:
-            _LOG.exception("dead-lettering to %s failed; redelivering", target)
+        except Exception as exc:
+            if isinstance(exc, StoreFailed):
+                _LOG.error("dead-lettering to %s failed (%s); redelivering", target, exc)
+            else:
+                _LOG.exception("dead-lettering to %s failed; redelivering", target)
             if entry.state == DEAD_LETTERING:
                 sub.redeliver(entry, max(sub.backoff(entry.attempts), 1.0))
             return
@@ -301,7 +334,7 @@ class Broker:
             return
         statements: list[Statement] = []
         sub.ack_entry(entry, statements)
-        await self.store.submit(statements)
+        self.store.post(statements)
 
     # -- topics ----------------------------------------------------------------------------------
 
@@ -314,26 +347,32 @@ class Broker:
 
     async def create_topic(self, pb: Any) -> Any:
         """CreateTopic."""
-        name = check_topic(pb.name)
-        if name in self.topics:
-            raise already_exists("topic", name)
-        retention = topic_config(pb)
-        schema = self.schemas.topic_schema(name, pb, None)
-        topic_id = self._next_topic_id
-        self._next_topic_id += 1
-        self.topics[name] = TopicState(topic_id, name, pb, retention, {}, schema)
-        await self.store.submit(
-            [
-                (
-                    "INSERT INTO topics (id, name, body) VALUES (?, ?, ?)",
-                    [(topic_id, name, pb.SerializeToString())],
-                )
-            ]
-        )
+        async with self.admin:
+            name = check_topic(pb.name)
+            if name in self.topics:
+                raise already_exists("topic", name)
+            retention = topic_config(pb)
+            schema = self.schemas.topic_schema(name, pb, None)
+            topic_id = self._next_topic_id
+            self._next_topic_id += 1
+            await self.store.submit(
+                [
+                    (
+                        "INSERT INTO topics (id, name, body) VALUES (?, ?, ?)",
+                        [(topic_id, name, pb.SerializeToString())],
+                    )
+                ],
+                what=f"the new topic {name}",
+            )
+            self.topics[name] = TopicState(topic_id, name, pb, retention, {}, schema)
         return pb
 
     async def update_topic(self, pb: Any, paths: list[str]) -> Any:
         """UpdateTopic: copy the fields named in the update mask."""
+        async with self.admin:
+            return await self._update_topic(pb, paths)
+
+    async def _update_topic(self, pb: Any, paths: list[str]) -> Any:
         topic = self.topic(pb.name)
         if not paths:
             raise invalid("The update_mask must name at least one field to update.")
@@ -350,17 +389,19 @@ class Broker:
                 continue
             _copy_field(updated, pb, field)
         retention = topic_config(updated)
-        topic.schema = self.schemas.topic_schema(topic.name, updated, topic.schema)
-        topic.retention_s = retention
-        topic.pb = updated
+        schema = self.schemas.topic_schema(topic.name, updated, topic.schema)
         await self.store.submit(
             [
                 (
                     "UPDATE topics SET body = ? WHERE id = ?",
                     [(updated.SerializeToString(), topic.topic_id)],
                 )
-            ]
+            ],
+            what=f"the update of the topic {topic.name}",
         )
+        topic.schema = schema
+        topic.retention_s = retention
+        topic.pb = updated
         return updated
 
     def list_topics(self, project: str, page_size: int, page_token: str) -> tuple[list[Any], str]:
@@ -380,22 +421,29 @@ class Broker:
 
     async def delete_topic(self, name: str) -> None:
         """DeleteTopic: its subscriptions and snapshots stay, attached to `_deleted-topic_`."""
-        topic = self.topic(name)
-        del self.topics[topic.name]
-        statements: list[Statement] = [("DELETE FROM topics WHERE id = ?", [(topic.topic_id,)])]
-        self.iam.drop(topic.name, statements)
-        held = topic.name in self.snapshots.by_topic
-        self.snapshots.topic_deleted(topic.name, statements)
-        for sub in topic.subs.values():
-            sub.pb.topic = DELETED_TOPIC
-            sub.topic = DELETED_TOPIC
-            statements.append(
-                (
-                    "UPDATE subscriptions SET topic = ?, body = ? WHERE id = ?",
-                    [(DELETED_TOPIC, sub.pb.SerializeToString(), sub.sub_id)],
+        async with self.admin:
+            topic = self.topic(name)
+            statements: list[Statement] = [("DELETE FROM topics WHERE id = ?", [(topic.topic_id,)])]
+            self.iam.drop_statement(topic.name, statements)
+            held = topic.name in self.snapshots.by_topic
+            self.snapshots.topic_deleted_statements(topic.name, statements)
+            moved = []
+            for sub in topic.subs.values():
+                body = Subscription()
+                body.CopyFrom(sub.pb)
+                body.topic = DELETED_TOPIC
+                moved.append((DELETED_TOPIC, body.SerializeToString(), sub.sub_id))
+            if moved:
+                statements.append(
+                    ("UPDATE subscriptions SET topic = ?, body = ? WHERE id = ?", moved)
                 )
-            )
-        await self.store.submit(statements)
+            await self.store.submit(statements, what=f"the deletion of the topic {topic.name}")
+            del self.topics[topic.name]
+            self.iam.forget(topic.name)
+            self.snapshots.topic_deleted(topic.name)
+            for sub in topic.subs.values():
+                sub.pb.topic = DELETED_TOPIC
+                sub.topic = DELETED_TOPIC
         if held:
             self.sweep(topic.name)
 
@@ -410,6 +458,10 @@ class Broker:
 
     async def create_subscription(self, pb: Any) -> Any:
         """CreateSubscription."""
+        async with self.admin:
+            return await self._create_subscription(pb)
+
+    async def _create_subscription(self, pb: Any) -> Any:
         name = check_subscription(pb.name)
         check_topic(pb.topic)
         if name in self.subs:
@@ -424,22 +476,25 @@ class Broker:
                 "the maximum.",
             )
         config = subscription_config(pb)
+        self.push_tokens.check(pb.push_config)
         if config.dead_letter_topic and config.dead_letter_topic not in self.topics:
             raise not_found("topic", config.dead_letter_topic)
         sub_id = self._next_sub_id
         self._next_sub_id += 1
-        sub = SubState(self, sub_id, name, topic.name, self.last_seq, pb, config)
-        self.subs[name] = sub
-        topic.subs[name] = sub
+        start_seq = self.last_seq
         await self.store.submit(
             [
                 (
                     "INSERT INTO subscriptions (id, name, topic, start_seq, body) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    [(sub_id, name, topic.name, sub.start_seq, pb.SerializeToString())],
+                    [(sub_id, name, topic.name, start_seq, pb.SerializeToString())],
                 )
-            ]
+            ],
+            what=f"the new subscription {name}",
         )
+        sub = SubState(self, sub_id, name, topic.name, start_seq, pb, config)
+        self.subs[name] = sub
+        topic.subs[name] = sub
         self._arm_expiry(sub)
         self._arm_retention(sub)
         if config.push_endpoint:
@@ -448,6 +503,10 @@ class Broker:
 
     async def update_subscription(self, pb: Any, paths: list[str]) -> Any:
         """UpdateSubscription: change the fields named in the mask (filter/ordering are fixed)."""
+        async with self.admin:
+            return await self._update_subscription(pb, paths)
+
+    async def _update_subscription(self, pb: Any, paths: list[str]) -> Any:
         sub = self.sub(pb.name)
         if not paths:
             raise invalid("The update_mask must name at least one field to update.")
@@ -465,27 +524,26 @@ class Broker:
 
     async def modify_push_config(self, name: str, push_config: Any) -> None:
         """ModifyPushConfig."""
-        sub = self.sub(name)
-        updated = Subscription()
-        updated.CopyFrom(sub.pb)
-        updated.push_config.CopyFrom(push_config)
-        await self._replace_config(sub, updated)
+        async with self.admin:
+            sub = self.sub(name)
+            updated = Subscription()
+            updated.CopyFrom(sub.pb)
+            updated.push_config.CopyFrom(push_config)
+            await self._replace_config(sub, updated)
 
     async def _replace_config(self, sub: SubState, updated: Any) -> None:
         config = subscription_config(updated)
+        push_changed = updated.push_config != sub.pb.push_config
+        if push_changed:  # a stored one that the rules refuse is not pushed to (`_pusher`)
+            self.push_tokens.check(updated.push_config)
         if config.dead_letter_topic and config.dead_letter_topic not in self.topics:
             raise not_found("topic", config.dead_letter_topic)
-        push_changed = updated.push_config != sub.pb.push_config
+        await self.store.submit(
+            [(_SQL_SUB_BODY, [(updated.SerializeToString(), sub.sub_id)])],
+            what=f"the update of the subscription {sub.name}",
+        )
         sub.pb = updated
         sub.config = config
-        await self.store.submit(
-            [
-                (
-                    "UPDATE subscriptions SET body = ? WHERE id = ?",
-                    [(updated.SerializeToString(), sub.sub_id)],
-                )
-            ]
-        )
         self._arm_expiry(sub)
         self._arm_retention(sub)
         if push_changed or config.push_endpoint:
@@ -504,28 +562,35 @@ class Broker:
 
     async def delete_subscription(self, name: str) -> None:
         """DeleteSubscription: its unacked messages go with it."""
-        sub = self.sub(name)
-        await self.store.submit(self._drop_subscription(sub))
+        async with self.admin:
+            await self._drop_subscription(self.sub(name), "the deletion of")
 
-    def _drop_subscription(self, sub: SubState) -> list[Statement]:
+    async def _drop_subscription(self, sub: SubState, what: str) -> None:
+        """Delete `sub` from the store, then from memory (its messages' cleanup is posted)."""
+        statements: list[Statement] = [
+            ("DELETE FROM subscriptions WHERE id = ?", [(sub.sub_id,)]),
+            (_SQL_DROP_PENDING, [(sub.sub_id,)]),
+        ]
+        self.iam.drop_statement(sub.name, statements)
+        await self.store.submit(statements, what=f"{what} the subscription {sub.name}")
         del self.subs[sub.name]
         topic = self.topics.get(sub.topic)
         if topic is not None:
             topic.subs.pop(sub.name, None)
         sub.close()
         self.dice.forget(sub.name)
-        statements: list[Statement] = [
-            ("DELETE FROM subscriptions WHERE id = ?", [(sub.sub_id,)]),
-        ]
-        self._drop_messages(sub, statements)
-        self.iam.drop(sub.name, statements)
+        self.iam.forget(sub.name)
+        cleanup: list[Statement] = []
+        self._drop_messages(sub, cleanup)
+        self.store.post(cleanup)
         if sub.config.push_endpoint:
             self.on_push_change(sub)
-        return statements
 
     def _drop_messages(self, sub: SubState, statements: list[Statement]) -> None:
-        """Forget every message of `sub` (unacked and retained); stale references go inert."""
-        statements.append(("DELETE FROM pending WHERE sub_id = ?", [(sub.sub_id,)]))
+        """Forget every message of `sub` (unacked and retained), once it takes no new ones; stale
+        references go inert. Its pending rows are deleted again: publishes queued while that
+        deletion was committed added some."""
+        statements.append((_SQL_DROP_PENDING, [(sub.sub_id,)]))
         for entry in sub.entries.values():
             entry.state = DONE
         for msg in [e.msg for e in sub.entries.values()] + list(sub.acked.values()):
@@ -541,23 +606,29 @@ class Broker:
         """DetachSubscription: "All messages retained in the subscription are dropped. Subsequent
         Pull and StreamingPull requests will return FAILED_PRECONDITION. If the subscription is a
         push subscription, pushes to the endpoint will stop." It stays, with `detached` set."""
-        sub = self.sub(name)
-        if sub.pb.detached:
-            return
-        topic = self.topics.get(sub.topic)
-        if topic is not None:
-            topic.subs.pop(sub.name, None)
-        sub.pb.detached = True
-        statements: list[Statement] = [
-            (
-                "UPDATE subscriptions SET body = ? WHERE id = ?",
-                [(sub.pb.SerializeToString(), sub.sub_id)],
+        async with self.admin:
+            sub = self.sub(name)
+            if sub.pb.detached:
+                return
+            body = Subscription()
+            body.CopyFrom(sub.pb)
+            body.detached = True
+            await self.store.submit(
+                [
+                    (_SQL_SUB_BODY, [(body.SerializeToString(), sub.sub_id)]),
+                    (_SQL_DROP_PENDING, [(sub.sub_id,)]),
+                ],
+                what=f"the detachment of the subscription {sub.name}",
             )
-        ]
-        self._drop_messages(sub, statements)
-        for consumer in list(sub.consumers) + list(sub.waiters):
-            consumer.wake()  # open streams end with FAILED_PRECONDITION
-        await self.store.submit(statements)
+            topic = self.topics.get(sub.topic)
+            if topic is not None:
+                topic.subs.pop(sub.name, None)
+            sub.pb.detached = True
+            cleanup: list[Statement] = []
+            self._drop_messages(sub, cleanup)
+            self.store.post(cleanup)
+            for consumer in list(sub.consumers) + list(sub.waiters):
+                consumer.wake()  # open streams end with FAILED_PRECONDITION
 
     # -- publish ---------------------------------------------------------------------------------
 
@@ -630,7 +701,12 @@ class Broker:
                     pending_rows.extend((sub_id, m.seq) for m in chosen)
             statements.append((_SQL_INSERT_PENDING_RANGE, ranges))
             statements.append((_SQL_INSERT_PENDING, pending_rows))
-        await self.store.submit(statements)
+        count = len(messages)
+        await self.store.submit(
+            statements,
+            what=f"the {count} message{'s' if count != 1 else ''} of this Publish (no message id "
+            "was given out)",
+        )
         if keep:
             self._deliver(stored, matched)
         return ids
@@ -718,62 +794,98 @@ class Broker:
         return rng.randrange(available) if available else None
 
     async def acknowledge(self, name: str, ack_ids: list[str]) -> None:
-        """Acknowledge (unary): returns once the acks are committed."""
+        """Acknowledge (unary): commits the acks, then applies them; returns once both are done
+        (a failed commit leaves the messages unacked, in memory as in the store)."""
         sub = self.sub(name)
         if not ack_ids:
             raise invalid("No ack ids were given.")
+        parsed = parse_ack_ids(ack_ids)
         sub.touch()
-        statements: list[Statement] = []
-        sub.ack(list(ack_ids), statements)
-        if statements:
-            await self.store.submit(statements)
+        rows = sub.ack_statement(parsed)
+        committed: set[int] = set()
+        if rows is not None:
+            count = len(rows[1])
+            await self.store.submit(
+                [rows],
+                what="the ack of 1 message (it stays unacked)"
+                if count == 1
+                else f"the acks of {count} messages (they stay unacked)",
+            )
+            committed = {seq for _, seq in rows[1]}
+        cleanup: list[Statement] = []
+        sub.ack(parsed, cleanup, committed)
+        if cleanup:
+            self.store.post(cleanup)
 
     def modify_ack_deadline(self, name: str, ack_ids: list[str], deadline: int) -> None:
         """ModifyAckDeadline (unary): extend leases or nack (0)."""
         sub = self.sub(name)
         if not ack_ids:
             raise invalid("No ack ids were given.")
+        parsed = parse_ack_ids(ack_ids)
         sub.touch()
-        sub.modify(list(ack_ids), deadline)
+        sub.modify(parsed, check_ack_deadline(deadline))
 
     async def seek(self, name: str, request: Any) -> None:
         """Seek to a time (older messages count as acked, retained newer ones come back) or to a
-        snapshot (`_snapshots`)."""
-        sub = self.sub(name)
-        if sub.pb.detached:
-            raise detached(sub)
-        if request.snapshot:
-            await self.snapshots.seek(sub, request.snapshot)
-            return
-        if not request.HasField("time"):
-            raise invalid("Seek needs a time (or a snapshot).")
-        # A Seek time is real time, like the publish_time clients see; ages are on the clock.
-        cutoff = request.time.seconds * 1_000_000_000 + request.time.nanos + self.clock.offset_ns
-        statements: list[Statement] = []
-        sub.ack_older_than(cutoff, statements)
-        back = [m for m in sub.acked.values() if m.publish_ns >= cutoff]
+        snapshot (`_snapshots`). Checked and committed before memory changes."""
+        async with self.admin:
+            sub = self.sub(name)
+            if sub.pb.detached:
+                raise detached(sub)
+            if request.snapshot:
+                await self.snapshots.seek(sub, request.snapshot)
+                return
+            if not request.HasField("time"):
+                raise invalid("Seek needs a time (or a snapshot).")
+            # A Seek time is real time, like the publish_time clients see; ages are on the clock.
+            cutoff = _seek_ns(request.time) + self.clock.offset_ns
+            replay = await self._replayable(sub, cutoff)
+            older = [e.msg.seq for e in sub.older_than(cutoff)]
+            if not sub.config.retain_acked:
+                older += [seq for seq, m in sub.acked.items() if m.publish_ns < cutoff]
+            newer = [seq for seq, m in sub.acked.items() if m.publish_ns >= cutoff]
+            await self.store.submit(
+                sub.settle_statements(older, newer + [seq for seq, *_ in replay]),
+                what=f"the Seek of {sub.name}",
+            )
+            statements: list[Statement] = []  # what is committed already, and its cleanup
+            sub.ack_older_than(cutoff, statements)
+            back = [m for m in sub.acked.values() if m.publish_ns >= cutoff]
+            back += [
+                self.stored_message(*message)
+                for message in replay
+                if message[0] not in sub.entries and message[0] not in sub.acked
+            ]
+            sub.unack(back, statements)
+            sub.touch()
+            self.rearm_retention(sub)
+            if statements:
+                self.store.post(statements)
+
+    async def _replayable(
+        self, sub: SubState, cutoff: int
+    ) -> list[tuple[int, str, bytes, int, str, int]]:
+        """The topic-retained messages at/after `cutoff` that `sub` does not hold (and its filter
+        takes), as `stored_message` arguments: "messages published to the topic in the last
+        message_retention_duration are always available to subscribers ... any attached
+        subscription [can] seek to a timestamp that is up to message_retention_duration in the
+        past" (Topic): also those published before the subscription existed."""
         topic = self.topics.get(sub.topic)
-        if topic is not None and topic.retention_s:
-            # "messages published to the topic in the last message_retention_duration are always
-            # available to subscribers ... any attached subscription [can] seek to a timestamp
-            # that is up to message_retention_duration in the past" (Topic): also those published
-            # before the subscription existed, if they match its filter.
-            since = max(cutoff, self.clock.wall_ns() - int(topic.retention_s * 1e9))
-            predicate = sub.config.predicate
-            for first, publish_ns, blob in await self.store.retained_batches(topic.name, since, 0):
-                for seq, body in enumerate(unpack(blob), start=first):
-                    if seq in sub.entries or seq in sub.acked:
-                        continue
-                    pb = PubsubMessage.FromString(body)
-                    if predicate is not None and not predicate(dict(pb.attributes)):
-                        continue  # never delivered to this subscription: not replayed either
-                    key = pb.ordering_key
-                    back.append(self.stored_message(seq, topic.name, body, publish_ns, key, first))
-        sub.unack(back, statements)
-        sub.touch()
-        self.rearm_retention(sub)
-        if statements:
-            await self.store.submit(statements)
+        if topic is None or not topic.retention_s:
+            return []
+        since = max(cutoff, self.clock.wall_ns() - int(topic.retention_s * 1e9))
+        predicate = sub.config.predicate
+        found = []
+        for first, publish_ns, blob in await self.store.retained_batches(topic.name, since, 0):
+            for seq, body in enumerate(unpack(blob), start=first):
+                if seq in sub.entries or seq in sub.acked:
+                    continue
+                pb = PubsubMessage.FromString(body)
+                if predicate is not None and not predicate(dict(pb.attributes)):
+                    continue  # never delivered to this subscription: not replayed either
+                found.append((seq, topic.name, body, publish_ns, pb.ordering_key, first))
+        return found
 
     def stored_message(
         self, seq: int, topic: str, body: bytes, publish_ns: int, ordering_key: str, first_seq: int
@@ -797,16 +909,29 @@ class Broker:
             self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, sub.expiry_token)
 
     def _check_expiry(self, sub: SubState, token: int) -> None:
-        ttl = sub.config.expiration_ttl
-        if sub.deleted or token != sub.expiry_token or ttl is None:
-            return
-        if any(not c.closed for c in sub.consumers):
-            sub.touch()  # open streams count as activity
-        if self.clock.now() - sub.last_activity >= ttl - 0.001:
-            _LOG.info("subscription %s expired after %gs without activity", sub.name, ttl)
-            self.store.post(self._drop_subscription(sub))
-            return
-        self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, token)
+        if not sub.deleted and token == sub.expiry_token and not self.closing:
+            self._spawn(self._expire(sub, token))
+
+    async def _expire(self, sub: SubState, token: int) -> None:
+        """Delete `sub` if it has been idle for its TTL (as an administrator operation would)."""
+        async with self.admin:
+            ttl = sub.config.expiration_ttl
+            if sub.deleted or token != sub.expiry_token or ttl is None:
+                return
+            if any(not c.closed for c in sub.consumers):
+                sub.touch()  # open streams count as activity
+            if self.clock.now() - sub.last_activity >= ttl - 0.001:
+                try:
+                    await self._drop_subscription(sub, "the expiry of")
+                except StoreFailed as exc:
+                    _LOG.error("%s; trying again in %g s", exc, _EXPIRY_RETRY)
+                    self.scheduler.at(
+                        self.clock.now() + _EXPIRY_RETRY, self._check_expiry, sub, token
+                    )
+                else:
+                    _LOG.info("subscription %s expired after %gs without activity", sub.name, ttl)
+                return
+            self.scheduler.at(sub.last_activity + ttl, self._check_expiry, sub, token)
 
     def rearm_retention(self, sub: SubState) -> None:
         """Messages a Seek brought back may be older than the next retention sweep expects."""
@@ -909,6 +1034,19 @@ def _copy_field(target: Any, source: Any, field: str) -> None:
             getattr(target, field).CopyFrom(getattr(source, field))
     else:
         setattr(target, field, getattr(source, field))
+
+
+def _seek_ns(time: Any) -> int:
+    """A Seek time in nanoseconds since 1970, or INVALID_ARGUMENT before anything changes: the
+    store keeps times as 64-bit nanoseconds, so the broker takes years 1700-2250."""
+    ns = time.seconds * 1_000_000_000 + time.nanos
+    if not 0 <= time.nanos < 1_000_000_000 or not _MIN_SEEK_NS <= ns <= _MAX_SEEK_NS:
+        raise invalid(
+            f"Invalid Seek time: seconds={time.seconds}, nanos={time.nanos}; the relay broker "
+            f"takes times from {_rfc3339(_MIN_SEEK_NS)} to {_rfc3339(_MAX_SEEK_NS)} (nanoseconds "
+            "since 1970 in 64 bits; nanos 0-999,999,999)."
+        )
+    return int(ns)
 
 
 def _timestamp(publish_ns: int) -> Any:

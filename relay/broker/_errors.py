@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["BrokerError", "already_exists", "failed_precondition", "invalid", "not_found"]
+__all__ = [
+    "BrokerError",
+    "already_exists",
+    "failed_precondition",
+    "invalid",
+    "not_found",
+    "plain",
+    "shown",
+]
 
 
 class BrokerError(Exception):
@@ -26,7 +34,8 @@ class BrokerError(Exception):
 def not_found(kind: str, name: str) -> BrokerError:
     """NOT_FOUND for a topic or subscription, worded like Google's."""
     return BrokerError(
-        grpc.StatusCode.NOT_FOUND, f"Resource not found (resource={_short(name)}): {kind} {name}"
+        grpc.StatusCode.NOT_FOUND,
+        f"Resource not found (resource={plain(_short(name))}): {kind} {plain(name)}",
     )
 
 
@@ -34,7 +43,8 @@ def already_exists(kind: str, name: str) -> BrokerError:
     """ALREADY_EXISTS for a topic or subscription, worded like Google's."""
     return BrokerError(
         grpc.StatusCode.ALREADY_EXISTS,
-        f"Resource already exists in the project (resource={_short(name)}): {kind} {name}",
+        f"Resource already exists in the project (resource={plain(_short(name))}): {kind} "
+        f"{plain(name)}",
     )
 
 
@@ -46,6 +56,20 @@ def invalid(message: str) -> BrokerError:
 def failed_precondition(message: str) -> BrokerError:
     """FAILED_PRECONDITION with `message`."""
     return BrokerError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def shown(value: str, limit: int = 200) -> str:
+    """`value` quoted for an error message (control characters escaped), cut short: a status
+    message must stay small and readable whatever a client sent."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def plain(value: str, limit: int = 300) -> str:
+    """`value` as it is, the way Google's messages show names, unless it holds control
+    characters or is longer than `limit`: then `shown(value, limit)`."""
+    return value if value.isprintable() and len(value) <= limit else shown(value, limit)
 
 
 def _short(name: str) -> str:

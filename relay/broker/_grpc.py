@@ -10,6 +10,7 @@ method name): a method added to a table is gated with nothing more to do.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from google.pubsub_v1 import types
 from relay.broker._control import Control
 from relay.broker._core import Broker, paged
 from relay.broker._errors import BrokerError
+from relay.broker._store import StoreFailed
 from relay.broker._streaming import fill_received, streaming_pull
 
 __all__ = ["handlers"]
@@ -35,12 +37,28 @@ def _pb(name: str) -> Any:
     return getattr(types, name).pb()
 
 
+def _store_status(exc: StoreFailed) -> tuple[grpc.StatusCode, str]:
+    """A failed store write as a status: RESOURCE_EXHAUSTED when the disk is full."""
+    if exc.full:
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"The relay broker's disk is full: {exc.what} was not stored ({exc.path}); nothing "
+            "of this request was applied. Free disk space and retry.",
+        )
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"The relay broker could not write its store: {exc}; nothing of this request was applied.",
+    )
+
+
 def _unary(fn: _Unary, request: str | type, response: str | type) -> Any:
     async def handle(req: Any, context: Any) -> Any:
         try:
             return await fn(req, context)
         except BrokerError as exc:
             await context.abort(exc.code, exc.message, exc.trailing_metadata)
+        except StoreFailed as exc:
+            await context.abort(*_store_status(exc))
         except Exception:
             _LOG.exception("%s failed", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "Internal error in the relay broker.")
@@ -158,7 +176,8 @@ def handlers(broker: Broker, control: Control) -> list[Any]:
         return Empty()
 
     async def set_iam_policy(req: Any, context: Any) -> Any:
-        return await broker.iam.set(req.resource, req.policy, list(req.update_mask.paths))
+        async with broker.admin:
+            return await broker.iam.set(req.resource, req.policy, list(req.update_mask.paths))
 
     async def get_iam_policy(req: Any, context: Any) -> Any:
         return broker.iam.get(req.resource, req.options.requested_policy_version)
@@ -177,75 +196,92 @@ def handlers(broker: Broker, control: Control) -> list[Any]:
                 yield response
         except BrokerError as exc:
             await context.abort(exc.code, exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:  # never Python's own text as UNKNOWN
+            _LOG.exception("StreamingPull failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error in the relay broker.")
 
     publisher = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Publisher",
-        control.gate({
-            "CreateTopic": _unary(create_topic, "Topic", "Topic"),
-            "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
-            "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
-            "ListTopics": _unary(list_topics, "ListTopicsRequest", "ListTopicsResponse"),
-            "ListTopicSubscriptions": _unary(
-                list_topic_subscriptions,
-                "ListTopicSubscriptionsRequest",
-                "ListTopicSubscriptionsResponse",
-            ),
-            "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
-            "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
-            "DetachSubscription": _unary(
-                detach_subscription, "DetachSubscriptionRequest", "DetachSubscriptionResponse"
-            ),
-            "ListTopicSnapshots": _unary(
-                list_topic_snapshots, "ListTopicSnapshotsRequest", "ListTopicSnapshotsResponse"
-            ),
-        }),
+        control.gate(
+            {
+                "CreateTopic": _unary(create_topic, "Topic", "Topic"),
+                "GetTopic": _unary(get_topic, "GetTopicRequest", "Topic"),
+                "UpdateTopic": _unary(update_topic, "UpdateTopicRequest", "Topic"),
+                "ListTopics": _unary(list_topics, "ListTopicsRequest", "ListTopicsResponse"),
+                "ListTopicSubscriptions": _unary(
+                    list_topic_subscriptions,
+                    "ListTopicSubscriptionsRequest",
+                    "ListTopicSubscriptionsResponse",
+                ),
+                "DeleteTopic": _unary(delete_topic, "DeleteTopicRequest", "Empty"),
+                "Publish": _unary(publish, "PublishRequest", "PublishResponse"),
+                "DetachSubscription": _unary(
+                    detach_subscription, "DetachSubscriptionRequest", "DetachSubscriptionResponse"
+                ),
+                "ListTopicSnapshots": _unary(
+                    list_topic_snapshots, "ListTopicSnapshotsRequest", "ListTopicSnapshotsResponse"
+                ),
+            }
+        ),
     )
     subscriber = grpc.method_handlers_generic_handler(
         "google.pubsub.v1.Subscriber",
-        control.gate({
-            "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
-            "GetSubscription": _unary(get_subscription, "GetSubscriptionRequest", "Subscription"),
-            "UpdateSubscription": _unary(
-                update_subscription, "UpdateSubscriptionRequest", "Subscription"
-            ),
-            "ListSubscriptions": _unary(
-                list_subscriptions, "ListSubscriptionsRequest", "ListSubscriptionsResponse"
-            ),
-            "DeleteSubscription": _unary(delete_subscription, "DeleteSubscriptionRequest", "Empty"),
-            "ModifyPushConfig": _unary(modify_push_config, "ModifyPushConfigRequest", "Empty"),
-            "Pull": _unary(pull, "PullRequest", "PullResponse"),
-            "Acknowledge": _unary(acknowledge, "AcknowledgeRequest", "Empty"),
-            "ModifyAckDeadline": _unary(modify_ack_deadline, "ModifyAckDeadlineRequest", "Empty"),
-            "Seek": _unary(seek, "SeekRequest", "SeekResponse"),
-            "CreateSnapshot": _unary(create_snapshot, "CreateSnapshotRequest", "Snapshot"),
-            "GetSnapshot": _unary(get_snapshot, "GetSnapshotRequest", "Snapshot"),
-            "UpdateSnapshot": _unary(update_snapshot, "UpdateSnapshotRequest", "Snapshot"),
-            "ListSnapshots": _unary(
-                list_snapshots, "ListSnapshotsRequest", "ListSnapshotsResponse"
-            ),
-            "DeleteSnapshot": _unary(delete_snapshot, "DeleteSnapshotRequest", "Empty"),
-            "StreamingPull": grpc.stream_stream_rpc_method_handler(
-                streaming,
-                request_deserializer=_pb("StreamingPullRequest").FromString,
-                response_serializer=_pb("StreamingPullResponse").SerializeToString,
-            ),
-        }),
+        control.gate(
+            {
+                "CreateSubscription": _unary(create_subscription, "Subscription", "Subscription"),
+                "GetSubscription": _unary(
+                    get_subscription, "GetSubscriptionRequest", "Subscription"
+                ),
+                "UpdateSubscription": _unary(
+                    update_subscription, "UpdateSubscriptionRequest", "Subscription"
+                ),
+                "ListSubscriptions": _unary(
+                    list_subscriptions, "ListSubscriptionsRequest", "ListSubscriptionsResponse"
+                ),
+                "DeleteSubscription": _unary(
+                    delete_subscription, "DeleteSubscriptionRequest", "Empty"
+                ),
+                "ModifyPushConfig": _unary(modify_push_config, "ModifyPushConfigRequest", "Empty"),
+                "Pull": _unary(pull, "PullRequest", "PullResponse"),
+                "Acknowledge": _unary(acknowledge, "AcknowledgeRequest", "Empty"),
+                "ModifyAckDeadline": _unary(
+                    modify_ack_deadline, "ModifyAckDeadlineRequest", "Empty"
+                ),
+                "Seek": _unary(seek, "SeekRequest", "SeekResponse"),
+                "CreateSnapshot": _unary(create_snapshot, "CreateSnapshotRequest", "Snapshot"),
+                "GetSnapshot": _unary(get_snapshot, "GetSnapshotRequest", "Snapshot"),
+                "UpdateSnapshot": _unary(update_snapshot, "UpdateSnapshotRequest", "Snapshot"),
+                "ListSnapshots": _unary(
+                    list_snapshots, "ListSnapshotsRequest", "ListSnapshotsResponse"
+                ),
+                "DeleteSnapshot": _unary(delete_snapshot, "DeleteSnapshotRequest", "Empty"),
+                "StreamingPull": grpc.stream_stream_rpc_method_handler(
+                    streaming,
+                    request_deserializer=_pb("StreamingPullRequest").FromString,
+                    response_serializer=_pb("StreamingPullResponse").SerializeToString,
+                ),
+            }
+        ),
     )
     iam = grpc.method_handlers_generic_handler(
         "google.iam.v1.IAMPolicy",
-        control.gate({
-            "SetIamPolicy": _unary(
-                set_iam_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy
-            ),
-            "GetIamPolicy": _unary(
-                get_iam_policy, iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy
-            ),
-            "TestIamPermissions": _unary(
-                test_iam_permissions,
-                iam_policy_pb2.TestIamPermissionsRequest,
-                iam_policy_pb2.TestIamPermissionsResponse,
-            ),
-        }),
+        control.gate(
+            {
+                "SetIamPolicy": _unary(
+                    set_iam_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy
+                ),
+                "GetIamPolicy": _unary(
+                    get_iam_policy, iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy
+                ),
+                "TestIamPermissions": _unary(
+                    test_iam_permissions,
+                    iam_policy_pb2.TestIamPermissionsRequest,
+                    iam_policy_pb2.TestIamPermissionsResponse,
+                ),
+            }
+        ),
     )
     return [publisher, subscriber, iam, _schema_service(broker, control)]
 
@@ -294,24 +330,28 @@ def _schema_service(broker: Broker, control: Control) -> Any:
 
     return grpc.method_handlers_generic_handler(
         "google.pubsub.v1.SchemaService",
-        control.gate({
-            "CreateSchema": _unary(create_schema, "CreateSchemaRequest", "Schema"),
-            "GetSchema": _unary(get_schema, "GetSchemaRequest", "Schema"),
-            "ListSchemas": _unary(list_schemas, "ListSchemasRequest", "ListSchemasResponse"),
-            "ListSchemaRevisions": _unary(
-                list_schema_revisions, "ListSchemaRevisionsRequest", "ListSchemaRevisionsResponse"
-            ),
-            "CommitSchema": _unary(commit_schema, "CommitSchemaRequest", "Schema"),
-            "RollbackSchema": _unary(rollback_schema, "RollbackSchemaRequest", "Schema"),
-            "DeleteSchemaRevision": _unary(
-                delete_schema_revision, "DeleteSchemaRevisionRequest", "Schema"
-            ),
-            "DeleteSchema": _unary(delete_schema, "DeleteSchemaRequest", "Empty"),
-            "ValidateSchema": _unary(
-                validate_schema, "ValidateSchemaRequest", "ValidateSchemaResponse"
-            ),
-            "ValidateMessage": _unary(
-                validate_message, "ValidateMessageRequest", "ValidateMessageResponse"
-            ),
-        }),
+        control.gate(
+            {
+                "CreateSchema": _unary(create_schema, "CreateSchemaRequest", "Schema"),
+                "GetSchema": _unary(get_schema, "GetSchemaRequest", "Schema"),
+                "ListSchemas": _unary(list_schemas, "ListSchemasRequest", "ListSchemasResponse"),
+                "ListSchemaRevisions": _unary(
+                    list_schema_revisions,
+                    "ListSchemaRevisionsRequest",
+                    "ListSchemaRevisionsResponse",
+                ),
+                "CommitSchema": _unary(commit_schema, "CommitSchemaRequest", "Schema"),
+                "RollbackSchema": _unary(rollback_schema, "RollbackSchemaRequest", "Schema"),
+                "DeleteSchemaRevision": _unary(
+                    delete_schema_revision, "DeleteSchemaRevisionRequest", "Schema"
+                ),
+                "DeleteSchema": _unary(delete_schema, "DeleteSchemaRequest", "Empty"),
+                "ValidateSchema": _unary(
+                    validate_schema, "ValidateSchemaRequest", "ValidateSchemaResponse"
+                ),
+                "ValidateMessage": _unary(
+                    validate_message, "ValidateMessageRequest", "ValidateMessageResponse"
+                ),
+            }
+        ),
     )

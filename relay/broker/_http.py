@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from aiohttp import web
@@ -36,7 +37,25 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[_CONTROL_KEY].stats())
 
 
+def _cross_site(request: web.Request) -> str | None:
+    """Why a POST /control may come from a web page (None: it cannot): a browser sends a
+    "simple" cross-site POST (text/plain) without asking, and a page on a domain that resolves
+    to 127.0.0.1 (DNS rebinding) sends its own name as Host."""
+    if request.content_type != "application/json":
+        return f"Content-Type must be application/json, not {request.content_type!r}"
+    host = request.url.host or ""
+    if host.lower() != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"the Host header must be an IP address or localhost, not {host[:100]!r}"
+    return None
+
+
 async def _apply_control(request: web.Request) -> web.Response:
+    refused = _cross_site(request)
+    if refused is not None:
+        return web.json_response({"error": refused}, status=403)
     if request.content_length is not None and request.content_length > _MAX_CONTROL_BODY:
         return web.json_response({"error": "the body is too large"}, status=413)
     try:

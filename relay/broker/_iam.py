@@ -167,8 +167,11 @@ class IamPolicies:
         # response uses version 1" (options.proto); conditions are refused above.
         updated.version = 1
         updated.etag = os.urandom(8)
+        await self.store.submit(
+            [(_SQL_PUT, [(resource, updated.SerializeToString())])],
+            what=f"the IAM policy of {resource}",
+        )
         self.policies[resource] = updated
-        await self.store.submit([(_SQL_PUT, [(resource, updated.SerializeToString())])])
         return updated
 
     def test(self, resource: str, permissions: list[str]) -> list[str]:
@@ -196,10 +199,15 @@ class IamPolicies:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def drop(self, resource: str, statements: list[Statement]) -> None:
-        """The resource is gone: its policy goes with it (in the same transaction)."""
-        if self.policies.pop(resource, None) is not None:
+    def drop_statement(self, resource: str, statements: list[Statement]) -> None:
+        """The resource is being deleted: its policy goes with it (in the same transaction);
+        `forget` it once that is committed."""
+        if resource in self.policies:
             statements.append((_SQL_DROP, [(resource,)]))
+
+    def forget(self, resource: str) -> None:
+        """The deletion of `resource` was committed: its policy is gone."""
+        self.policies.pop(resource, None)
 
     def _existing(self, resource: str) -> str:
         collection = _collection(resource)

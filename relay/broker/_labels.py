@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from relay.broker._errors import invalid
+from relay.broker._errors import invalid, shown
 
 __all__ = ["MAX_LABELS", "check_labels"]
 
@@ -35,19 +35,12 @@ def check_labels(labels: Mapping[str, str]) -> None:
     for key, value in labels.items():
         if not 1 <= len(key) <= _MAX_CHARS or not _letter(key[0]):
             raise invalid(
-                f"Invalid label key {_shown(key)}: keys must be 1-{_MAX_CHARS} characters and "
+                f"Invalid label key {shown(key)}: keys must be 1-{_MAX_CHARS} characters and "
                 "start with a lowercase letter."
             )
         for text, what in ((key, "key"), (value, "value")):
             if len(text) > _MAX_CHARS or not all(_allowed(c) for c in text):
                 raise invalid(
-                    f"Invalid label {what} {_shown(text)} (label {_shown(key)}): at most "
+                    f"Invalid label {what} {shown(text)} (label {shown(key)}): at most "
                     f"{_MAX_CHARS} characters of lowercase letters, digits, '_' and '-'."
                 )
-
-
-def _shown(value: str, limit: int = 200) -> str:
-    """`value` quoted for an error message, cut short: a status message must stay small."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} characters)"

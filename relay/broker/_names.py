@@ -1,14 +1,13 @@
 """Pub/Sub resource names: parse and validate them by Google's rules.
 
-A topic, subscription, snapshot or schema id starts with a letter, is 3-255 characters of letters,
-digits and `-_.~+%`, and does not start with "goog". Any project id works (the broker is local).
+The rules live in relay.protocol: a topic, subscription, snapshot or schema id is RESOURCE_RULE;
+any project id of LOCAL_PROJECT_RULE works (the broker is local), control characters never.
 """
 
 from __future__ import annotations
 
-import re
-
-from relay.broker._errors import invalid
+from relay.broker._errors import invalid, plain
+from relay.protocol import LOCAL_PROJECT_RULE, RESOURCE_RULE, is_local_project_id, is_resource_id
 
 __all__ = [
     "DELETED_SCHEMA",
@@ -24,27 +23,23 @@ __all__ = [
 
 DELETED_TOPIC = "_deleted-topic_"
 DELETED_SCHEMA = "_deleted-schema_"
-_ID = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
-_PROJECT = re.compile(r"[^/\s]{1,100}")
 
 
 def _check(name: str, collection: str) -> str:
     parts = name.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "projects"
-        or parts[2] != collection
-        or not _PROJECT.fullmatch(parts[1])
-    ):
+    if len(parts) != 4 or parts[0] != "projects" or parts[2] != collection:
         raise invalid(
-            f"Invalid [{collection}] name: (name={name[:300]}); expected "
+            f"Invalid [{collection}] name: (name={plain(name)}); expected "
             f"projects/{{project}}/{collection}/{{id}}"
         )
-    resource_id = parts[3]
-    if not _ID.fullmatch(resource_id) or resource_id.lower().startswith("goog"):
+    if not is_local_project_id(parts[1]):
         raise invalid(
-            f"Invalid [{collection}] name: (name={name[:300]}); the id must start with a letter, "
-            "be 3-255 characters of letters, digits and -_.~+%, and not start with 'goog'"
+            f"Invalid [{collection}] name: (name={plain(name)}); the project id must be "
+            f"{LOCAL_PROJECT_RULE}"
+        )
+    if not is_resource_id(parts[3]):
+        raise invalid(
+            f"Invalid [{collection}] name: (name={plain(name)}); the id must be {RESOURCE_RULE}"
         )
     return name
 
@@ -77,9 +72,10 @@ def check_resource(name: str, collection: str) -> str:
 def check_project(name: str) -> str:
     """Return the project id of `projects/{id}`, else raise INVALID_ARGUMENT."""
     parts = name.split("/")
-    if len(parts) != 2 or parts[0] != "projects" or not _PROJECT.fullmatch(parts[1]):
+    if len(parts) != 2 or parts[0] != "projects" or not is_local_project_id(parts[1]):
         raise invalid(
-            f"Invalid [projects] name: (name={name[:300]}); expected projects/{{project}}"
+            f"Invalid [projects] name: (name={plain(name)}); expected projects/{{project}} with "
+            f"a project id of {LOCAL_PROJECT_RULE}"
         )
     return parts[1]
 

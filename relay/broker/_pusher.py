@@ -25,7 +25,7 @@ from relay.broker._config import PUSH_CONCURRENCY_ATTRIBUTE
 from relay.broker._core import Broker, PubsubMessage
 from relay.broker._oidc import TokenSigner
 from relay.broker._push import PushRequest, push
-from relay.broker._state import Consumer, Entry, SubState, ack_id_of
+from relay.broker._state import Consumer, Entry, SubState
 from relay.broker._store import Statement
 
 __all__ = ["PushManager"]
@@ -49,6 +49,7 @@ class _Worker:
         self.window = 1  # push backoff: the slow start's window, and the pause after failures
         self.failures = 0
         self.paused_until = 0.0
+        self.refused = False  # the push config breaks the token rules (logged once)
         self.inflight: set[asyncio.Task[None]] = set()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -75,7 +76,7 @@ class _Worker:
                 if entries:
                     for entry in entries:
                         task = asyncio.get_running_loop().create_task(
-                            self._deliver(entry, ack_id_of(entry))
+                            self._deliver(entry, (entry.msg.seq, entry.attempts))
                         )
                         self.inflight.add(task)
                         task.add_done_callback(self.inflight.discard)
@@ -86,11 +87,23 @@ class _Worker:
         finally:
             sub.waiters.discard(consumer)
 
-    async def _deliver(self, entry: Entry, ack_id: str) -> None:
+    async def _deliver(self, entry: Entry, delivery: tuple[int, int]) -> None:
         sub = self.sub
         config = sub.config
         pb = PubsubMessage.FromString(entry.msg.body)
         push_config = sub.pb.push_config
+        refusal = self.manager.broker.push_tokens.refusal(push_config)
+        if refusal is not None:  # a stored config from before the rules or the allow lists
+            if not self.refused:
+                self.refused = True
+                _LOG.warning(
+                    "not pushing %s: %s Change its push config (ModifyPushConfig).",
+                    sub.name,
+                    refusal.message,
+                )
+            self._paced(False)
+            sub.modify([delivery], 0)
+            return
         request = PushRequest(
             endpoint=config.push_endpoint,
             subscription=sub.name,
@@ -118,13 +131,12 @@ class _Worker:
         self._paced(ok)
         if ok:
             statements: list[Statement] = []
-            sub.ack([ack_id], statements)
+            sub.ack([delivery], statements)
             sub.touch()
             if statements:
                 self.manager.broker.post(statements)
         else:
-            sub.modify([ack_id], 0)
-
+            sub.modify([delivery], 0)
 
     def _paced(self, ok: bool) -> None:
         """Push backoff (when on): grow or shrink the window, pause after failures."""

@@ -24,9 +24,10 @@ Every change is committed to the store (tables schemas and schema_revisions) bef
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ from relay.broker._errors import (
     failed_precondition,
     invalid,
     not_found,
+    plain,
 )
 from relay.broker._limits import CheckedMessages
 from relay.broker._names import DELETED_SCHEMA, check_project, check_schema
@@ -62,6 +64,7 @@ MAX_REVISIONS = 20
 
 Schema: Any = types.Schema.pb()
 PubsubMessage: Any = types.PubsubMessage.pb()
+Topic: Any = types.Topic.pb()
 
 _BASIC, _FULL = 1, 2  # google.pubsub.v1.SchemaView
 _TYPE_NAMES = {AVRO: "AVRO", PROTOCOL_BUFFER: "PROTO"}
@@ -75,6 +78,14 @@ class _Topic(Protocol):
     topic_id: int
     pb: Any
     schema: Any
+
+
+class _Policies(Protocol):
+    """What the registry needs of the IAM policies (relay.broker._iam.IamPolicies)."""
+
+    def drop_statement(self, resource: str, statements: list[Statement]) -> None: ...
+
+    def forget(self, resource: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -124,18 +135,21 @@ _SQL_INSERT_REVISION = (
 
 class SchemaRegistry:
     """All schemas of the broker; `topics` is the broker's own topic dict (read and updated
-    when a schema is deleted)."""
+    when a schema is deleted). Changes hold `admin` (the broker's administrator-operation lock,
+    taken after a definition is compiled) and are committed before memory shows them."""
 
     def __init__(
         self,
         store: Store,
         topics: MutableMapping[str, Any],
-        drop_policy: Callable[[str, list[Statement]], None],
+        policies: _Policies,
+        admin: asyncio.Lock,
     ) -> None:
         self._store = store
         self._topics: Mapping[str, _Topic] = topics
         self._schemas: dict[str, SchemaState] = {}
-        self._drop_policy = drop_policy  # a deleted schema's IAM policy goes with it
+        self._policies = policies  # a deleted schema's IAM policy goes with it
+        self._admin = admin
 
     def exists(self, name: str) -> bool:
         """Whether the schema `name` exists."""
@@ -171,14 +185,17 @@ class SchemaRegistry:
             )
         definition = request.schema.definition
         compiled = await compile_definition(schema_type, definition)
-        if name in self._schemas:  # created while this one compiled
-            raise already_exists("schema", name)
-        state = SchemaState(name, schema_type)
-        self._schemas[name] = state
-        revision = self._add_revision(state, definition, compiled)
-        await self._store.submit(
-            [(_SQL_INSERT_SCHEMA, [(name, schema_type)]), _insert(state, revision)]
-        )
+        async with self._admin:
+            if name in self._schemas:  # created while this one compiled
+                raise already_exists("schema", name)
+            state = SchemaState(name, schema_type)
+            revision = self._new_revision(state, definition, compiled)
+            await self._store.submit(
+                [(_SQL_INSERT_SCHEMA, [(name, schema_type)]), _insert(state, revision)],
+                what=f"the new schema {name}",
+            )
+            state.revisions.append(revision)
+            self._schemas[name] = state
         return _to_pb(state, revision, _FULL)
 
     def get(self, name: str, view: int) -> Any:
@@ -223,24 +240,24 @@ class SchemaRegistry:
             )
         self._check_room(state)
         compiled = await compile_definition(schema_type, schema.definition)
-        if self._schemas.get(state.name) is not state:
-            raise not_found("schema", state.name)
-        self._check_room(state)
-        revision = self._add_revision(state, schema.definition, compiled)
-        await self._store.submit([_insert(state, revision)])
+        async with self._admin:
+            if self._schemas.get(state.name) is not state:
+                raise not_found("schema", state.name)
+            self._check_room(state)
+            revision = await self._add_revision(state, schema.definition, compiled)
         return _to_pb(state, revision, _FULL)
 
     async def rollback(self, name: str, revision_id: str) -> Any:
         """RollbackSchema: a new revision with the definition of `revision_id`."""
-        state = self._state(name)
-        if not revision_id:
-            raise invalid("The revision_id to roll back to must be set.")
-        source = state.find(revision_id)
-        if source is None or source.definition is None:
-            raise not_found("schema revision", f"{state.name}@{revision_id}")
-        self._check_room(state)
-        revision = self._add_revision(state, source.definition, source.compiled)
-        await self._store.submit([_insert(state, revision)])
+        async with self._admin:
+            state = self._state(name)
+            if not revision_id:
+                raise invalid("The revision_id to roll back to must be set.")
+            source = state.find(revision_id)
+            if source is None or source.definition is None:
+                raise not_found("schema revision", f"{state.name}@{plain(revision_id)}")
+            self._check_room(state)
+            revision = await self._add_revision(state, source.definition, source.compiled)
         return _to_pb(state, revision, _FULL)
 
     async def delete_revision(self, name: str) -> Any:
@@ -251,46 +268,58 @@ class SchemaRegistry:
                 f"The name {name!r} names no revision; use projects/{{project}}/schemas/"
                 "{schema}@{revision_id}."
             )
-        state, revision = self._revision(name)
-        if len(state.live()) == 1:
-            raise failed_precondition(
-                f"The revision {revision_id} is the only revision of the schema {state.name} "
-                "and cannot be deleted; delete the schema instead."
-            )
-        deleted = _to_pb(state, revision, _FULL)
-        revision.definition = None
-        revision.compiled = b""
-        revision.codec = None
-        await self._store.submit(
-            [
-                (
-                    "UPDATE schema_revisions SET definition = NULL, compiled = ? "
-                    "WHERE schema = ? AND ordinal = ?",
-                    [(b"", state.name, revision.ordinal)],
+        async with self._admin:
+            state, revision = self._revision(name)
+            if len(state.live()) == 1:
+                raise failed_precondition(
+                    f"The revision {revision_id} is the only revision of the schema "
+                    f"{state.name} and cannot be deleted; delete the schema instead."
                 )
-            ]
-        )
+            deleted = _to_pb(state, revision, _FULL)
+            await self._store.submit(
+                [
+                    (
+                        "UPDATE schema_revisions SET definition = NULL, compiled = ? "
+                        "WHERE schema = ? AND ordinal = ?",
+                        [(b"", state.name, revision.ordinal)],
+                    )
+                ],
+                what=f"the deletion of the revision {name}",
+            )
+            revision.definition = None
+            revision.compiled = b""
+            revision.codec = None
         return deleted
 
     async def delete(self, name: str) -> None:
         """DeleteSchema: its revisions go; its topics keep `_deleted-schema_`."""
-        state = self._state(name)
-        del self._schemas[state.name]
-        statements: list[Statement] = [
-            ("DELETE FROM schemas WHERE name = ?", [(state.name,)]),
-            ("DELETE FROM schema_revisions WHERE schema = ?", [(state.name,)]),
-        ]
-        self._drop_policy(state.name, statements)
-        for topic in self._topics.values():
-            if topic.schema is not None and topic.schema.schema == state.name:
-                topic.schema.schema = DELETED_SCHEMA
+        async with self._admin:
+            state = self._state(name)
+            statements: list[Statement] = [
+                ("DELETE FROM schemas WHERE name = ?", [(state.name,)]),
+                ("DELETE FROM schema_revisions WHERE schema = ?", [(state.name,)]),
+            ]
+            self._policies.drop_statement(state.name, statements)
+            using = [
+                topic
+                for topic in self._topics.values()
+                if topic.schema is not None and topic.schema.schema == state.name
+            ]
+            for topic in using:
+                body = Topic()
+                body.CopyFrom(topic.pb)
+                body.schema_settings.schema = DELETED_SCHEMA
                 statements.append(
                     (
                         "UPDATE topics SET body = ? WHERE id = ?",
-                        [(topic.pb.SerializeToString(), topic.topic_id)],
+                        [(body.SerializeToString(), topic.topic_id)],
                     )
                 )
-        await self._store.submit(statements)
+            await self._store.submit(statements, what=f"the deletion of the schema {state.name}")
+            del self._schemas[state.name]
+            self._policies.forget(state.name)
+            for topic in using:
+                topic.schema.schema = DELETED_SCHEMA
 
     async def validate_schema(self, parent: str, schema: Any) -> None:
         """ValidateSchema."""
@@ -453,8 +482,18 @@ class SchemaRegistry:
                 "delete a revision first.",
             )
 
+    async def _add_revision(self, state: SchemaState, definition: str, compiled: bytes) -> Revision:
+        """Commit a new revision of `state`, then add it (the caller holds `admin`)."""
+        revision = self._new_revision(state, definition, compiled)
+        await self._store.submit(
+            [_insert(state, revision)], what=f"the new revision of the schema {state.name}"
+        )
+        state.revisions.append(revision)
+        return revision
+
     @staticmethod
-    def _add_revision(state: SchemaState, definition: str, compiled: bytes) -> Revision:
+    def _new_revision(state: SchemaState, definition: str, compiled: bytes) -> Revision:
+        """The next revision of `state` (not added yet)."""
         taken = {r.revision_id for r in state.revisions}
         revision_id = uuid.uuid4().hex[:8]
         while revision_id in taken:
@@ -464,9 +503,7 @@ class SchemaRegistry:
         create_ns = time.time_ns() // 1000 * 1000
         if state.revisions and create_ns <= state.revisions[-1].create_ns:
             create_ns = state.revisions[-1].create_ns + 1000
-        revision = Revision(revision_id, ordinal, create_ns, definition, compiled)
-        state.revisions.append(revision)
-        return revision
+        return Revision(revision_id, ordinal, create_ns, definition, compiled)
 
     @staticmethod
     def _codec(state: SchemaState, revision: Revision) -> Codec:

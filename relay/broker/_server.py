@@ -15,14 +15,16 @@ import grpc
 
 from relay.broker._admin import DEFAULT_ADMIN_OPS_PER_MINUTE, AdminQuota
 from relay.broker._behaviour import Behaviour
+from relay.broker._config import is_loopback
 from relay.broker._control import Control
 from relay.broker._core import Broker
 from relay.broker._grpc import handlers
 from relay.broker._http import start_http
 from relay.broker._oidc import TokenSigner
+from relay.broker._push_tokens import PushTokens
 from relay.broker._pusher import PushManager
 
-__all__ = ["BrokerServer", "ServerOptions", "run"]
+__all__ = ["BrokerServer", "ListenRefused", "ServerOptions", "run"]
 
 _LOG = logging.getLogger("relay.broker")
 _MAX_GRPC_MESSAGE = 64 * 1024 * 1024
@@ -37,6 +39,9 @@ class ServerOptions:
     `behaviour`: what Google is allowed to do, shown on demand (`Behaviour.google(seed)` for all
     of it). `admin_ops_per_minute`: the per-project administrator-operation quota (always on).
     `control`: serve POST /control (change behaviour, inject faults, advance the clock).
+    `push_service_accounts`, `push_audiences`: the only values push tokens are signed for (None:
+    any; `_push_tokens`). `reset_store`: start with an empty store, the old one moved aside.
+    `insecure_listen`: allow a `host` other than loopback (there is no authentication).
     """
 
     data_dir: Path
@@ -48,6 +53,14 @@ class ServerOptions:
     behaviour: Behaviour = field(default_factory=Behaviour)
     admin_ops_per_minute: int = DEFAULT_ADMIN_OPS_PER_MINUTE
     control: bool = False
+    push_service_accounts: frozenset[str] | None = None
+    push_audiences: frozenset[str] | None = None
+    reset_store: bool = False
+    insecure_listen: bool = False
+
+
+class ListenRefused(Exception):
+    """`host` is not loopback and `insecure_listen` was not given: the broker does not start."""
 
 
 class BrokerServer:
@@ -77,13 +90,16 @@ class BrokerServer:
     async def start(self) -> None:
         """Load the store, bind both ports and start serving."""
         options = self.options
-        options.data_dir.mkdir(parents=True, exist_ok=True)
+        _check_listen(options)
+        options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = _lock_data_dir(options.data_dir)
         broker = Broker(
             options.data_dir,
             push_concurrency=options.push_concurrency,
             fsync=options.fsync,
             behaviour=options.behaviour,
+            reset_store=options.reset_store,
+            push_tokens=PushTokens(options.push_service_accounts, options.push_audiences),
         )
         self.broker = broker
         control = Control(broker, AdminQuota(options.admin_ops_per_minute))
@@ -124,6 +140,26 @@ class BrokerServer:
         # No session-wide connection cap: each push subscription has its own concurrency cap.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._pushers = PushManager(broker, self._session, signer)
+        if not is_loopback(options.host):
+            _LOG.warning("%s", self._exposed())
+
+    def _exposed(self) -> str:
+        """The warning of a broker listening beyond loopback: what anyone who reaches it can do."""
+        options = self.options
+        accounts = options.push_service_accounts
+        signed = "any service account" if accounts is None else f"{len(accounts)} account(s)"
+        control = (
+            ", change its behaviour, inject faults and advance its clock (POST /control)"
+            if options.control
+            else ""
+        )
+        return (
+            f"relay broker listens on {options.host} WITHOUT AUTHENTICATION (--insecure-listen): "
+            f"whoever reaches gRPC port {self.grpc_port} or HTTP port {self.http_port} can read, "
+            "publish and delete every topic, subscription and message, and create push "
+            "subscriptions, which make this broker POST to any https:// URL and to http:// on "
+            f"this machine's loopback, with push tokens signed for {signed}{control}."
+        )
 
     async def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish, end streams, close the store."""
@@ -146,6 +182,17 @@ class BrokerServer:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _check_listen(options: ServerOptions) -> None:
+    if is_loopback(options.host) or options.insecure_listen:
+        return
+    raise ListenRefused(
+        f"--host {options.host!r} is not a loopback address, and the broker has no "
+        "authentication yet: anyone who reaches it could read, publish and delete every "
+        "message and have push tokens signed. Listen on 127.0.0.1 (the default), or add "
+        "--insecure-listen to accept that."
+    )
 
 
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:

@@ -23,7 +23,7 @@ from google.pubsub_v1 import types
 from relay.broker._errors import already_exists, failed_precondition, invalid, not_found
 from relay.broker._labels import check_labels
 from relay.broker._names import DELETED_TOPIC, check_project, check_snapshot, project_of
-from relay.broker._state import SubState
+from relay.broker._state import DEAD_LETTERING, SubState
 from relay.broker._store import Statement, unpack
 
 if TYPE_CHECKING:
@@ -96,22 +96,34 @@ class Snapshots:
                 seqs |= snap.backlog
         return after, seqs
 
-    def topic_deleted(self, topic: str, statements: list[Statement]) -> None:
-        """DeleteTopic: its snapshots stay, on `_deleted-topic_`, and hold nothing more."""
+    def topic_deleted_statements(self, topic: str, statements: list[Statement]) -> None:
+        """What DeleteTopic writes for the topic's snapshots (changing nothing yet)."""
+        for snap in self.by_topic.get(topic, {}).values():
+            if snap.pb is None:
+                continue  # still being created: CreateSnapshot sees the topic gone
+            body = Snapshot()
+            body.CopyFrom(snap.pb)
+            body.topic = DELETED_TOPIC
+            statements.append((_SQL_BODY, [(DELETED_TOPIC, body.SerializeToString(), snap.name)]))
+            statements.append((_SQL_DELETE_MESSAGES, [(snap.name,)]))
+
+    def topic_deleted(self, topic: str) -> None:
+        """DeleteTopic was committed: its snapshots stay, on `_deleted-topic_`, and hold
+        nothing more."""
         for snap in self.by_topic.pop(topic, {}).values():
             snap.topic = DELETED_TOPIC
             snap.backlog = set()
-            if snap.pb is None:
-                continue  # still being created: CreateSnapshot sees the topic gone
-            snap.pb.topic = DELETED_TOPIC
-            body = snap.pb.SerializeToString()
-            statements.append((_SQL_BODY, [(DELETED_TOPIC, body, snap.name)]))
-            statements.append((_SQL_DELETE_MESSAGES, [(snap.name,)]))
+            if snap.pb is not None:
+                snap.pb.topic = DELETED_TOPIC
 
     # -- RPCs -------------------------------------------------------------------------------------
 
     async def create(self, request: Any) -> Any:
         """CreateSnapshot: capture the subscription's backlog; hold it and what follows."""
+        async with self.broker.admin:
+            return await self._create(request)
+
+    async def _create(self, request: Any) -> Any:
         broker = self.broker
         name = check_snapshot(request.name) if request.name else ""
         sub = broker.sub(request.subscription)
@@ -127,7 +139,7 @@ class Snapshots:
         try:
             # Publishes given a seq up to start_seq were queued before this: once it commits they
             # have all reached the subscription, so its backlog is complete.
-            await broker.store.submit([])
+            await broker.store.submit([], what=f"the snapshot {name}")
             if sub.deleted:
                 raise not_found("subscription", sub.name)
             _check_source(sub)
@@ -144,22 +156,24 @@ class Snapshots:
                     f"published {(now - oldest) / 3.6e12:.1f} h ago, so the snapshot would expire "
                     "in less than 1 hour (a snapshot lives 7 days minus that age)."
                 )
+            pb = Snapshot(name=name, topic=snap.topic, expire_time=_timestamp(snap.expire_ns))
+            pb.labels.update(request.labels)
+            row = (name, snap.topic, snap.start_seq, snap.expire_ns, pb.SerializeToString())
+            await broker.store.submit(
+                [
+                    (_SQL_INSERT, [row]),
+                    (_SQL_INSERT_MESSAGE, [(name, seq) for seq in sorted(snap.backlog)]),
+                ],
+                what=f"the snapshot {name}",
+            )
         except BaseException:
             self._creating.discard(name)
             self._release(snap)
             raise
         self._creating.discard(name)
-        snap.pb = Snapshot(name=name, topic=snap.topic, expire_time=_timestamp(snap.expire_ns))
-        snap.pb.labels.update(request.labels)
+        snap.pb = pb
         self.by_name[name] = snap
         self._arm(snap)
-        row = (name, snap.topic, snap.start_seq, snap.expire_ns, snap.pb.SerializeToString())
-        await broker.store.submit(
-            [
-                (_SQL_INSERT, [row]),
-                (_SQL_INSERT_MESSAGE, [(name, seq) for seq in sorted(snap.backlog)]),
-            ]
-        )
         return snap.pb
 
     def get(self, name: str) -> SnapshotState:
@@ -172,6 +186,10 @@ class Snapshots:
     async def update(self, pb: Any, paths: list[str]) -> Any:
         """UpdateSnapshot: only labels can change ("snapshots cannot be meaningfully modified
         after creation", the Go client's maintainers)."""
+        async with self.broker.admin:
+            return await self._update(pb, paths)
+
+    async def _update(self, pb: Any, paths: list[str]) -> Any:
         snap = self.get(pb.name)
         if not paths:
             raise invalid("The update_mask must name at least one field to update.")
@@ -186,10 +204,11 @@ class Snapshots:
         updated.CopyFrom(snap.pb)
         updated.labels.clear()
         updated.labels.update(pb.labels)
-        snap.pb = updated
         await self.broker.store.submit(
-            [(_SQL_BODY, [(snap.topic, updated.SerializeToString(), snap.name)])]
+            [(_SQL_BODY, [(snap.topic, updated.SerializeToString(), snap.name)])],
+            what=f"the update of the snapshot {snap.name}",
         )
+        snap.pb = updated
         return updated
 
     def names(self, project: str) -> list[str]:
@@ -204,9 +223,13 @@ class Snapshots:
 
     async def delete(self, name: str) -> None:
         """DeleteSnapshot: "all messages retained in the snapshot are immediately dropped"."""
-        snap = self.get(name)
-        topic = snap.topic
-        await self.broker.store.submit(self._drop(snap))
+        async with self.broker.admin:
+            snap = self.get(name)
+            topic = snap.topic
+            await self.broker.store.submit(
+                self._drop_statements(snap), what=f"the deletion of the snapshot {snap.name}"
+            )
+            self._forget(snap)
         self.broker.sweep(topic)
 
     async def seek(self, sub: SubState, name: str) -> None:
@@ -233,7 +256,7 @@ class Snapshots:
         def held(seq: int) -> bool:
             return seq > start or seq in backlog
 
-        back = [msg for seq, msg in sub.acked.items() if held(seq)]
+        replay = []
         predicate = sub.config.predicate
         for first, publish_ns, blob in rows:
             for seq, body in enumerate(unpack(blob), start=first):
@@ -242,16 +265,32 @@ class Snapshots:
                 pb = PubsubMessage.FromString(body)
                 if predicate is not None and not predicate(dict(pb.attributes)):
                     continue  # never delivered to this subscription: not replayed either
-                back.append(
-                    broker.stored_message(seq, snap.topic, body, publish_ns, pb.ordering_key, first)
-                )
+                replay.append((seq, snap.topic, body, publish_ns, pb.ordering_key, first))
+        # Committed first (what memory will show), then applied; the rows applied again go out
+        # with the cleanup (the same values).
+        acked = [
+            e.msg.seq
+            for e in sub.entries.values()
+            if e.state != DEAD_LETTERING and not held(e.msg.seq)
+        ]
+        newer = [seq for seq in sub.acked if held(seq)]
+        await broker.store.submit(
+            sub.settle_statements(acked, newer + [seq for seq, *_ in replay]),
+            what=f"the Seek of {sub.name} to the snapshot {snap.name}",
+        )
+        back = [msg for seq, msg in sub.acked.items() if held(seq)]
+        back += [
+            broker.stored_message(*message)
+            for message in replay
+            if message[0] not in sub.entries and message[0] not in sub.acked
+        ]
         statements: list[Statement] = []
         sub.ack_where(lambda entry: not held(entry.msg.seq), statements)
         sub.unack(back, statements)
         sub.touch()
         broker.rearm_retention(sub)
         if statements:
-            await broker.store.submit(statements)
+            broker.store.post(statements)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -266,15 +305,18 @@ class Snapshots:
             if not held:
                 del self.by_topic[snap.topic]
 
-    def _drop(self, snap: SnapshotState) -> list[Statement]:
-        del self.by_name[snap.name]
-        self._release(snap)
+    def _drop_statements(self, snap: SnapshotState) -> list[Statement]:
         statements: list[Statement] = [
             (_SQL_DELETE_MESSAGES, [(snap.name,)]),
             (_SQL_DELETE, [(snap.name,)]),
         ]
-        self.broker.iam.drop(snap.name, statements)
+        self.broker.iam.drop_statement(snap.name, statements)
         return statements
+
+    def _forget(self, snap: SnapshotState) -> None:
+        del self.by_name[snap.name]
+        self._release(snap)
+        self.broker.iam.forget(snap.name)
 
     def _arm(self, snap: SnapshotState) -> None:
         broker = self.broker
@@ -288,7 +330,8 @@ class Snapshots:
             self._arm(snap)
             return
         topic = snap.topic
-        self.broker.store.post(self._drop(snap))
+        self.broker.store.post(self._drop_statements(snap))
+        self._forget(snap)
         self.broker.sweep(topic)
 
 
@@ -303,4 +346,3 @@ def _check_source(sub: SubState) -> None:
 def _timestamp(ns: int) -> Any:
     secs, nanos = divmod(ns, 1_000_000_000)
     return timestamp_pb2.Timestamp(seconds=secs, nanos=nanos)
-

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.broker._behaviour import Behaviour, Dice
 from relay.broker._clock import Clock
-from relay.broker._errors import invalid
+from relay.broker._errors import invalid, plain
 from relay.broker._store import Statement
 from relay.broker._timers import Scheduler
 
@@ -28,7 +29,9 @@ __all__ = [
     "SubConfig",
     "SubState",
     "ack_id_of",
+    "check_ack_deadline",
     "parse_ack_id",
+    "parse_ack_ids",
 ]
 
 READY, DELAYED, LEASED, BLOCKED, DONE, DEAD_LETTERING = range(6)
@@ -42,6 +45,8 @@ _SQL_ATTEMPTS = "UPDATE pending SET attempts = ? WHERE sub_id = ? AND seq = ?"
 _SQL_DELETE = "DELETE FROM pending WHERE sub_id = ? AND seq = ?"
 _SQL_ACKED = "UPDATE pending SET acked = 1 WHERE sub_id = ? AND seq = ?"
 _SQL_UNACKED = "INSERT OR REPLACE INTO pending (sub_id, seq, attempts, acked) VALUES (?, ?, ?, 0)"
+# <seq>-<delivery attempt>: seqs are SQLite integers (at most 19 digits), attempts far fewer.
+_ACK_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,10})")
 
 
 class BatchRef:
@@ -195,11 +200,29 @@ def ack_id_of(entry: Entry) -> str:
 
 
 def parse_ack_id(ack_id: str) -> tuple[int, int]:
-    """(seq, delivery attempt) of an ack id; INVALID_ARGUMENT for anything else."""
-    seq, sep, attempt = ack_id.partition("-")
-    if not sep or not seq.isdigit() or not attempt.isdigit():
-        raise invalid(f"You have passed an invalid ack ID to the service (ack_id={ack_id}).")
-    return int(seq), int(attempt)
+    """(seq, delivery attempt) of an ack id; INVALID_ARGUMENT naming it (shortened) for anything
+    else: ASCII digits only (str.isdigit() takes Arabic-Indic ones too), few enough for int()."""
+    match = _ACK_ID.fullmatch(ack_id)
+    if match is None:
+        raise invalid(
+            f"You have passed an invalid ack ID to the service (ack_id={plain(ack_id, 100)}); "
+            "relay broker ack ids are <message id>-<delivery attempt> in ASCII digits."
+        )
+    return int(match[1]), int(match[2])
+
+
+def check_ack_deadline(seconds: int) -> int:
+    """`seconds` if ModifyAckDeadline takes it (0-600), else INVALID_ARGUMENT."""
+    if not 0 <= seconds <= 600:
+        raise invalid(
+            f"Invalid ack deadline given: {seconds} seconds; it must be between 0 and 600."
+        )
+    return seconds
+
+
+def parse_ack_ids(ack_ids: Iterable[str]) -> list[tuple[int, int]]:
+    """Every ack id parsed, before anything is changed (one bad id refuses the request)."""
+    return [parse_ack_id(ack_id) for ack_id in ack_ids]
 
 
 class SubState:
@@ -356,19 +379,39 @@ class SubState:
 
     # -- acks and nacks --------------------------------------------------------------------------
 
-    def ack(self, ack_ids: list[str], statements: list[Statement]) -> None:
-        """Acknowledge deliveries; append the durable changes to `statements`."""
-        parsed = [parse_ack_id(a) for a in ack_ids]
+    def _ackable(self, seq: int) -> Entry | None:
+        entry = self.entries.get(seq)
+        if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
+            return None
+        return entry
+
+    def ack_statement(self, parsed: list[tuple[int, int]]) -> Statement | None:
+        """The pending-table change `ack(parsed)` would make, changing nothing: a unary
+        Acknowledge commits it first, so a failed write leaves memory as the store has it."""
+        rows = [(self.sub_id, seq) for seq, _ in parsed if self._ackable(seq) is not None]
+        if not rows:
+            return None
+        return (_SQL_ACKED if self.config.retain_acked else _SQL_DELETE, rows)
+
+    def ack(
+        self,
+        parsed: list[tuple[int, int]],
+        statements: list[Statement],
+        committed: Collection[int] = (),
+    ) -> None:
+        """Acknowledge deliveries (parsed ack ids); append the durable changes to `statements`,
+        but for the seqs in `committed` (their `ack_statement` rows) only what follows."""
         deleted: list[tuple[int, int]] = []
         sub_id = self.sub_id
         echo = self.host.behaviour.redeliver_acked_rate
         for seq, _attempt in parsed:
-            entry = self.entries.get(seq)
-            if entry is None or entry.state == DONE or entry.state == DEAD_LETTERING:
+            entry = self._ackable(seq)
+            if entry is None:
                 continue
             _confirm(entry, modack=False)
             self._remove(entry)
-            deleted.append((sub_id, seq))
+            if seq not in committed:
+                deleted.append((sub_id, seq))
             if echo:
                 self._maybe_redeliver_acked(entry, echo)
             if self.config.retain_acked and seq not in self.acked:
@@ -411,13 +454,9 @@ class SubState:
         self._drop_ref(entry.msg, statements)
         self.notify()
 
-    def modify(self, ack_ids: list[str], seconds: int) -> None:
-        """ModifyAckDeadline: extend the leases, or nack them when `seconds` is 0."""
-        if not 0 <= seconds <= 600:
-            raise invalid(
-                f"Invalid ack deadline given: {seconds} seconds; it must be between 0 and 600."
-            )
-        parsed = [parse_ack_id(a) for a in ack_ids]
+    def modify(self, parsed: list[tuple[int, int]], seconds: int) -> None:
+        """ModifyAckDeadline (parsed ack ids): extend the leases, or nack them when `seconds` is
+        0 (check it first with `check_ack_deadline`)."""
         entries = self.entries
         if seconds == 0:
             for seq, attempt in parsed:
@@ -506,9 +545,7 @@ class SubState:
 
     def drop_older_than(self, cutoff_ns: int, statements: list[Statement]) -> None:
         """Drop unacked and retained messages published before `cutoff_ns` (retention, Seek)."""
-        for entry in [e for e in self.entries.values() if e.msg.publish_ns < cutoff_ns]:
-            if entry.state == DEAD_LETTERING:
-                continue
+        for entry in self.older_than(cutoff_ns):
             self._remove(entry)
             statements.append((_SQL_DELETE, [(self.sub_id, entry.msg.seq)]))
             self._drop_ref(entry.msg, statements)
@@ -518,15 +555,33 @@ class SubState:
             self._drop_ref(msg, statements)
         self.notify()  # ordering keys may have moved on
 
+    def older_than(self, cutoff_ns: int) -> list[Entry]:
+        """The unacked entries published before `cutoff_ns` that a Seek or retention acks."""
+        return [
+            e
+            for e in self.entries.values()
+            if e.msg.publish_ns < cutoff_ns and e.state != DEAD_LETTERING
+        ]
+
+    def settle_statements(self, acked: list[int], unacked: list[int]) -> list[Statement]:
+        """The pending-table change of acking the `acked` seqs and unacking the `unacked` ones,
+        changing nothing: a Seek commits it before it changes memory."""
+        sub_id = self.sub_id
+        statements: list[Statement] = []
+        if acked:
+            sql = _SQL_ACKED if self.config.retain_acked else _SQL_DELETE
+            statements.append((sql, [(sub_id, seq) for seq in acked]))
+        if unacked:
+            statements.append((_SQL_UNACKED, [(sub_id, seq, 0) for seq in unacked]))
+        return statements
+
     def ack_older_than(self, cutoff_ns: int, statements: list[Statement]) -> None:
         """Seek: everything published before `cutoff_ns` counts as acknowledged."""
         if not self.config.retain_acked:
             self.drop_older_than(cutoff_ns, statements)
             return
         marked = []
-        for entry in [e for e in self.entries.values() if e.msg.publish_ns < cutoff_ns]:
-            if entry.state == DEAD_LETTERING:
-                continue
+        for entry in self.older_than(cutoff_ns):
             self._remove(entry)
             self.acked[entry.msg.seq] = entry.msg
             marked.append((self.sub_id, entry.msg.seq))

@@ -20,18 +20,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadedState", "Statement", "Store", "pack", "unpack"]
+__all__ = [
+    "STORE_FILE",
+    "LoadedState",
+    "Statement",
+    "Store",
+    "StoreFailed",
+    "StoreUnusable",
+    "pack",
+    "unpack",
+]
 
 _LOG = logging.getLogger("relay.broker.store")
+
+STORE_FILE = "broker.sqlite3"
+_SIDE_FILES = ("-wal", "-shm")  # SQLite's WAL and shared-memory index, named after the store
+# Files a broker leaves in its data dir besides the store (`_oidc`): their presence without a
+# usable store means the store was lost, not that the data dir is new.
+_USED_MARKERS = ("oidc-key.pem", "oidc-cert.pem")
+_RESET_HINT = (
+    "Restore it (with its -wal file, if there is one) from a copy, or start the broker with "
+    "--reset-store to begin with an empty store (the old files are moved aside, not deleted)."
+)
+_WHAT_RESET = "topics, subscriptions, messages, snapshots, schemas and IAM policies"
+
+
+class StoreUnusable(Exception):
+    """The data dir's store cannot be used: missing although the dir was used, or damaged.
+
+    The broker refuses to start (`relay broker` prints the message and exits 1)."""
+
+
+class StoreFailed(Exception):
+    """A write was not committed; `full` when SQLite said the disk (or the file) is full."""
+
+    def __init__(self, path: Path, what: str, error: BaseException) -> None:
+        self.path = path
+        self.what = what
+        self.full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        super().__init__(f"{what} was not stored in {path}: {error}")
+
 
 Statement = tuple[str, Sequence[Sequence[Any]]]
 
@@ -104,21 +143,87 @@ class _Op:
     future: asyncio.Future[None] | None
     loop: asyncio.AbstractEventLoop | None
     call: Callable[[sqlite3.Connection], None] | None = None
+    what: str = "a write the broker made on its own"
+
+
+def _store_problem(path: Path) -> str | None:
+    """Why the store at `path` is unusable for a data dir that was used before, or None: a
+    missing or empty file would silently become a new, empty store."""
+    if not path.exists():
+        return "is missing"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    return None
+
+
+def _used_before(data_dir: Path) -> str | None:
+    """The file that shows a broker used `data_dir` before, or None for a new data dir."""
+    names = (*_USED_MARKERS, *(STORE_FILE + suffix for suffix in _SIDE_FILES))
+    return next((name for name in names if (data_dir / name).exists()), None)
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename the store and its side files to `<store>.reset-<UTC time>` (+ -wal, -shm), so
+    SQLite can still open the pair; returns the new store path (None: nothing was there)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.reset-{stamp}")
+    moved = None
+    for suffix in ("", *_SIDE_FILES):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, target.with_name(target.name + suffix))
+            moved = target
+    return moved
+
+
+def _private(path: Path) -> None:
+    """Create `path` (if need be) readable by its owner only; SQLite gives its -wal and -shm
+    files the store's permissions."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", *_SIDE_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), 0o600)
+
+
+def _damaged(path: Path, error: BaseException) -> StoreUnusable:
+    return StoreUnusable(f"the store {path} is damaged ({error}). {_RESET_HINT}")
 
 
 class Store:
-    """The SQLite file plus its single writer thread."""
+    """The SQLite file plus its single writer thread.
 
-    def __init__(self, data_dir: Path, *, fsync: bool = False) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "broker.sqlite3"
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a broker crash (kill -9); FULL also survives an OS crash.
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-        self._conn.execute("PRAGMA cache_size=-65536")
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-        self._conn.executescript(_SCHEMA)
+    A data dir that a broker used before (it holds the OIDC key, or SQLite's side files) must
+    still hold its store: a missing, empty or damaged one raises StoreUnusable instead of
+    starting empty; `reset` moves the old store aside and starts with an empty one.
+    """
+
+    def __init__(self, data_dir: Path, *, fsync: bool = False, reset: bool = False) -> None:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = data_dir / STORE_FILE
+        if reset:
+            moved = _move_aside(self.path)
+            _LOG.warning(
+                "--reset-store: starting with an empty store: the %s of the old one are not "
+                "loaded%s",
+                _WHAT_RESET,
+                f"; it was moved to {moved} (delete it once you do not need it)"
+                if moved
+                else " (there was no store)",
+            )
+        marker = None if reset else _used_before(data_dir)
+        if marker is not None:
+            problem = _store_problem(self.path)
+            if problem is not None:
+                raise StoreUnusable(
+                    f"the data dir {data_dir} was used by a relay broker before (it holds "
+                    f"{marker}), but its store {self.path} {problem}: starting would silently "
+                    f"lose every topic, subscription and message. {_RESET_HINT}"
+                )
+        _private(self.path)
+        try:
+            self._conn = self._open(fsync, used=marker is not None)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, exc) from None
         self._reader = sqlite3.connect(self.path, check_same_thread=False)
         self._reader_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
@@ -126,6 +231,33 @@ class Store:
         self._committed = threading.Event()  # set by the writer, cleared by the checkpointer
         self._closing = threading.Event()
         self._checkpointer: threading.Thread | None = None
+
+    def _open(self, fsync: bool, *, used: bool) -> sqlite3.Connection:
+        """Connect, check every page (`quick_check`), set the pragmas, create missing tables.
+
+        A store without relay's tables is somebody else's file, or a lost one if `used`."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if "topics" not in tables and (tables or used):
+                raise sqlite3.DatabaseError("it holds no relay broker tables")
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a broker crash (kill -9); FULL also an OS crash.
+            conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def damaged(self, error: BaseException) -> StoreUnusable:
+        """The StoreUnusable to raise when reading the store at start failed with `error`."""
+        return _damaged(self.path, error)
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -141,8 +273,13 @@ class Store:
             conn.execute("SELECT id, name, topic, start_seq, body FROM subscriptions ORDER BY id")
         )
         row = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
-        top = conn.execute("SELECT MAX(last_seq) FROM batches").fetchone()
-        state.last_seq = max(row[0] if row else 0, top[0] or 0)
+        # A Publish whose write failed gave out no message id but used up its seqs, and a
+        # subscription or snapshot created since stored one of them: never give those out again.
+        tops = conn.execute(
+            "SELECT (SELECT MAX(last_seq) FROM batches), "
+            "(SELECT MAX(start_seq) FROM subscriptions), (SELECT MAX(start_seq) FROM snapshots)"
+        ).fetchone()
+        state.last_seq = max(row[0] if row else 0, *(top or 0 for top in tops))
         return state
 
     def schema_rows(
@@ -289,7 +426,11 @@ class Store:
             while not self._closing.wait(_CHECKPOINT_SECONDS):
                 if self._committed.is_set():
                     self._committed.clear()
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.OperationalError as exc:  # a full disk: try again later
+                        _LOG.warning("broker store checkpoint failed: %s", exc)
+                        self._committed.set()
         except sqlite3.Error:
             _LOG.exception("broker store checkpoint failed; SQLite's own takes over")
         finally:
@@ -297,11 +438,12 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def submit(self, statements: list[Statement]) -> asyncio.Future[None]:
-        """Queue statements for the next transaction; the future resolves once it is committed."""
+    def submit(self, statements: list[Statement], *, what: str) -> asyncio.Future[None]:
+        """Queue statements for the next transaction; the future resolves once it is committed,
+        or fails with StoreFailed saying `what` was not stored (e.g. "the topic T")."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Op(statements, future, loop))
+        self._queue.put(_Op(statements, future, loop, None, what))
         return future
 
     def post(self, statements: list[Statement]) -> None:
@@ -351,18 +493,26 @@ class Store:
                 self._apply(batch)
             except Exception:
                 # One bad operation must not fail the others: redo them one by one.
-                _LOG.warning("broker store batch failed; retrying its operations one by one")
                 for op in batch:
                     try:
                         self._apply([op])
                     except Exception as exc:
-                        _LOG.exception("broker store operation failed")
-                        self._resolve([op], exc)
+                        self._failed(op, exc)
                     else:
                         self._resolve([op], None)
             else:
                 self._resolve(batch, None)
             self._committed.set()
+
+    def _failed(self, op: _Op, error: Exception) -> None:
+        """Log a write that was rolled back (one line for SQLite's own errors: a full disk fails
+        every write until there is room) and fail its future."""
+        failure = StoreFailed(self.path, op.what, error)
+        if isinstance(error, sqlite3.OperationalError):
+            _LOG.error("%s", failure)
+        else:
+            _LOG.error("%s", failure, exc_info=error)
+        self._resolve([op], failure)
 
     def _apply(self, batch: list[_Op]) -> None:
         """Run `batch` in one transaction (rolled back if anything fails)."""
@@ -401,4 +551,4 @@ def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) ->
         if error is None:
             future.set_result(None)
         else:
-            future.set_exception(RuntimeError(f"the broker store failed: {error}"))
+            future.set_exception(error)

@@ -17,7 +17,14 @@ from google.pubsub_v1 import types
 
 from relay.broker._core import Broker, detached
 from relay.broker._errors import BrokerError, invalid, not_found
-from relay.broker._state import Consumer, Entry, SubState, ack_id_of
+from relay.broker._state import (
+    Consumer,
+    Entry,
+    SubState,
+    ack_id_of,
+    check_ack_deadline,
+    parse_ack_ids,
+)
 from relay.broker._store import Statement
 
 __all__ = ["fill_received", "streaming_pull"]
@@ -72,26 +79,30 @@ def _check_deadline(value: int) -> int:
 
 
 def apply_request(broker: Broker, sub: SubState, consumer: Consumer, request: Any) -> None:
-    """Acks, modacks and a changed stream deadline carried by one StreamingPullRequest."""
-    if request.ack_ids:
+    """Acks, modacks and a changed stream deadline carried by one StreamingPullRequest; all of
+    it is checked before any of it is applied."""
+    acks = parse_ack_ids(request.ack_ids)
+    ids = request.modify_deadline_ack_ids
+    deadlines = request.modify_deadline_seconds
+    if len(ids) != len(deadlines):
+        raise invalid(
+            "modify_deadline_ack_ids and modify_deadline_seconds must have the same length."
+        )
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for parsed, seconds in zip(parse_ack_ids(ids), deadlines, strict=True):
+        groups.setdefault(check_ack_deadline(seconds), []).append(parsed)
+    stream_deadline = request.stream_ack_deadline_seconds
+    if stream_deadline:
+        _check_deadline(stream_deadline)
+    if acks:
         statements: list[Statement] = []
-        sub.ack(list(request.ack_ids), statements)
+        sub.ack(acks, statements)
         if statements:
             broker.post(statements)
-    ids = request.modify_deadline_ack_ids
-    if ids:
-        deadlines = request.modify_deadline_seconds
-        if len(ids) != len(deadlines):
-            raise invalid(
-                "modify_deadline_ack_ids and modify_deadline_seconds must have the same length."
-            )
-        groups: dict[int, list[str]] = {}
-        for ack_id, seconds in zip(ids, deadlines, strict=True):
-            groups.setdefault(seconds, []).append(ack_id)
-        for seconds, group in groups.items():
-            sub.modify(group, seconds)
-    if request.stream_ack_deadline_seconds:
-        consumer.deadline_s = _check_deadline(request.stream_ack_deadline_seconds)
+    for seconds, group in groups.items():
+        sub.modify(group, seconds)
+    if stream_deadline:
+        consumer.deadline_s = stream_deadline
     sub.touch()
 
 

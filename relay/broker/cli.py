@@ -76,8 +76,29 @@ def _behaviour(profile: str, seed: int, overrides: dict[str, Any]) -> Any:
         raise click.BadParameter(str(exc)) from exc
 
 
+class _Names(click.ParamType[Any]):
+    """A comma-separated list of values ("" for none), as a frozenset."""
+
+    name = "A,B,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, frozenset):
+            return value
+        return frozenset(item.strip() for item in str(value).split(",") if item.strip())
+
+
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; one that is not loopback needs --insecure-listen.",
+)
+@click.option(
+    "--insecure-listen",
+    is_flag=True,
+    help="Allow a --host that is not loopback, although the broker has no authentication.",
+)
 @click.option(
     "--port",
     default=8085,
@@ -96,7 +117,26 @@ def _behaviour(profile: str, seed: int, overrides: dict[str, Any]) -> Any:
     default=".relay/broker",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the store lives.",
+    help="Where the store and the signing key live (created 0700); one used before must still "
+    "hold its store (else see --reset-store).",
+)
+@click.option(
+    "--reset-store",
+    is_flag=True,
+    help="Start with an empty store: the topics, subscriptions, messages, snapshots, schemas and "
+    "IAM policies of the old one are not loaded (its files are moved aside).",
+)
+@click.option(
+    "--push-service-accounts",
+    type=_Names(),
+    default=None,
+    help="The only service accounts push tokens are signed for [default: any].",
+)
+@click.option(
+    "--push-audiences",
+    type=_Names(),
+    default=None,
+    help="The only push token audiences (= push endpoints) [default: any].",
 )
 @click.option(
     "--push-concurrency",
@@ -178,9 +218,13 @@ def _behaviour(profile: str, seed: int, overrides: dict[str, Any]) -> Any:
 )
 def broker(
     host: str,
+    insecure_listen: bool,
     port: int,
     http_port: int | None,
     data_dir: Path,
+    reset_store: bool,
+    push_service_accounts: frozenset[str] | None,
+    push_audiences: frozenset[str] | None,
     push_concurrency: int,
     fsync: bool,
     log_level: str,
@@ -194,7 +238,8 @@ def broker(
 
     Point the google-cloud-pubsub clients at it with PUBSUB_EMULATOR_HOST=HOST:PORT.
     """
-    from relay.broker._server import ServerOptions, run
+    from relay.broker._server import ListenRefused, ServerOptions, run
+    from relay.broker._store import StoreUnusable
 
     handler = logging.StreamHandler()
     handler.setFormatter(_Formatter())
@@ -212,6 +257,10 @@ def broker(
         behaviour=_behaviour(profile, seed, overrides),
         admin_ops_per_minute=admin_ops_per_minute,
         control=control,
+        push_service_accounts=push_service_accounts,
+        push_audiences=push_audiences,
+        reset_store=reset_store,
+        insecure_listen=insecure_listen,
     )
     sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
     gc.freeze()  # what start-up created (modules, classes) is never scanned again
@@ -219,5 +268,5 @@ def broker(
     gc.set_threshold(young, middle, _NO_AUTOMATIC_FULL_COLLECTION)
     try:
         asyncio.run(run(options))
-    except OSError as exc:
-        raise click.ClickException(f"cannot start the broker: {exc}") from exc
+    except (OSError, StoreUnusable, ListenRefused) as exc:
+        raise click.ClickException(f"cannot start the broker: {exc}") from None

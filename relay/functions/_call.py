@@ -92,12 +92,11 @@ class Call:
         own = self.event.traceparent if self.event is not None else None
         return own or self.http_traceparent
 
-    def answerable(self, event: Event) -> Event:
-        """`event`, kept as this call's request, if a result may be sent for it: a replyto the
-        function may publish to and a correlationid; minus oversized trace attributes a result
-        would copy. Unanswerable otherwise."""
+    def check_reply(self, event: Event) -> None:
+        """Unanswerable unless a result may be sent for `event`: a replyto the function may
+        publish to and a correlationid. `event` is kept as this call's request (for the log)."""
+        self.event = event
         message_id = self.delivery.message_id if self.delivery is not None else None
-        self.event = event  # logged with the refusal, if any
         if not event.replyto or not event.correlationid:
             missing = "replyto" if not event.replyto else "correlationid"
             raise Unanswerable(
@@ -114,10 +113,21 @@ class Call:
                 f"function may not publish to (allowed: {listed}); nothing was run or published",
                 message_id=message_id,
             )
+
+    def answerable(self, event: Event) -> Event:
+        """`event`, checked (`check_reply`) and kept as this call's request."""
+        self.check_reply(event)
+        return self.request(event)
+
+    def request(self, event: Event) -> Event:
+        """Keep `event`, whose reply was checked, as this call's request, minus trace
+        attributes too large for a result to copy."""
+        extensions = event.extensions
         oversized = {
             name: None
             for name in ("traceparent", "tracestate")
-            if len(event.extensions.get(name, "").encode("utf-8")) > _MAX_TRACE_BYTES
+            if len(extensions.get(name, "")) * 4 > _MAX_TRACE_BYTES  # UTF-8: at most 4 per char
+            and len(extensions[name].encode("utf-8")) > _MAX_TRACE_BYTES
         }
         self.event = event.with_extensions(**oversized) if oversized else event
         return self.event

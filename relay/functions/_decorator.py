@@ -162,7 +162,7 @@ def serve_cloud_event(runtime: Runtime, cloud_event: Any) -> Response:
         ) from None
     headers = _flask_headers()
     if headers is not None:  # inside a Flask request without the hook: the raw request is better
-        return runtime.handle_http(headers, _read_flask_body)
+        return runtime.handle_http(headers, _body_reader(_flask_request()))
     try:
         delivery = from_cloud_event(attributes, data)
     except Unanswerable as exc:
@@ -180,27 +180,47 @@ def _flask_headers() -> dict[str, str] | None:
     return {key.lower(): value for key, value in flask.request.headers.items()}  # cold path
 
 
-def _read_flask_body(limit: int) -> bytes:
-    """The current Flask request's body: at most `limit` bytes are kept (more raises 413), and
-    under gunicorn a client that stops sending for BODY_READ_TIMEOUT seconds gets 408."""
+def _flask_request() -> Any:
     import flask
+
+    return flask.request._get_current_object()  # type: ignore[attr-defined]
+
+
+def _body_reader(request: Any) -> Callable[[int], bytes]:
+    """A reader of a werkzeug request's body: over `limit` bytes is 413 (Content-Length was
+    checked before; a chunked body is cut at the limit), and under gunicorn a client that stops
+    sending for BODY_READ_TIMEOUT seconds gets 408 instead of holding a worker thread."""
+
+    environ = request.environ
+
+    def read(limit: int) -> bytes:
+        if not environ.get("CONTENT_LENGTH"):
+            request.max_content_length = limit
+        sock = environ.get("gunicorn.socket")
+        previous = None
+        if sock is not None:
+            previous = sock.gettimeout()
+            sock.settimeout(BODY_READ_TIMEOUT)
+        try:
+            return bytes(request.get_data())
+        except Exception as exc:
+            raise _body_error(exc, limit) from exc
+        finally:
+            if sock is not None:
+                sock.settimeout(previous)
+
+    return read
+
+
+def _body_error(exc: Exception, limit: int) -> Exception:
+    """The BodyError for what reading a body raised (anything else unchanged)."""
     from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-    request = flask.request
-    sock = request.environ.get("gunicorn.socket")
-    previous = sock.gettimeout() if sock is not None else None
-    if sock is not None:
-        sock.settimeout(BODY_READ_TIMEOUT)
-    request.max_content_length = limit
-    try:
-        return request.get_data()
-    except RequestEntityTooLarge:
-        raise BodyError(413, f"body exceeds {limit} bytes") from None
-    except (OSError, ClientDisconnected) as exc:  # the socket timed out, or the client left
-        raise BodyError(408, f"body not received in {BODY_READ_TIMEOUT} s: {exc}") from None
-    finally:
-        if sock is not None:
-            sock.settimeout(previous)
+    if isinstance(exc, RequestEntityTooLarge):
+        return BodyError(413, f"body exceeds {limit} bytes")
+    if isinstance(exc, (OSError, ClientDisconnected)):  # the socket timed out, or the client left
+        return BodyError(408, f"body not received in {BODY_READ_TIMEOUT} s: {exc}")
+    return exc
 
 
 def _install_hook(runtime: Runtime) -> None:
@@ -214,12 +234,12 @@ def _install_hook(runtime: Runtime) -> None:
         return
 
     def relay_before_request() -> flask.Response | None:
-        request = flask.request
+        request = flask.request._get_current_object()  # type: ignore[attr-defined]
         if request.method != "POST":
             return None
         # werkzeug's Headers: case-insensitive get / `in`, all from_http needs (a Mapping in spirit)
         headers = cast("Mapping[str, str]", request.headers)
-        response = runtime.handle_http(headers, _read_flask_body)
+        response = runtime.handle_http(headers, _body_reader(request))
         return flask.Response(
             response.body, status=response.status, content_type=response.content_type
         )

@@ -149,7 +149,6 @@ def decode(call: Call) -> tuple[Event, ProtocolError | None]:
     A refused dataref is such a problem: nothing was read, and retrying cannot help."""
     assert call.delivery is not None
     data, attributes = call.delivery.message
-    problem: ProtocolError | None = None
     runtime = call.runtime
     try:
         event = from_message(
@@ -157,15 +156,15 @@ def decode(call: Call) -> tuple[Event, ProtocolError | None]:
             attributes,
             registry=runtime.registry,
             blob_store=runtime.blob_stores,
-            check_envelope=call.answerable,  # before any dataref is read
+            check_envelope=call.check_reply,  # before any data is decoded or dataref read
         )
     except DataRefError as exc:
         if not isinstance(exc, DataRefRefusedError):
             raise
-        problem, event = exc, _salvaged(exc, attributes, call.delivery)
+        return call.answerable(_salvaged(exc, attributes, call.delivery)), exc
     except ProtocolError as exc:
-        problem, event = exc, _salvaged(exc, attributes, call.delivery)
-    return call.answerable(event), problem
+        return call.answerable(_salvaged(exc, attributes, call.delivery)), exc
+    return call.request(event), None
 
 
 def _salvaged(exc: ProtocolError, attributes: Mapping[str, str], delivery: Delivery) -> Event:

@@ -201,9 +201,10 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def replace_data(event: Event, data: Any) -> Event:
-    """A copy of `event` with already-validated data (skips re-encoding decoded JSON)."""
-    clone = dataclasses.replace(event, data=None)
-    object.__setattr__(clone, "data", data)
+    """A copy of `event` with already-validated data: nothing is validated or encoded again
+    (the other fields were checked when `event` was built)."""
+    clone = object.__new__(Event)
+    clone.__dict__.update(event.__dict__, data=data)
     return clone
 
 

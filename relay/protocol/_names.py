@@ -33,6 +33,10 @@ PROJECT_RULE = (
     "(optionally domain-scoped: example.com:my-project)"
 )
 RESOURCE_RULE = "3-255 characters: a letter, then letters, digits or -_.~+%; not starting with goog"
+# `relay broker` has no projects: it takes any project id of 1-100 characters without '/',
+# whitespace or control characters (Unicode categories C*: they would hide in logs and messages).
+_LOCAL_PROJECT_ID = re.compile(r"[^/\s]{1,100}")
+LOCAL_PROJECT_RULE = "1-100 characters, none of them '/', whitespace or a control character"
 
 # Correlation ids are attribute values that go into subscription filters as string literals: a
 # conservative character set keeps quoting trivial. relay's waits group them: `<group>.<item>`.
@@ -57,6 +61,16 @@ def check_project_id(value: object, what: str = "project") -> str:
             f"{what} {value!r} is not a valid project id ({PROJECT_RULE})", field=what
         )
     return value
+
+
+def is_local_project_id(value: str) -> bool:
+    """Whether `relay broker` takes `value` as a project id (LOCAL_PROJECT_RULE)."""
+    return _LOCAL_PROJECT_ID.fullmatch(value) is not None and value.isprintable()
+
+
+def is_resource_id(value: str) -> bool:
+    """Whether `value` is a valid topic, subscription, snapshot or schema id (RESOURCE_RULE)."""
+    return _RESOURCE_ID.fullmatch(value) is not None
 
 
 def check_resource_id(value: object, what: str) -> str:

@@ -36,7 +36,7 @@ from relay.up._process import (
     wait_for_http,
     wait_for_line,
 )
-from relay.up.control_plane import ControlPlane
+from relay.up.control_plane import ControlPlane, Routes
 
 DEFAULT_DATA_DIR = ".relay"
 _READY_PREFIX = "relay broker ready "
@@ -131,6 +131,10 @@ def stack_up(
     e.g. `--profile google`) and the Cloud Functions control plane (gRPC on `functions_port`),
     serve each function from its folder at its stable URL, provision; yield the stack.
 
+    The functions' stable URLs (their routes' ports) are chosen first: the broker signs push
+    tokens only for the topology's push identities and those URLs (`--push-service-accounts`,
+    `--push-audiences`).
+
     Sets PUBSUB_EMULATOR_HOST and CLOUD_FUNCTIONS_EMULATOR_HOST in this process for the duration
     (restored afterwards), so the clients created inside the block talk to the local stack.
     """
@@ -141,10 +145,16 @@ def stack_up(
     forwarders: list[PullForwarder] = []
     previous = {key: os.environ.get(key) for key in ("PUBSUB_EMULATOR_HOST", EMULATOR_HOST_ENV)}
     control: ControlPlane | None = None
+    routes = Routes(_HOST)
     try:
+        urls = {
+            function.name: routes.url(function_path(topology.project, function.region, name))
+            for name, function in topology.functions.items()
+        }
         if broker is None:
             say("starting relay broker")
-            broker = _start_broker(root, logs, broker_port, broker_args, ready_timeout, children)
+            args = [*_push_allow_lists(topology, urls), *broker_args]
+            broker = _start_broker(root, logs, broker_port, args, ready_timeout, children)
         os.environ["PUBSUB_EMULATOR_HOST"] = broker.host
         say("starting the Cloud Functions control plane")
         control = ControlPlane(
@@ -153,12 +163,14 @@ def stack_up(
             certs_url=broker.certs_url,
             invokers=_invokers(topology),
             port=functions_port,
+            routes=routes,
         )
         os.environ[EMULATOR_HOST_ENV] = control.host
         served: dict[str, ServedFunction] = {}
         pending: list[tuple[Child, str]] = []
         for function in topology.functions.values():
-            child, url, own_url = _start_function(topology, function, broker, logs, control)
+            url = urls[function.name]
+            child, own_url = _start_function(topology, function, broker, logs, control)
             pending.append((child, own_url))
             served[function.name] = ServedFunction(
                 function.name,
@@ -196,7 +208,9 @@ def stack_up(
             forwarder.stop()
         # Functions first (they may still be publishing results), then the broker.
         if control is not None:
-            control.close()
+            control.close()  # its routes too
+        else:
+            routes.close()
         broker_children = [child for child in children if child.name == _BROKER]
         stop_all([child for child in children if child.name != _BROKER])
         stop_all(broker_children)
@@ -205,6 +219,25 @@ def stack_up(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _push_allow_lists(topology: Topology, urls: Mapping[str, str]) -> list[str]:
+    """`relay broker` options that let it sign push tokens only for the push functions' own
+    identities and (local) URLs."""
+    accounts = set()
+    audiences = set()
+    for function in topology.functions.values():
+        account = topology.push_service_account(function)
+        # an Eventarc trigger's subscription pushes to the function's URL as its push identity
+        if function.delivery in ("push", "eventarc") and account is not None:
+            accounts.add(account)
+            audiences.add(urls[function.name])
+    return [
+        "--push-service-accounts",
+        ",".join(sorted(accounts)),
+        "--push-audiences",
+        ",".join(sorted(audiences)),
+    ]
 
 
 def _start_broker(
@@ -216,7 +249,6 @@ def _start_broker(
     children: list[Child],
 ) -> BrokerEndpoint:
     data = root / "broker"
-    data.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
         "-m",
@@ -311,9 +343,9 @@ def _start_function(
     broker: BrokerEndpoint,
     logs: Path,
     control: ControlPlane,
-) -> tuple[Child, str, str]:
+) -> tuple[Child, str]:
     """Serve `function` from its folder at its stable URL (the one a deploy keeps); returns the
-    child, that URL and the child's own."""
+    child and the child's own URL."""
     resource = function_path(topology.project, function.region, function.name)
     url = control.url(resource)
     port = free_port(_HOST)
@@ -329,7 +361,7 @@ def _start_function(
     cwd = topology.path.parent if topology.path else None
     child = start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
     control.adopt(resource, child, port)
-    return child, url, f"http://{_HOST}:{port}/"
+    return child, f"http://{_HOST}:{port}/"
 
 
 def _invokers(topology: Topology) -> Callable[[str], tuple[str, ...]]:

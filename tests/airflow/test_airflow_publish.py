@@ -141,3 +141,16 @@ def test_a_failed_publish_removes_the_subscription_it_created(
         )
     with pytest.raises(NotFound):
         broker.subscriber().get_subscription(subscription=path, timeout=10)
+
+
+def test_the_api_endpoint_comes_from_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pub/Sub API over TLS with real credentials (not PUBSUB_EMULATOR_HOST's anonymous one)."""
+    import json
+
+    extra = {"project": "relay-test", "api_endpoint": "127.0.0.1:8443"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RELAY_TLS", json.dumps({"conn_type": "google_cloud_platform", "extra": extra})
+    )
+    assert RelayHook("relay_tls").get_client_options().api_endpoint == "127.0.0.1:8443"
+    assert RelayHook("relay_tls").get_client_options("other:1").api_endpoint == "other:1"
+    assert RelayHook().get_client_options().api_endpoint is None

@@ -98,7 +98,10 @@ def test_bad_control_bodies_are_refused_and_change_nothing(broker: Any, body: An
 
 def test_a_body_that_is_not_json_is_refused(broker: Any) -> None:
     request = urllib.request.Request(
-        f"{broker.http_url}/control", data=b"{nope", method="POST"
+        f"{broker.http_url}/control",
+        data=b"{nope",
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)

@@ -722,7 +722,8 @@ def test_e2e_oidc_token_verifies_with_broker_certs(
         topic,
         {
             "push_endpoint": explicit.url + "/fn",
-            "oidc_token": {"service_account_email": EMAIL, "audience": "https://relay.example/fn"},
+            # the audience must be the endpoint (tests/broker/test_hostile.py)
+            "oidc_token": {"service_account_email": EMAIL, "audience": explicit.url + "/fn"},
         },
     )
     _create_push(
@@ -735,7 +736,7 @@ def test_e2e_oidc_token_verifies_with_broker_certs(
     _publish(publisher, topic, b"signed")
     request = google.auth.transport.requests.Request()
     for target, audience in (
-        (explicit, "https://relay.example/fn"),
+        (explicit, explicit.url + "/fn"),
         (implicit, implicit.url + "/fn"),  # no audience configured: the endpoint URL
     ):
         (got,) = target.wait_for(1)

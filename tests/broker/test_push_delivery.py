@@ -157,10 +157,11 @@ def test_push_oidc_token_verifies_against_broker_certs(
     broker: Any, publisher: Any, topic: str, make_sub: Callable[..., str], receiver: Receiver
 ) -> None:
     email = "pusher@relay-test.iam.gserviceaccount.com"
+    endpoint = receiver.url + "/fn"  # the audience must be the endpoint (tests/broker/test_hostile)
     make_sub(
         push_config={
-            "push_endpoint": receiver.url + "/fn",
-            "oidc_token": {"service_account_email": email, "audience": "https://fn.example"},
+            "push_endpoint": endpoint,
+            "oidc_token": {"service_account_email": email, "audience": endpoint},
         }
     )
     publisher.publish(topic, b"signed").result(10)
@@ -169,7 +170,7 @@ def test_push_oidc_token_verifies_against_broker_certs(
     assert scheme == "Bearer"
     session = requests.Session()
     claims = id_token.verify_token(
-        token, AuthRequest(session), audience="https://fn.example", certs_url=broker.certs_url
+        token, AuthRequest(session), audience=endpoint, certs_url=broker.certs_url
     )
     assert claims["email"] == email
     assert claims["email_verified"] is True

@@ -15,13 +15,20 @@ from typing import Any
 from .conftest import log_lines
 
 
+def free_port() -> int:
+    """A local TCP port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class Served:
     """A `functions-framework` process serving one target; its stdout (relay's log) in a file."""
 
-    def __init__(self, target: str, source: Path, log: Path, env: dict[str, str]) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+    def __init__(
+        self, target: str, source: Path, log: Path, env: dict[str, str], port: int | None = None
+    ) -> None:
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = log
         with log.open("wb") as out:

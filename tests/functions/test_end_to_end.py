@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions
 
 from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED, ErrorInfo, Event, to_binary
 
-from ._served import Served
+from ._served import Served, free_port
 from .conftest import EXAMPLES, Completion, request_event
 
 ALLOWED = "pusher@relay-test.iam.gserviceaccount.com"
@@ -25,12 +26,12 @@ def serve(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cal
     started: dict[tuple[str, str], Served] = {}
     logs = tmp_path_factory.mktemp("served")
 
-    def start(target: str, source: Path, **env: str) -> Served:
+    def start(target: str, source: Path, port: int | None = None, **env: str) -> Served:
         key = (target, repr(sorted(env.items())))
         if key not in started:
             started[key] = Served(
                 target, source, logs / f"{target}-{len(started)}.log",
-                {"PUBSUB_EMULATOR_HOST": broker.host, **env},
+                {"PUBSUB_EMULATOR_HOST": broker.host, **env}, port,
             )  # fmt: skip
         return started[key]
 
@@ -232,30 +233,33 @@ def test_csv_profile_example(
 def test_push_oidc_tokens_from_the_broker(
     broker: Any, serve: Callable[..., Served], route: Any, completion: Completion
 ) -> None:
+    # The broker sends a token only to the endpoint its audience names (docs/broker.md, "Hostile
+    # input"), so the function's audience is its own URL, chosen before it starts; a wrong
+    # audience is refused by the broker here and by the function in test_push_auth.py.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
     guarded = serve(
         "echo",
         EXAMPLES / "echo" / "main.py",
-        RELAY_PUSH_AUDIENCE=AUDIENCE,
+        port,
+        RELAY_PUSH_AUDIENCE=url,
         RELAY_PUSH_ALLOWED_EMAILS=ALLOWED,
         RELAY_PUSH_CERTS_URL=broker.certs_url,
     )
-    allowed = route(
-        guarded.url, push={"oidc_token": {"service_account_email": ALLOWED, "audience": AUDIENCE}}
-    )
+    allowed = route(guarded.url, push={"oidc_token": {"service_account_email": ALLOWED}})
     intruder = route(
         guarded.url,
-        push={
-            "oidc_token": {
-                "service_account_email": "x@evil.iam.gserviceaccount.com",
-                "audience": AUDIENCE,
-            }
-        },
+        push={"oidc_token": {"service_account_email": "x@evil.iam.gserviceaccount.com"}},
     )
-    wrong_audience = route(guarded.url, push={"oidc_token": {"service_account_email": ALLOWED}})
+    with pytest.raises(exceptions.InvalidArgument, match="is not the push_endpoint"):
+        route(
+            guarded.url,
+            push={"oidc_token": {"service_account_email": ALLOWED, "audience": AUDIENCE}},
+        )
     no_token = route(guarded.url)
     request = request_event(completion, {"signed": True})
     allowed(request)
-    for publish in (intruder, wrong_audience, no_token):
+    for publish in (intruder, no_token):
         publish(request_event(completion, {"signed": False}))
     (result,) = completion.pull(1)
     assert result.data == {"signed": True}

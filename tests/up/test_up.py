@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions
 
 from relay.protocol import RESULT_SUCCEEDED, new_request, to_binary
 from relay.topology import parse_topology
@@ -124,6 +125,19 @@ def test_up_runs_the_topology_and_stops_cleanly(
         assert seen.event.causationid == request.id
         # The live view printed it too.
         _wait_for(output, rf"{RESULT_SUCCEEDED}\s+corr={request.id}", process, 10)
+        # The broker signs push tokens only for the topology's identities and function URLs.
+        identity = "relay-push@relay-local.iam.gserviceaccount.com"
+        with pytest.raises(exceptions.PermissionDenied, match="--push-audiences"):
+            pubsub_v1.SubscriberClient().create_subscription(
+                request={
+                    "name": "projects/relay-local/subscriptions/stolen-tokens",
+                    "topic": "projects/relay-local/topics/relay-echo-requests",
+                    "push_config": {
+                        "push_endpoint": "http://127.0.0.1:1/",
+                        "oidc_token": {"service_account_email": identity},
+                    },
+                }
+            )
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

@@ -10,6 +10,7 @@ beside relay up's own, verifies invokers against relay up's broker and creates E
 subscriptions on it.
 """
 
+from relay.up.control_plane._routes import Routes
 from relay.up.control_plane._server import ControlPlane
 
-__all__ = ["ControlPlane"]
+__all__ = ["ControlPlane", "Routes"]

@@ -61,7 +61,7 @@ class Revisions:
 
     def url(self, function: str) -> str:
         """The stable URL of `function` (its route opens on first use)."""
-        return f"http://{_HOST}:{self.routes.open(function)}"
+        return self.routes.url(function)
 
     def adopt(self, function: str, child: Child, port: int) -> None:
         """Serve `function` from a process started elsewhere (relay up's, from the source folder),

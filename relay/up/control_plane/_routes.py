@@ -36,6 +36,10 @@ class Routes:
             self._ports[name] = future.result(timeout=10)
         return self._ports[name]
 
+    def url(self, name: str) -> str:
+        """`http://HOST:PORT`, the stable URL of `name` (like a Cloud Run service URL: no path)."""
+        return f"http://{self.host}:{self.open(name)}"
+
     def point(self, name: str, backend_port: int | None) -> None:
         """Send `name`'s new connections to `backend_port` (None: refuse them)."""
         if backend_port is None:

@@ -32,11 +32,14 @@ class ControlPlane:
         invokers: Callable[[str], tuple[str, ...]] = lambda _: (),
         port: int = 0,
         base_env: Mapping[str, str] | None = None,
+        routes: Routes | None = None,
     ) -> None:
+        """`routes`: the functions' stable URLs, when they had to be known before (relay up gives
+        them to the broker's push allow lists); the control plane closes them."""
         self.root = root
         self._pubsub_host = pubsub_host
         self._clients: dict[str, Any] = {}
-        self.routes = Routes(_HOST)
+        self.routes = routes or Routes(_HOST)
         self.revisions = Revisions(
             self.routes,
             pubsub_host=pubsub_host,
