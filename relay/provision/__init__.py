@@ -12,6 +12,7 @@ from relay.provision._desired import (
     desired_topics,
     subscription_path,
     topic_path,
+    trigger_subscription_prefix,
 )
 from relay.provision._iam import SERVICE_AGENT, Binding, gcloud_command, gcloud_script, iam_bindings
 from relay.provision._pubsub import (
@@ -20,6 +21,7 @@ from relay.provision._pubsub import (
     ProvisionError,
     admin_clients,
     apply,
+    configure_triggers,
     plan,
     provision,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "TopicSettings",
     "admin_clients",
     "apply",
+    "configure_triggers",
     "desired_subscriptions",
     "desired_topics",
     "gcloud_command",
@@ -44,4 +47,5 @@ __all__ = [
     "provision",
     "subscription_path",
     "topic_path",
+    "trigger_subscription_prefix",
 ]

@@ -10,9 +10,12 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from relay.provision._desired import trigger_subscription_prefix
 from relay.topology import Topology
 
-ResourceKind = Literal["topic", "subscription", "function", "service_account", "project"]
+ResourceKind = Literal[
+    "topic", "subscription", "trigger_subscription", "function", "service_account", "project"
+]
 
 WAITER_ROLE_ID = "relayWaiter"
 WAITER_PERMISSIONS = (
@@ -112,6 +115,18 @@ def iam_bindings(topology: Topology) -> tuple[Binding, ...]:
                 f"{function.dead_letter_topic}",
             )
         )
+        if function.delivery == "eventarc":
+            bindings.append(
+                Binding(
+                    "trigger_subscription",
+                    function.name,
+                    "roles/pubsub.subscriber",
+                    SERVICE_AGENT,
+                    f"Pub/Sub acknowledges what it dead-letters from {function.name}'s Eventarc "
+                    "trigger subscription (which exists once relay deploy created the function)",
+                )
+            )
+            continue
         bindings.append(
             Binding(
                 "subscription",
@@ -159,6 +174,14 @@ def gcloud_command(binding: Binding, topology: Topology) -> str:
         return f"gcloud pubsub topics add-iam-policy-binding {resource} {flags}"
     if binding.kind == "subscription":
         return f"gcloud pubsub subscriptions add-iam-policy-binding {resource} {flags}"
+    if binding.kind == "trigger_subscription":
+        function = topology.functions[binding.resource]
+        prefix = trigger_subscription_prefix(topology, function).rpartition("/")[2]
+        lookup = (
+            f"$(gcloud pubsub topics list-subscriptions {shlex.quote(function.topic)} "
+            f"--project={project} --format='value(.)' | grep -m1 /{prefix})"
+        )
+        return f'gcloud pubsub subscriptions add-iam-policy-binding "{lookup}" {flags}'
     if binding.kind == "function":
         # A 2nd-gen function is a Cloud Run service of the same name.
         region = shlex.quote(topology.region)
@@ -201,7 +224,8 @@ def gcloud_script(topology: Topology) -> str:
     ]
     if runtime:
         lines.append(
-            "# Deploy each function to run as its runtime identity (gcloud functions deploy):"
+            "# relay deploy runs each function as its runtime identity (the account deploying "
+            "needs iam.serviceAccounts.actAs on it):"
         )
         lines.extend(runtime)
     lines.append(

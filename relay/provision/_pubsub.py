@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,6 +21,9 @@ from relay.provision._desired import (
     TopicSettings,
     desired_subscriptions,
     desired_topics,
+    topic_path,
+    trigger_settings,
+    trigger_subscription_prefix,
     update_mask,
 )
 from relay.topology import Topology
@@ -28,7 +31,9 @@ from relay.topology import Topology
 if TYPE_CHECKING:
     from google.pubsub_v1 import PublisherClient, SubscriberClient
 
-Action = Literal["create", "update", "unchanged", "conflict"]
+Action = Literal["create", "update", "unchanged", "conflict", "pending"]
+"""`pending`: an Eventarc trigger's subscription that does not exist yet (relay deploy creates the
+trigger, then configures it)."""
 _TIMEOUT = 30.0
 
 
@@ -126,7 +131,86 @@ def plan(topology: Topology, publisher: PublisherClient, subscriber: SubscriberC
         differences = desired.differences(actual)
         action = "update" if differences else "unchanged"
         changes.append(Change("subscription", desired.name, action, differences, desired))
+    changes.extend(trigger_changes(topology, publisher, subscriber))
     return Plan(topology.project, tuple(changes))
+
+
+def trigger_changes(
+    topology: Topology,
+    publisher: PublisherClient,
+    subscriber: SubscriberClient,
+    functions: Collection[str] | None = None,
+) -> list[Change]:
+    """Eventarc trigger subscriptions on the request topics: an eventarc function's, with relay's
+    ack deadline, retry and dead-letter policy (its push config stays Eventarc's); and, beside a
+    push or pull function's own subscription, a trigger's is a conflict (every request twice)."""
+    from google.api_core import exceptions
+
+    changes: list[Change] = []
+    for function in topology.functions.values():
+        if functions is not None and function.name not in functions:
+            continue
+        prefix = trigger_subscription_prefix(topology, function)
+        try:
+            attached = publisher.list_topic_subscriptions(
+                request={"topic": topic_path(topology.project, function.topic)}, timeout=_TIMEOUT
+            )
+            triggers = [name for name in attached if name.startswith(prefix)]
+        except exceptions.NotFound:
+            triggers = []
+        if function.delivery != "eventarc":
+            changes.extend(
+                Change(
+                    "subscription",
+                    name,
+                    "conflict",
+                    (
+                        f"an Eventarc trigger's subscription on {function.topic}, beside "
+                        f"{function.subscription}: {function.name} would get every request twice; "
+                        f"delete the trigger (gcloud functions delete {function.name} --region "
+                        f"{function.region}) or make it `delivery: eventarc`",
+                    ),
+                )
+                for name in triggers
+            )
+            continue
+        if not triggers:
+            detail = (
+                f"Eventarc creates it with {function.name}'s trigger: relay deploy does, then sets "
+                "its ack deadline, retry and dead-letter policy"
+            )
+            changes.append(Change("subscription", f"{prefix}*", "pending", (detail,)))
+            continue
+        if len(triggers) > 1:
+            detail = f"{len(triggers)} Eventarc triggers deliver to {function.name}: keep one"
+            changes.extend(Change("subscription", name, "conflict", (detail,)) for name in triggers)
+            continue
+        current = _settings_from_proto(
+            subscriber.get_subscription(request={"subscription": triggers[0]}, timeout=_TIMEOUT)
+        )
+        desired = trigger_settings(topology, function, triggers[0], current.push)
+        differences = desired.differences(current)
+        action: Action = "update" if differences else "unchanged"
+        changes.append(Change("subscription", desired.name, action, differences, desired))
+    return changes
+
+
+def configure_triggers(
+    topology: Topology,
+    functions: Collection[str],
+    *,
+    clients: tuple[PublisherClient, SubscriberClient] | None = None,
+) -> Plan:
+    """Give the Eventarc triggers of `functions` relay's subscription settings (what `relay
+    provision` does for them too, so either may run first); returns what it changed."""
+    with ExitStack() as stack:
+        if clients is None:
+            clients = stack.enter_context(admin_clients())
+        publisher, subscriber = clients
+        changes = trigger_changes(topology, publisher, subscriber, functions)
+        result = Plan(topology.project, tuple(changes))
+        apply(result, publisher, subscriber)
+        return result
 
 
 def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) -> None:
@@ -138,6 +222,8 @@ def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) 
         lines = "\n".join(f"  {c.short_name}: {'; '.join(c.details)}" for c in plan.conflicts)
         raise ProvisionError(f"nothing changed, the topology conflicts with the project:\n{lines}")
     for change in plan.pending:
+        if change.action == "pending":
+            continue
         try:
             if isinstance(change.settings, TopicSettings):
                 request = _topic_to_proto(change.settings)

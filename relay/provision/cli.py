@@ -13,10 +13,27 @@ from relay.provision._pubsub import Plan, ProvisionError
 from relay.provision._pubsub import provision as provision_topology
 from relay.topology import DEFAULT_FILE, TopologyError, load_topology
 
-_MARKS = {"create": "+", "update": "~", "unchanged": "=", "conflict": "!"}
-_STYLES = {"create": "green", "update": "yellow", "unchanged": "dim", "conflict": "bold red"}
-_PAST = {"create": "created", "update": "updated", "unchanged": "unchanged", "conflict": "conflict"}
-_FUTURE = {"create": "would create", "update": "would update", "unchanged": "unchanged"}
+_MARKS = {"create": "+", "update": "~", "unchanged": "=", "conflict": "!", "pending": "…"}
+_STYLES = {
+    "create": "green",
+    "update": "yellow",
+    "unchanged": "dim",
+    "conflict": "bold red",
+    "pending": "cyan",
+}
+_PAST = {
+    "create": "created",
+    "update": "updated",
+    "unchanged": "unchanged",
+    "conflict": "conflict",
+    "pending": "pending (relay deploy)",
+}
+_FUTURE = {
+    "create": "would create",
+    "update": "would update",
+    "unchanged": "unchanged",
+    "pending": "pending (relay deploy)",
+}
 
 
 def render_plan(console: Console, plan: Plan, *, dry_run: bool) -> None:
