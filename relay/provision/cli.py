@@ -11,7 +11,13 @@ import click
 from rich.console import Console
 
 from relay.provision._errors import ProvisionError
-from relay.provision._iam import SERVICE_AGENT, gcloud_script, iam_bindings, project_grants
+from relay.provision._iam import (
+    PUBSUB_KINDS,
+    SERVICE_AGENT,
+    gcloud_script,
+    iam_bindings,
+    project_grants,
+)
 from relay.provision._pubsub import Plan
 from relay.provision._pubsub import provision as provision_topology
 from relay.topology import DEFAULT_FILE, TopologyError, load_topology
@@ -168,7 +174,7 @@ def provision(
         agent = sum(
             1
             for b in iam_bindings(topology)
-            if b.member == SERVICE_AGENT and b.kind in ("topic", "subscription")
+            if b.member == SERVICE_AGENT and b.kind in PUBSUB_KINDS
         )
         if agent:
             console.print(
@@ -180,7 +186,12 @@ def provision(
             )
     if grants_file is not None:
         grants = project_grants(topology, project_number=project_number, provisioner=provisioner)
-        grants_file.write_text(json.dumps(grants, indent=2) + "\n", encoding="utf-8")
+        try:
+            grants_file.write_text(json.dumps(grants, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(
+                f"--grants-file: cannot write {grants_file} ({exc.strerror or exc})"
+            ) from exc
         console.print(f"wrote the grants Pub/Sub cannot set to {grants_file}", highlight=False)
     if iam:
         console.rule("IAM that Pub/Sub cannot set — review, then apply with gcloud")

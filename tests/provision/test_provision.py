@@ -270,6 +270,8 @@ def test_cli_dry_run_then_apply_then_unchanged(
     dry = runner.invoke(provision_command, ["--file", str(file), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "dry run, nothing changed: would create 8" in dry.output
+    # Without --project-number the service agent's bindings are printed, not set.
+    assert "not set: 4 bindings of the Pub/Sub service agent" in dry.output
     assert "gcloud pubsub topics add-iam-policy-binding" in dry.output
     terminal = dry.output[dry.output.index(f"subscription {names['final']}") :]
     assert "message_retention_duration: 7d" in terminal
