@@ -1,4 +1,5 @@
-"""Plan and apply a topology against a Pub/Sub project with the google-cloud-pubsub admin clients.
+"""Plan and apply a topology against a Pub/Sub project with the google-cloud-pubsub admin clients
+(its IAM bindings through `_policies`).
 
 The same code serves Google Cloud (ADC) and `relay broker` (PUBSUB_EMULATOR_HOST): the GAPIC
 clients switch to an insecure channel with anonymous credentials when that variable is set.
@@ -10,7 +11,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from relay.provision._desired import (
@@ -26,6 +27,9 @@ from relay.provision._desired import (
     trigger_subscription_prefix,
     update_mask,
 )
+from relay.provision._errors import ProvisionError
+from relay.provision._iam import iam_bindings, settable
+from relay.provision._policies import IamChange, sync_policies
 from relay.topology import Topology
 
 if TYPE_CHECKING:
@@ -35,10 +39,6 @@ Action = Literal["create", "update", "unchanged", "conflict", "pending"]
 """`pending`: an Eventarc trigger's subscription that does not exist yet (relay deploy creates the
 trigger, then configures it)."""
 _TIMEOUT = 30.0
-
-
-class ProvisionError(RuntimeError):
-    """Provisioning cannot proceed (a conflict the topology cannot resolve, or an API failure)."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,12 @@ class Change:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every resource of a topology with its action, topics first."""
+    """Every resource of a topology with its action, topics first; and the topic and
+    subscription IAM bindings set (or, in a dry run, to be set) through Pub/Sub."""
 
     project: str
     changes: tuple[Change, ...]
+    iam: tuple[IamChange, ...] = ()
 
     @property
     def pending(self) -> tuple[Change, ...]:
@@ -79,6 +81,10 @@ class Plan:
         """Number of changes per action."""
         return dict(Counter(change.action for change in self.changes))
 
+    def iam_counts(self) -> dict[str, int]:
+        """Number of IAM bindings per action (add, present)."""
+        return dict(Counter(change.action for change in self.iam))
+
 
 @contextmanager
 def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
@@ -90,9 +96,17 @@ def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
             "provisioning needs google-cloud-pubsub: install relay with an extra that has it, "
             "e.g. `pip install 'relay[functions]'`"
         ) from exc
+    from google.auth.exceptions import DefaultCredentialsError
+
     with ExitStack() as stack:
-        publisher = stack.enter_context(PublisherClient())
-        subscriber = stack.enter_context(SubscriberClient())
+        try:
+            publisher = stack.enter_context(PublisherClient())
+            subscriber = stack.enter_context(SubscriberClient())
+        except DefaultCredentialsError as exc:
+            raise ProvisionError(
+                f"no credentials for Google Cloud ({exc}); or set PUBSUB_EMULATOR_HOST to "
+                "provision a local relay broker"
+            ) from exc
         yield publisher, subscriber
 
 
@@ -260,10 +274,15 @@ def provision(
     *,
     dry_run: bool = False,
     clients: tuple[PublisherClient, SubscriberClient] | None = None,
+    iam: bool = True,
+    project_number: int | None = None,
 ) -> Plan:
-    """Create or update the topology's topics and subscriptions; returns what it did (or would do).
+    """Create or update the topology's topics and subscriptions, then (with `iam`) add their
+    IAM bindings through Pub/Sub; returns what it did (or would do).
 
-    Idempotent: a second run plans only `unchanged`. With `dry_run` it only reads.
+    The Pub/Sub service agent's bindings need the project's number (`project_number`); without
+    it they are left out (`gcloud_script` prints them). Idempotent: a second run plans only
+    `unchanged` and `present`. With `dry_run` it only reads.
     """
     from google.api_core import exceptions
 
@@ -277,6 +296,16 @@ def provision(
             raise ProvisionError(f"cannot read project {topology.project}: {exc}") from exc
         if not dry_run:
             apply(result, publisher, subscriber)
+        if iam:
+            bindings = iam_bindings(topology, project_number=project_number)
+            changes = sync_policies(
+                topology.project,
+                (b for b in bindings if settable(b)),
+                publisher,
+                subscriber,
+                dry_run=dry_run,
+            )
+            result = replace(result, iam=changes)
         return result
 
 
