@@ -179,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="more `relay broker` options, e.g. '--profile google --admin-latency 0.2'",
     )
     parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="relay deploy every function to relay up's control plane first: the pipeline then "
+        "runs against the deployed archives",
+    )
+    parser.add_argument(
         "--run-dag", nargs=3, metavar=("DAG_FILE", "CONF_JSON", "REPORT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -235,18 +241,21 @@ def _demo(args: argparse.Namespace) -> int:
     )
     counter = _Counter()
     started = time.monotonic()
+    local = with_csv_inputs(topology, run_dir / "csv")
     try:
         with ExitStack() as resources:
             with console.status("bringing the stack up") as status:
                 stack = resources.enter_context(
                     stack_up(
-                        with_csv_inputs(topology, run_dir / "csv"),
+                        local,
                         data_dir=run_dir / "stack",
                         broker_args=shlex.split(args.broker_args),
                         status=status.update,
                     )
                 )
             render_stack(console, stack)
+            if args.deploy:
+                _deploy_locally(console, local)
             env = airflow_environment(run_dir, dags_folder, topology.project, stack.broker.host)
             with console.status("airflow db migrate (SQLite)"):
                 migrated = _run_logged(
@@ -276,6 +285,23 @@ def _demo(args: argparse.Namespace) -> int:
         console.print(f"[red]the stack failed[/]\n{exc}", highlight=False)
         return 1
     return _report(console, run_dir, expected, counter, time.monotonic() - started)
+
+
+def _deploy_locally(console: Console, topology: Topology) -> None:
+    """`relay deploy` to the stack's control plane (CLOUD_FUNCTIONS_EMULATOR_HOST)."""
+    from relay.deploy import deploy
+    from relay.deploy.cli import render_deploy_plan
+
+    with console.status("relay deploy") as status:
+        plan, deployed = deploy(
+            topology, progress=lambda name, text: status.update(f"relay deploy: {name}: {text}")
+        )
+    render_deploy_plan(console, plan, dry_run=False)
+    for item in deployed:
+        console.print(
+            f"  {item.change.desired.function_id}: {item.state} at {item.uri} (deployed)",
+            highlight=False,
+        )
 
 
 def _csv_topic(topology: Topology) -> str:

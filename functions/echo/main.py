@@ -5,7 +5,7 @@
 is counted only on subscriptions with a dead-letter policy).
 
 Run locally:  functions-framework --source functions/echo/main.py --target echo --port 8080
-Deploy:       see docs/functions.md (gcloud functions deploy --gen2 --entry-point echo ...)
+Deploy:       relay deploy echo (docs/functions.md#deploying-relay-deploy)
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from relay.protocol import Event, to_binary
 
@@ -31,12 +30,6 @@ def http_parts(event: Event) -> tuple[dict[str, str], bytes]:
         ("Content-Type" if k == "content-type" else k): v for k, v in message.attributes.items()
     }
     return headers, message.data
-
-
-def default_audience(url: str) -> str:
-    """Cloud Run / Cloud Functions expect the service URL (scheme + host) as the audience."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)

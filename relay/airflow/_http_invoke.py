@@ -20,7 +20,6 @@ from relay.airflow._defer_after import DEFER_GRACE, finish_or_defer
 from relay.airflow._http import (
     DEFAULT_FAIL_FAST_STATUSES,
     HttpPolicy,
-    default_audience,
     encode_body,
     http_parts,
     post_sync,
@@ -42,6 +41,7 @@ from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow._wait import COLLECT_ALL, ResultWait, WaitOutcome, from_legacy
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
 from relay.airflow.hooks import RelayHook
+from relay.protocol import default_audience
 
 
 class RelayHttpInvokeOperator(BaseOperator):
@@ -56,15 +56,22 @@ class RelayHttpInvokeOperator(BaseOperator):
     RelayCallOperator) or the function's JSON answer. XCom keys "event_ids"/"correlation_ids" as the
     Pub/Sub operators.
 
-    :param url: the function's HTTPS URL (templated).
+    :param url: the function's HTTPS URL (templated); or
+    :param function: a deployed function's id (with `region`) or full resource name
+        (templated): its URL is GetFunction's `service_config.uri`, looked up at execution.
+    :param region: the function's region (with a function id).
     :param reply_topic: completion topic for the result (the function publishes there).
-    :param audience: ID token audience; default: the URL's scheme and host.
+    :param audience: ID token audience; default what Google checks for that kind of URL: a
+        `*.run.app` URL's scheme and host, a `*.cloudfunctions.net` URL's host and function name
+        (relay.protocol.default_audience).
     :param settle: deferrable only: seconds after each deferral before its trigger may fire
         (default `[workers] min_heartbeat_interval` + 3; works around apache/airflow#72716).
     """
 
     template_fields: Sequence[str] = (
         "url",
+        "function",
+        "region",
         "reply_topic",
         "event_type",
         "data",
@@ -78,7 +85,9 @@ class RelayHttpInvokeOperator(BaseOperator):
     def __init__(
         self,
         *,
-        url: str,
+        url: str | None = None,
+        function: str | None = None,
+        region: str | None = None,
         event_type: str,
         reply_topic: str,
         data: Any = None,
@@ -103,7 +112,11 @@ class RelayHttpInvokeOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.settle = None if settle is None else resolve_settle(settle)
+        if (url is None) == (function is None):
+            raise RelayConfigError("give exactly one of url and function")
         self.url = url
+        self.function = function
+        self.region = region
         self.event_type = event_type
         self.reply_topic = reply_topic
         self.data = data
@@ -135,6 +148,10 @@ class RelayHttpInvokeOperator(BaseOperator):
         """Build, (subscribe), POST; then wait for the result or return the answer."""
         hook = self._hook()
         deadline = time.time() + self.timeout
+        if self.url is None:
+            assert self.function is not None
+            self.url = hook.function_url(self.function, self.region)
+            self.log.info("function %s is served at %s", self.function, self.url)
         (event,) = build_requests(
             self.event_type,
             [self.data],
@@ -150,7 +167,7 @@ class RelayHttpInvokeOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key="event_ids", value=[event.id])
         ti.xcom_push(key="correlation_ids", value=[cid])
-        carry: dict[str, Any] = {"deadline": deadline}
+        carry: dict[str, Any] = {"deadline": deadline, "url": self.url}
         if self.wait_for_result:
             carry["wait"] = ResultWait(
                 completion_topic=hook.topic_path(self.reply_topic),
@@ -198,7 +215,7 @@ class RelayHttpInvokeOperator(BaseOperator):
             if wait is not None:
                 hook.delete_subscriptions(list(wait.subscriptions()))
             raise RelayHttpError(
-                self.url,
+                str(carry.get("url") or self.url),
                 int(event.get("attempts") or 0),
                 event.get("code"),
                 str(event.get("detail")),

@@ -364,6 +364,41 @@ class RelayHook(GoogleBaseHook):
                 pause = min(pause * 2, 10.0)
         raise AssertionError("unreachable")
 
+    # -- the direct HTTPS path: a function's URL, ID tokens ----------------------------------------
+
+    def function_url(self, function: str, region: str | None = None) -> str:
+        """The URL of a deployed Cloud Function (`service_config.uri` from GetFunction).
+
+        `function` is a full `projects/P/locations/R/functions/F` name, or an id with `region`
+        (the project is the hook's). Honours CLOUD_FUNCTIONS_EMULATOR_HOST (relay up).
+        """
+        from google.api_core import exceptions
+
+        from relay.deploy import function_client
+        from relay.protocol import function_path, parse_function_path
+
+        if parse_function_path(function) is not None:
+            name = function
+        elif region:
+            name = function_path(self.relay_project_id, region, function)
+        else:
+            raise RelayConfigError(
+                f"function {function!r} needs a region (or a full projects/P/locations/R/"
+                "functions/F name)"
+            )
+        credentials = None if self.is_anonymous else self.get_credentials()
+        client = function_client(credentials)
+        try:
+            found = client.get_function(request={"name": name}, timeout=30)
+        except exceptions.NotFound as exc:
+            raise RelayConfigError(f"function {name} is not deployed: {exc.message}") from exc
+        finally:
+            client.transport.close()
+        uri = str(found.service_config.uri)
+        if not uri:
+            raise RelayConfigError(f"function {name} has no URL yet (state {found.state.name})")
+        return uri
+
     # -- ID tokens for the direct HTTPS path ------------------------------------------------------
 
     def id_token_credentials(self, audience: str) -> Any | None:

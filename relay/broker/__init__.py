@@ -1,8 +1,10 @@
 """relay broker: a persistent, Pub/Sub-API-compatible broker for local runs and tests.
 
 Run it with `relay broker` (see `relay.broker.cli`) and point the google-cloud-pubsub clients at
-it with PUBSUB_EMULATOR_HOST. In-process use: `BrokerServer(ServerOptions(data_dir=...))`;
-`ServerOptions(behaviour=Behaviour.google(seed=1))` behaves in every way Google is allowed to.
+it with PUBSUB_EMULATOR_HOST, or with `--require-auth` at its API endpoint over TLS with real
+credentials from its metadata servers (docs/broker.md). In-process use:
+`BrokerServer(ServerOptions(data_dir=...))`; `ServerOptions(behaviour=Behaviour.google(seed=1))`
+behaves in every way Google is allowed to.
 """
 
 from __future__ import annotations

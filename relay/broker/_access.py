@@ -1,7 +1,7 @@
 """Who holds which permission on which resource: the stored IAM policies plus the --grants file.
 
 A principal holds a permission on a resource when a binding on the resource itself (its IAM
-policy as SetIamPolicy stored it, or a resource binding of the grants file) or on its project
+policy as SetIamPolicy stored it; for a service account, the grants file) or on its project
 (the grants file) gives it, by name or as allUsers/allAuthenticatedUsers, a role with that
 permission. That is Google's inheritance with the project as the only ancestor; groups, domains,
 deny policies and conditions are not resolved (a binding naming them grants nothing here).

@@ -7,10 +7,10 @@
 ```
 
 A binding's `resource` is a project (`projects/P`: it applies to every resource in it, as a
-project-level grant does on Google), a service account (`projects/P/serviceAccounts/EMAIL`, for
-`iam.serviceAccounts.actAs`) or a Pub/Sub resource (`projects/P/topics/T`, ...: as if it were in
-that resource's IAM policy). Everything is checked when the broker starts; a mistake names its
-place in the file and the broker does not start.
+project-level grant does on Google) or a service account (`projects/P/serviceAccounts/EMAIL`, for
+`iam.serviceAccounts.actAs`): what Pub/Sub's own SetIamPolicy cannot set (`relay provision`
+writes this file, `project_grants`). Everything is checked when the broker starts; a mistake names
+its place in the file and the broker does not start.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from typing import Any
 
 from relay.broker._iam import is_custom_role, is_member
 from relay.broker._roles import PREDEFINED_ROLES
-from relay.protocol import is_local_project_id, is_resource_id
+from relay.protocol import is_local_project_id
 
 __all__ = ["Grants", "GrantsError"]
 
 _PERMISSION = re.compile(r"[a-z][a-zA-Z0-9]*(\.[a-zA-Z][a-zA-Z0-9]*){2}")
 _EMAIL = re.compile(r"[^@\s:?/]+@[^@\s:?/]+")
-_COLLECTIONS = ("topics", "subscriptions", "snapshots", "schemas")
 _MAX_FILE = 4 * 1024 * 1024
 
 
@@ -113,9 +112,9 @@ def _binding(
     resource, role, members = entry["resource"], entry["role"], entry["members"]
     if not isinstance(resource, str) or not _resource_ok(resource):
         raise GrantsError(
-            f"{where}.resource: {str(resource)[:200]!r} is not projects/P, "
-            "projects/P/serviceAccounts/EMAIL or projects/P/{topics|subscriptions|snapshots|"
-            "schemas}/ID"
+            f"{where}.resource: {str(resource)[:200]!r} is not projects/P or "
+            "projects/P/serviceAccounts/EMAIL (bindings on topics, subscriptions, snapshots and "
+            "schemas belong in their IAM policies: SetIamPolicy)"
         )
     if not isinstance(role, str) or (role not in PREDEFINED_ROLES and role not in roles):
         raise GrantsError(
@@ -139,8 +138,4 @@ def _resource_ok(resource: str) -> bool:
         return False
     if len(parts) == 2:
         return True
-    if len(parts) != 4:
-        return False
-    if parts[2] == "serviceAccounts":
-        return _EMAIL.fullmatch(parts[3]) is not None
-    return parts[2] in _COLLECTIONS and is_resource_id(parts[3])
+    return len(parts) == 4 and parts[2] == "serviceAccounts" and bool(_EMAIL.fullmatch(parts[3]))

@@ -9,6 +9,7 @@ import click
 # name -> "module:attribute" of a click command; imported only when the command runs.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("relay.broker.cli:broker", "Run the local Pub/Sub-compatible broker."),
+    "deploy": ("relay.deploy.cli:deploy", "Deploy the topology's functions to Cloud Functions."),
     "provision": ("relay.provision.cli:provision", "Create or update the topology in Pub/Sub."),
     "up": ("relay.up.cli:up", "Run the whole topology locally: broker, functions, live events."),
 }

@@ -9,7 +9,7 @@
         return {"echo": request.data["text"]}          # -> succeeded result, then ack
 
 `handle` is a functions-framework CloudEvent function: `functions-framework --target handle`
-serves it, `gcloud functions deploy --gen2 --trigger-topic T --entry-point handle` deploys it.
+serves it, `relay deploy` deploys it (docs/functions.md#deploying-relay-deploy).
 It accepts Eventarc Pub/Sub events, Pub/Sub pushes (wrapped or no_wrapper) and direct HTTP
 CloudEvents; it publishes the result to the request's replyto topic before answering 2xx; any
 other exception answers 5xx so Pub/Sub retries. See docs/functions.md.

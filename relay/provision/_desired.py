@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from relay.protocol import EVENTARC_SUBSCRIPTION_PREFIX
 from relay.topology import Function, RetryPolicy, Subscription, Topology
 
 
@@ -176,11 +177,31 @@ def desired_topics(topology: Topology) -> tuple[TopicSettings, ...]:
 def desired_subscriptions(topology: Topology) -> tuple[SubscriptionSettings, ...]:
     """One subscription per function, the pull subscriptions on the completion topic, then one
     per terminal dead-letter topic (kept 7 days, never expiring)."""
-    settings = [_for_function(topology, function) for function in topology.functions.values()]
+    settings = [
+        _for_function(topology, function)
+        for function in topology.functions.values()
+        if function.delivery != "eventarc"  # Eventarc creates its trigger's subscription
+    ]
     settings.extend(_for_pull(topology, sub) for sub in topology.completion_subscriptions)
     terminal = KeepSettings(TERMINAL_RETENTION_SECONDS, None)
     settings.extend(_for_pull(topology, sub, terminal) for sub in topology.terminal_subscriptions)
     return tuple(settings)
+
+
+def trigger_subscription_prefix(topology: Topology, function: Function) -> str:
+    """How the subscription of `function`'s Eventarc trigger is named, up to its numbers:
+    `projects/P/subscriptions/eventarc-REGION-FUNCTION-` (the trigger is FUNCTION-NNNNNN)."""
+    return subscription_path(
+        topology.project, f"{EVENTARC_SUBSCRIPTION_PREFIX}{function.region}-{function.name}-"
+    )
+
+
+def trigger_settings(
+    topology: Topology, function: Function, name: str, push: PushSettings | None
+) -> SubscriptionSettings:
+    """What relay manages on an Eventarc trigger's subscription `name`: ack deadline, retry and
+    dead-letter policy from the topology; its push config stays Eventarc's (`push`)."""
+    return replace(_for_function(topology, function), name=name, push=push)
 
 
 def _for_function(topology: Topology, function: Function) -> SubscriptionSettings:

@@ -1,4 +1,5 @@
-"""Plan and apply a topology against a Pub/Sub project with the google-cloud-pubsub admin clients.
+"""Plan and apply a topology against a Pub/Sub project with the google-cloud-pubsub admin clients
+(its IAM bindings through `_policies`).
 
 The same code serves Google Cloud (ADC) and `relay broker` (PUBSUB_EMULATOR_HOST): the GAPIC
 clients switch to an insecure channel with anonymous credentials when that variable is set.
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from relay.provision._desired import (
@@ -21,19 +22,23 @@ from relay.provision._desired import (
     TopicSettings,
     desired_subscriptions,
     desired_topics,
+    topic_path,
+    trigger_settings,
+    trigger_subscription_prefix,
     update_mask,
 )
+from relay.provision._errors import ProvisionError
+from relay.provision._iam import iam_bindings, settable
+from relay.provision._policies import IamChange, sync_policies
 from relay.topology import Topology
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import PublisherClient, SubscriberClient
 
-Action = Literal["create", "update", "unchanged", "conflict"]
+Action = Literal["create", "update", "unchanged", "conflict", "pending"]
+"""`pending`: an Eventarc trigger's subscription that does not exist yet (relay deploy creates the
+trigger, then configures it)."""
 _TIMEOUT = 30.0
-
-
-class ProvisionError(RuntimeError):
-    """Provisioning cannot proceed (a conflict the topology cannot resolve, or an API failure)."""
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,12 @@ class Change:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every resource of a topology with its action, topics first."""
+    """Every resource of a topology with its action, topics first; and the topic and
+    subscription IAM bindings set (or, in a dry run, to be set) through Pub/Sub."""
 
     project: str
     changes: tuple[Change, ...]
+    iam: tuple[IamChange, ...] = ()
 
     @property
     def pending(self) -> tuple[Change, ...]:
@@ -74,6 +81,10 @@ class Plan:
         """Number of changes per action."""
         return dict(Counter(change.action for change in self.changes))
 
+    def iam_counts(self) -> dict[str, int]:
+        """Number of IAM bindings per action (add, present)."""
+        return dict(Counter(change.action for change in self.iam))
+
 
 @contextmanager
 def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
@@ -85,9 +96,17 @@ def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
             "provisioning needs google-cloud-pubsub: install relay with an extra that has it, "
             "e.g. `pip install 'relay[functions]'`"
         ) from exc
+    from google.auth.exceptions import DefaultCredentialsError
+
     with ExitStack() as stack:
-        publisher = stack.enter_context(PublisherClient())
-        subscriber = stack.enter_context(SubscriberClient())
+        try:
+            publisher = stack.enter_context(PublisherClient())
+            subscriber = stack.enter_context(SubscriberClient())
+        except DefaultCredentialsError as exc:
+            raise ProvisionError(
+                f"no credentials for Google Cloud ({exc}); or set PUBSUB_EMULATOR_HOST to "
+                "provision a local relay broker"
+            ) from exc
         yield publisher, subscriber
 
 
@@ -126,7 +145,86 @@ def plan(topology: Topology, publisher: PublisherClient, subscriber: SubscriberC
         differences = desired.differences(actual)
         action = "update" if differences else "unchanged"
         changes.append(Change("subscription", desired.name, action, differences, desired))
+    changes.extend(trigger_changes(topology, publisher, subscriber))
     return Plan(topology.project, tuple(changes))
+
+
+def trigger_changes(
+    topology: Topology,
+    publisher: PublisherClient,
+    subscriber: SubscriberClient,
+    functions: Collection[str] | None = None,
+) -> list[Change]:
+    """Eventarc trigger subscriptions on the request topics: an eventarc function's, with relay's
+    ack deadline, retry and dead-letter policy (its push config stays Eventarc's); and, beside a
+    push or pull function's own subscription, a trigger's is a conflict (every request twice)."""
+    from google.api_core import exceptions
+
+    changes: list[Change] = []
+    for function in topology.functions.values():
+        if functions is not None and function.name not in functions:
+            continue
+        prefix = trigger_subscription_prefix(topology, function)
+        try:
+            attached = publisher.list_topic_subscriptions(
+                request={"topic": topic_path(topology.project, function.topic)}, timeout=_TIMEOUT
+            )
+            triggers = [name for name in attached if name.startswith(prefix)]
+        except exceptions.NotFound:
+            triggers = []
+        if function.delivery != "eventarc":
+            changes.extend(
+                Change(
+                    "subscription",
+                    name,
+                    "conflict",
+                    (
+                        f"an Eventarc trigger's subscription on {function.topic}, beside "
+                        f"{function.subscription}: {function.name} would get every request twice; "
+                        f"delete the trigger (gcloud functions delete {function.name} --region "
+                        f"{function.region}) or make it `delivery: eventarc`",
+                    ),
+                )
+                for name in triggers
+            )
+            continue
+        if not triggers:
+            detail = (
+                f"Eventarc creates it with {function.name}'s trigger: relay deploy does, then sets "
+                "its ack deadline, retry and dead-letter policy"
+            )
+            changes.append(Change("subscription", f"{prefix}*", "pending", (detail,)))
+            continue
+        if len(triggers) > 1:
+            detail = f"{len(triggers)} Eventarc triggers deliver to {function.name}: keep one"
+            changes.extend(Change("subscription", name, "conflict", (detail,)) for name in triggers)
+            continue
+        current = _settings_from_proto(
+            subscriber.get_subscription(request={"subscription": triggers[0]}, timeout=_TIMEOUT)
+        )
+        desired = trigger_settings(topology, function, triggers[0], current.push)
+        differences = desired.differences(current)
+        action: Action = "update" if differences else "unchanged"
+        changes.append(Change("subscription", desired.name, action, differences, desired))
+    return changes
+
+
+def configure_triggers(
+    topology: Topology,
+    functions: Collection[str],
+    *,
+    clients: tuple[PublisherClient, SubscriberClient] | None = None,
+) -> Plan:
+    """Give the Eventarc triggers of `functions` relay's subscription settings (what `relay
+    provision` does for them too, so either may run first); returns what it changed."""
+    with ExitStack() as stack:
+        if clients is None:
+            clients = stack.enter_context(admin_clients())
+        publisher, subscriber = clients
+        changes = trigger_changes(topology, publisher, subscriber, functions)
+        result = Plan(topology.project, tuple(changes))
+        apply(result, publisher, subscriber)
+        return result
 
 
 def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) -> None:
@@ -138,6 +236,8 @@ def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) 
         lines = "\n".join(f"  {c.short_name}: {'; '.join(c.details)}" for c in plan.conflicts)
         raise ProvisionError(f"nothing changed, the topology conflicts with the project:\n{lines}")
     for change in plan.pending:
+        if change.action == "pending":
+            continue
         try:
             if isinstance(change.settings, TopicSettings):
                 request = _topic_to_proto(change.settings)
@@ -174,10 +274,15 @@ def provision(
     *,
     dry_run: bool = False,
     clients: tuple[PublisherClient, SubscriberClient] | None = None,
+    iam: bool = True,
+    project_number: int | None = None,
 ) -> Plan:
-    """Create or update the topology's topics and subscriptions; returns what it did (or would do).
+    """Create or update the topology's topics and subscriptions, then (with `iam`) add their
+    IAM bindings through Pub/Sub; returns what it did (or would do).
 
-    Idempotent: a second run plans only `unchanged`. With `dry_run` it only reads.
+    The Pub/Sub service agent's bindings need the project's number (`project_number`); without
+    it they are left out (`gcloud_script` prints them). Idempotent: a second run plans only
+    `unchanged` and `present`. With `dry_run` it only reads.
     """
     from google.api_core import exceptions
 
@@ -191,6 +296,16 @@ def provision(
             raise ProvisionError(f"cannot read project {topology.project}: {exc}") from exc
         if not dry_run:
             apply(result, publisher, subscriber)
+        if iam:
+            bindings = iam_bindings(topology, project_number=project_number)
+            changes = sync_policies(
+                topology.project,
+                (b for b in bindings if settable(b)),
+                publisher,
+                subscriber,
+                dry_run=dry_run,
+            )
+            result = replace(result, iam=changes)
         return result
 
 

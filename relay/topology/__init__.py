@@ -13,9 +13,11 @@ from relay.topology._load import (
     parse_topology,
 )
 from relay.topology._model import (
+    TIMEOUT_MARGIN_SECONDS,
     Delivery,
     Function,
     Identity,
+    Ingress,
     RetryPolicy,
     Subscription,
     Topology,
@@ -23,9 +25,11 @@ from relay.topology._model import (
 
 __all__ = [
     "DEFAULT_FILE",
+    "TIMEOUT_MARGIN_SECONDS",
     "Delivery",
     "Function",
     "Identity",
+    "Ingress",
     "RetryPolicy",
     "Subscription",
     "Topology",

@@ -12,13 +12,29 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from relay.protocol import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_MEMORY,
+    DEFAULT_RUNTIME,
+    MAX_CONCURRENCY,
+    MAX_EVENT_TIMEOUT_SECONDS,
+    MAX_HTTP_TIMEOUT_SECONDS,
+    MAX_INSTANCES,
+    MEMORY_RULE,
     PROJECT_RULE,
+    PYTHON_RUNTIMES,
+    REGION_RULE,
+    RELAY_RUNTIMES,
     RESOURCE_RULE,
     ProtocolError,
     check_project_id,
     check_resource_id,
+    environment_problem,
+    is_region,
+    memory_in_bounds,
+    parse_memory,
 )
 from relay.topology._model import (
+    TIMEOUT_MARGIN_SECONDS,
     Delivery,
     Function,
     Identity,
@@ -45,7 +61,6 @@ _IDENTITY_KEYS = (
     "waits_on",
     "wait_project",
 )
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -277,6 +292,8 @@ class _Parser:
                 where = "--project" if self.project_override else "project"
                 self.issue(where, f"{self.project!r} is not a valid project id ({PROJECT_RULE})")
         self.region = self.string(root.get("region"), "region", required=False) or DEFAULT_REGION
+        if not is_region(self.region):
+            self.issue("region", f"{self.region!r} is not {REGION_RULE}")
 
         requests, completion, dead_letters, completion_subs = self.topics(root.get("topics"))
         identities = self.identities(root.get("identities"))
@@ -440,7 +457,8 @@ class _Parser:
         known = (
             "source", "entry_point", "topic", "subscription", "delivery", "url", "push_identity",
             "runtime_identity", "ack_deadline", "retry", "dead_letter_topic",
-            "max_delivery_attempts", "environment",
+            "max_delivery_attempts", "environment", "region", "runtime", "memory", "timeout",
+            "max_instances", "concurrency", "ingress",
         )  # fmt: skip
         raw = self.mapping(value, path, known)
         if not isinstance(value, dict):
@@ -463,8 +481,17 @@ class _Parser:
         subscription = self.string(
             raw.get("subscription"), _join(path, "subscription"), required=False
         )
-        subscription = subscription or f"{name}-{delivery}"
-        self.resource_name(subscription, _join(path, "subscription"))
+        if delivery == "eventarc":
+            if subscription is not None:
+                self.issue(
+                    _join(path, "subscription"),
+                    "does not apply to eventarc delivery: Eventarc creates and names the "
+                    "trigger's subscription itself (eventarc-REGION-TRIGGER-sub-NNN)",
+                )
+            subscription = ""
+        else:
+            subscription = subscription or f"{name}-{delivery}"
+            self.resource_name(subscription, _join(path, "subscription"))
         url = self.string(raw.get("url"), _join(path, "url"), required=False)
         if url is None:
             url = DEFAULT_URL.format(region=self.region, project=self.project, name=name)
@@ -473,10 +500,11 @@ class _Parser:
         push_identity = self.string(
             raw.get("push_identity"), _join(path, "push_identity"), required=False
         )
-        if delivery == "push" and push_identity is None:
+        if delivery in ("push", "eventarc") and push_identity is None:
             self.issue(
                 _join(path, "push_identity"),
-                "is required for push delivery (whose OIDC token authenticates each push)",
+                f"is required for {delivery} delivery (the service account whose OIDC token "
+                "authenticates each delivery: the only caller allowed to invoke the function)",
             )
         if delivery == "pull" and push_identity is not None:
             self.issue(_join(path, "push_identity"), "only applies to push delivery")
@@ -505,6 +533,10 @@ class _Parser:
         attempts = self.integer(raw.get("max_delivery_attempts"), attempts_path, 5, 5, 100)
         if "max_delivery_attempts" in raw and dead_letter_topic is None:
             self.issue(attempts_path, "only applies with a dead_letter_topic")
+        ack_deadline = int(
+            self.seconds(raw.get("ack_deadline"), _join(path, "ack_deadline"), 60, 10, 600)
+        )
+        service = self.service(raw, path, delivery, ack_deadline)
         return Function(
             name=name,
             source=source or self.base_dir,
@@ -517,14 +549,81 @@ class _Parser:
             runtime_identity=self.string(
                 raw.get("runtime_identity"), _join(path, "runtime_identity"), required=False
             ),
-            ack_deadline_seconds=int(
-                self.seconds(raw.get("ack_deadline"), _join(path, "ack_deadline"), 60, 10, 600)
-            ),
+            ack_deadline_seconds=ack_deadline,
             retry=self.retry(raw.get("retry"), _join(path, "retry")),
             dead_letter_topic=dead_letter_topic,
             max_delivery_attempts=attempts,
             environment=self.environment(raw.get("environment"), _join(path, "environment")),
+            **service,
         )
+
+    def service(
+        self, raw: dict[str, Any], path: str, delivery: Delivery, ack_deadline: int
+    ) -> dict[str, Any]:
+        """Where and how the function runs: region, runtime, memory, timeout, scaling, ingress."""
+        region = self.string(raw.get("region"), _join(path, "region"), required=False)
+        if region is not None and not is_region(region):
+            self.issue(_join(path, "region"), f"{region!r} is not {REGION_RULE}")
+        runtime = self.string(raw.get("runtime"), _join(path, "runtime"), required=False)
+        if runtime is not None and runtime not in RELAY_RUNTIMES:
+            why = (
+                "relay needs Python 3.11 or later"
+                if runtime in PYTHON_RUNTIMES
+                else "not a Cloud Run functions Python runtime"
+            )
+            self.issue(
+                _join(path, "runtime"),
+                f"unknown runtime {runtime!r}: {why} (one of {', '.join(RELAY_RUNTIMES)})",
+            )
+        memory = self.string(raw.get("memory"), _join(path, "memory"), required=False)
+        if memory is not None:
+            size = parse_memory(memory)
+            if size is None or not memory_in_bounds(size):
+                self.issue(_join(path, "memory"), f"{memory!r} is not {MEMORY_RULE}")
+        # An Eventarc trigger invokes an event-driven function: at most 9 minutes, not 60.
+        longest = MAX_EVENT_TIMEOUT_SECONDS if delivery == "eventarc" else MAX_HTTP_TIMEOUT_SECONDS
+        least = ack_deadline + TIMEOUT_MARGIN_SECONDS
+        timeout_path = _join(path, "timeout")
+        timeout = self.seconds(raw.get("timeout"), timeout_path, least, 1, longest)
+        if "timeout" in raw and timeout < least:
+            self.issue(
+                timeout_path,
+                f"must be at least the ack deadline plus {TIMEOUT_MARGIN_SECONDS}s "
+                f"({ack_deadline}s + {TIMEOUT_MARGIN_SECONDS}s = {least}s), got {_fmt(timeout)}: "
+                "a function cut off before Pub/Sub's ack deadline answers 504 while its instance "
+                "goes on running, and Pub/Sub redelivers, so the request runs twice",
+            )
+        elif "timeout" not in raw and least > longest:
+            self.issue(
+                _join(path, "ack_deadline"),
+                f"must be at most {longest - TIMEOUT_MARGIN_SECONDS}s for {delivery} delivery: "
+                f"the function's timeout (at most {longest}s) must outlast it by "
+                f"{TIMEOUT_MARGIN_SECONDS}s",
+            )
+        ingress = raw.get("ingress", "internal")
+        if ingress not in ("internal", "internal-and-gclb", "all"):
+            self.issue(
+                _join(path, "ingress"),
+                f"must be internal, internal-and-gclb or all, got {ingress!r}",
+            )
+            ingress = "internal"
+        return {
+            "region": region or self.region,
+            "runtime": runtime or DEFAULT_RUNTIME,
+            "memory": memory or DEFAULT_MEMORY,
+            "timeout_seconds": int(min(max(timeout, least), longest)),
+            "max_instances": self.integer(
+                raw.get("max_instances"),
+                _join(path, "max_instances"),
+                DEFAULT_MAX_INSTANCES,
+                1,
+                MAX_INSTANCES,
+            ),
+            "concurrency": self.integer(
+                raw.get("concurrency"), _join(path, "concurrency"), 1, 1, MAX_CONCURRENCY
+            ),
+            "ingress": ingress,
+        }
 
     def source(self, value: object, path: str) -> Path | None:
         text = self.string(value, path)
@@ -555,14 +654,24 @@ class _Parser:
             return "push"
         if value == "pull":
             return "pull"
-        self.issue(path, f"must be push or pull, got {value!r}")
+        if value == "eventarc":
+            return "eventarc"
+        if isinstance(value, list):
+            self.issue(
+                path,
+                f"one delivery path per function, got {value!r}: push and an Eventarc trigger "
+                "would each get every request, so every request would run twice",
+            )
+        else:
+            self.issue(path, f"must be push, pull or eventarc, got {value!r}")
         return "push"
 
     def environment(self, value: object, path: str) -> Mapping[str, str]:
         environment: dict[str, str] = {}
         for key, item in self.mapping(value, path).items():
-            if not _ENV_NAME.fullmatch(key):
-                self.issue(_join(path, key), "is not a valid environment variable name")
+            problem = environment_problem(key)
+            if problem is not None:
+                self.issue(_join(path, key), problem)
             elif isinstance(item, bool) or not isinstance(item, str | int | float):
                 self.issue(_join(path, key), f"must be a string or number, got {_kind(item)}")
             else:
@@ -584,6 +693,8 @@ class _Parser:
         subscriptions: dict[str, str] = {}
         for function in functions.values():
             path = _join(_join("functions", function.name), "subscription")
+            if function.delivery == "eventarc":
+                continue  # Eventarc names its trigger's subscription
             if function.subscription in subscriptions:
                 self.issue(
                     path,

@@ -8,7 +8,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-Delivery = Literal["push", "pull"]
+Delivery = Literal["push", "pull", "eventarc"]
+"""One delivery path per function: relay's push subscription, a pull subscription something of
+your own forwards, or an Eventarc trigger on the request topic."""
+Ingress = Literal["internal", "internal-and-gclb", "all"]
+
+TIMEOUT_MARGIN_SECONDS = 10
+"""A function's timeout is at least its ack deadline plus this: Pub/Sub gives up on a delivery at
+the ack deadline, and the function must not be cut off before Pub/Sub does."""
 
 
 def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
@@ -66,6 +73,7 @@ class Function:
     entry_point: str
     topic: str
     subscription: str
+    """Its subscription's name ("" for eventarc delivery: Eventarc names the trigger's own)."""
     delivery: Delivery
     url: str
     """Push endpoint and OIDC audience in the cloud; `relay up` replaces it with a local URL."""
@@ -79,6 +87,19 @@ class Function:
     """Where Pub/Sub moves a request after `max_delivery_attempts` (the loader requires one)."""
     max_delivery_attempts: int = 5
     environment: Mapping[str, str] = field(default_factory=_frozen)
+    region: str = "europe-west1"
+    """Where it is deployed (default: the topology's region)."""
+    runtime: str = "python312"
+    memory: str = "256M"
+    """Google's quantity form (`256M`, `512Mi`, `1Gi`)."""
+    timeout_seconds: int = 70
+    """The function's execution timeout (default: ack deadline + TIMEOUT_MARGIN_SECONDS)."""
+    max_instances: int = 100
+    concurrency: int = 1
+    """Requests one instance serves at once (above 1, relay deploys it with one full vCPU)."""
+    ingress: Ingress = "internal"
+    """Who may reach it: internal traffic and Pub/Sub push (default), or also a load balancer, or
+    all (the direct HTTPS path from outside Google Cloud)."""
 
     @property
     def source_file(self) -> Path:
@@ -119,16 +140,21 @@ class Topology:
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
-        """Every subscription name: one per function, those on the completion topic, then one per
-        terminal topic."""
+        """Every subscription name relay names: one per function (Eventarc names its triggers'
+        own), those on the completion topic, then one per terminal topic."""
         return (
-            *(function.subscription for function in self.functions.values()),
+            *(
+                function.subscription
+                for function in self.functions.values()
+                if function.delivery != "eventarc"
+            ),
             *(subscription.name for subscription in self.completion_subscriptions),
             *(subscription.name for subscription in self.terminal_subscriptions),
         )
 
     def push_service_account(self, function: Function) -> str | None:
-        """The e-mail in the OIDC tokens pushed to `function` (None for pull delivery)."""
+        """The e-mail in the OIDC tokens pushed to `function`: its push subscription's or its
+        Eventarc trigger's (None for pull delivery)."""
         if function.push_identity is None:
             return None
         return self.identities[function.push_identity].service_account

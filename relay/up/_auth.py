@@ -4,17 +4,16 @@ Every topology identity with a service account gets a metadata server of its own
 (`--identity`); each function runs as its `runtime_identity`, with google-auth's Compute Engine
 credentials from that server, the broker's CA and the API endpoint (no PUBSUB_EMULATOR_HOST).
 `relay up`'s own clients (provisioning, the live view, pull forwarders) stand in for the operator
-who runs `relay provision` on Google Cloud: the identity `relay-up@PROJECT.iam.gserviceaccount.com`
-with `roles/pubsub.admin` and `roles/iam.serviceAccountUser` on the project, through
-authorized-user credentials (what `gcloud auth application-default login` gives an operator)
-whose token_uri is that identity's token endpoint.
+who runs `relay provision` on Google Cloud: the identity `relay-up@PROJECT.iam.gserviceaccount.com`,
+through authorized-user credentials (what `gcloud auth application-default login` gives an
+operator) whose token_uri is that identity's token endpoint.
 
-Grants: the topology's least-privilege bindings (`relay.provision.iam_bindings`) are written to
-the broker's --grants file, in its form, until `relay provision` sets the topic and subscription
-bindings through SetIamPolicy itself (issue 13, part B): topic and subscription bindings as
-resource bindings, the Airflow waiter's custom role and its project binding, the operator's.
-The Pub/Sub service agent's bindings are left out (the broker's own deliveries are not calls of
-a caller) and so are run.invoker's (functions check their callers' ID tokens themselves).
+Grants: provisioning sets the topology's topic and subscription bindings through SetIamPolicy, as
+on Google; the rest (the waiter's custom role and project binding, the provisioner's
+`roles/pubsub.admin` and its actAs on the push accounts) is `relay.provision.project_grants`,
+written to the broker's --grants file. The Pub/Sub service agent's grants are left out (the
+broker's own deliveries are not calls of a caller) and so are run.invoker's (functions check
+their callers' ID tokens themselves).
 """
 
 from __future__ import annotations
@@ -25,13 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relay.provision import SERVICE_AGENT, iam_bindings
-from relay.provision._iam import WAITER_PERMISSIONS, WAITER_ROLE_ID
+from relay.provision import project_grants
 from relay.topology import Topology
 
 __all__ = [
     "CA_ENV",
-    "OPERATOR_ROLES",
     "grants",
     "identity_environment",
     "operator",
@@ -41,9 +38,7 @@ __all__ = [
 ]
 
 CA_ENV = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
-OPERATOR_ROLES = ("roles/pubsub.admin", "roles/iam.serviceAccountUser")
 _OPERATOR_NAME = "relay-up"
-_COLLECTIONS = {"topic": "topics", "subscription": "subscriptions"}
 
 
 def operator(topology: Topology) -> str:
@@ -59,23 +54,8 @@ def service_accounts(topology: Topology) -> tuple[str, ...]:
 
 
 def grants(topology: Topology) -> dict[str, Any]:
-    """The --grants file body of `topology` (see the module docstring)."""
-    project = topology.project
-    roles: dict[str, list[str]] = {}
-    bindings: list[dict[str, Any]] = []
-    for binding in iam_bindings(topology):
-        if binding.member == SERVICE_AGENT or binding.kind not in (*_COLLECTIONS, "project"):
-            continue
-        if binding.kind == "project":
-            resource = f"projects/{binding.resource}"
-            roles[f"{resource}/roles/{WAITER_ROLE_ID}"] = list(WAITER_PERMISSIONS)
-        else:
-            resource = f"projects/{project}/{_COLLECTIONS[binding.kind]}/{binding.resource}"
-        bindings.append({"resource": resource, "role": binding.role, "members": [binding.member]})
-    member = f"serviceAccount:{operator(topology)}"
-    for role in OPERATOR_ROLES:
-        bindings.append({"resource": f"projects/{project}", "role": role, "members": [member]})
-    return {"roles": roles, "bindings": bindings}
+    """The --grants file body of `topology`, with `relay up` as the provisioner."""
+    return project_grants(topology, provisioner=f"serviceAccount:{operator(topology)}")
 
 
 def write_grants(topology: Topology, path: Path) -> Path:

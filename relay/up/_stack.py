@@ -18,15 +18,16 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.deploy._client import EMULATOR_HOST_ENV
+from relay.deploy._environment import function_environment
 from relay.functions import (
     MAX_DELIVERY_ATTEMPTS_ENV,
     PUBSUB_API_ENDPOINT_ENV,
     PUSH_ALLOWED_EMAILS_ENV,
     PUSH_AUDIENCE_ENV,
     PUSH_CERTS_URL_ENV,
-    REPLY_TOPICS_ENV,
 )
-from relay.protocol import topic_path
+from relay.protocol import function_path
 from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
 from relay.up import _auth
@@ -40,6 +41,7 @@ from relay.up._process import (
     wait_for_http,
     wait_for_line,
 )
+from relay.up.control_plane import ControlPlane, Routes
 
 DEFAULT_DATA_DIR = ".relay"
 _READY_PREFIX = "relay broker ready "
@@ -94,6 +96,7 @@ class Stack:
         plan: Plan,
         data_dir: Path,
         children: list[Child],
+        control_plane: ControlPlane,
         client_kwargs: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
         self.topology = topology
@@ -102,6 +105,8 @@ class Stack:
         self.functions = MappingProxyType(dict(functions))
         self.plan = plan
         self.data_dir = data_dir
+        self.control_plane = control_plane
+        """The local Cloud Functions API (`relay deploy` replaces a function's process)."""
         self.client_kwargs = MappingProxyType(dict(client_kwargs))
         """What google-cloud-pubsub clients in this process take to reach the stack (with
         --require-auth: the operator's credentials and the API endpoint)."""
@@ -111,13 +116,14 @@ class Stack:
     def environment(self) -> dict[str, str]:
         """What a client process needs to reach this stack (with --require-auth: as the
         identity that waits on results, Airflow's, when there is one)."""
+        common = {EMULATOR_HOST_ENV: self.control_plane.host}
         project = {"GOOGLE_CLOUD_PROJECT": self.topology.project}
         if self.broker.ca_file is None:
-            return {"PUBSUB_EMULATOR_HOST": self.broker.host, **project}
+            return {"PUBSUB_EMULATOR_HOST": self.broker.host, **common, **project}
         waiter = self.waiter
         if waiter is None:
-            return {_auth.CA_ENV: str(self.broker.ca_file), **project}
-        return {**self.identity_environment(waiter), **project}
+            return {_auth.CA_ENV: str(self.broker.ca_file), **common, **project}
+        return {**self.identity_environment(waiter), **common, **project}
 
     @property
     def waiter(self) -> str | None:
@@ -136,13 +142,14 @@ class Stack:
         return _identity_environment(self.topology, self.broker, name)
 
     def dead(self) -> list[str]:
-        """Descriptions of child processes that have exited (empty while all is well)."""
+        """Descriptions of child processes that have exited (empty while all is well): the
+        broker's, and each function's serving process."""
         return [
             f"{child.name} (pid {child.pid}) exited with code {child.process.returncode}; "
             f"its log ({child.log}):\n{child.tail()}"
             for child in self._children
             if not child.alive()
-        ]
+        ] + self.control_plane.dead()
 
 
 @contextlib.contextmanager
@@ -155,30 +162,42 @@ def stack_up(
     broker_args: Sequence[str] = (),
     ready_timeout: float = 60.0,
     status: Callable[[str], None] | None = None,
+    functions_port: int = 0,
     require_auth: bool = False,
     token_lifetime: int | None = None,
 ) -> Iterator[Stack]:
     """Start the broker (unless `broker` is given; `broker_args`: more `relay broker` options,
-    e.g. `--profile google`), serve each function, provision; yield the stack.
+    e.g. `--profile google`) and the Cloud Functions control plane (gRPC on `functions_port`),
+    serve each function from its folder at its stable URL, provision; yield the stack.
 
-    The functions' ports are chosen first: the broker signs push tokens only for the topology's
-    push identities and those functions' URLs (`--push-service-accounts`, `--push-audiences`).
+    The functions' stable URLs (their routes' ports) are chosen first: the broker signs push
+    tokens only for the topology's push identities and those URLs (`--push-service-accounts`,
+    `--push-audiences`).
 
-    Sets PUBSUB_EMULATOR_HOST in this process for the duration (restored afterwards), so the
-    google-cloud-pubsub clients created inside the block talk to the local broker. With
+    Sets PUBSUB_EMULATOR_HOST and CLOUD_FUNCTIONS_EMULATOR_HOST in this process for the duration
+    (restored afterwards), so the clients created inside the block talk to the local stack. With
     `require_auth` (the broker is started with --require-auth, --token-lifetime, an --identity
     per service account and the topology's --grants) it sets GRPC_DEFAULT_SSL_ROOTS_FILE_PATH to
-    the broker's CA instead, and clients take `Stack.client_kwargs` (the operator's identity).
+    the broker's CA instead of PUBSUB_EMULATOR_HOST, and Pub/Sub clients take
+    `Stack.client_kwargs` (the operator's identity).
     """
     say = status or (lambda _: None)
     root = Path(data_dir).resolve()
     logs = root / "logs"
     children: list[Child] = []
     forwarders: list[PullForwarder] = []
-    previous = {key: os.environ.get(key) for key in ("PUBSUB_EMULATOR_HOST", _auth.CA_ENV)}
+    previous = {
+        key: os.environ.get(key)
+        for key in ("PUBSUB_EMULATOR_HOST", EMULATOR_HOST_ENV, _auth.CA_ENV)
+    }
     admin: tuple[Any, Any] | None = None
+    control: ControlPlane | None = None
+    routes = Routes(_HOST)
     try:
-        urls = {name: f"http://{_HOST}:{free_port(_HOST)}/" for name in topology.functions}
+        urls = {
+            function.name: routes.url(function_path(topology.project, function.region, name))
+            for name, function in topology.functions.items()
+        }
         if broker is None:
             say("starting relay broker")
             args = [*_push_allow_lists(topology, urls), *broker_args]
@@ -196,13 +215,22 @@ def stack_up(
                 "credentials": _auth.operator_credentials(broker.metadata, topology),
                 "client_options": {"api_endpoint": broker.host},
             }
+        say("starting the Cloud Functions control plane")
+        control = ControlPlane(
+            root / "cloud-functions",
+            pubsub_host=broker.host,
+            certs_url=broker.certs_url,
+            invokers=_invokers(topology),
+            port=functions_port,
+            routes=routes,
+        )
+        os.environ[EMULATOR_HOST_ENV] = control.host
         served: dict[str, ServedFunction] = {}
         pending: list[tuple[Child, str]] = []
         for function in topology.functions.values():
             url = urls[function.name]
-            child = _start_function(topology, function, broker, logs, url)
-            children.append(child)
-            pending.append((child, url))
+            child, own_url = _start_function(topology, function, broker, logs, control)
+            pending.append((child, own_url))
             served[function.name] = ServedFunction(
                 function.name,
                 url,
@@ -236,13 +264,17 @@ def stack_up(
                 )
                 forwarder.start()
                 forwarders.append(forwarder)
-        yield Stack(local, broker, served, plan, root, children, client_kwargs)
+        yield Stack(local, broker, served, plan, root, children, control, client_kwargs)
     finally:
         for forwarder in forwarders:
             forwarder.stop()
         for client in admin or ():
             client.transport.close()
         # Functions first (they may still be publishing results), then the broker.
+        if control is not None:
+            control.close()  # its routes too
+        else:
+            routes.close()
         broker_children = [child for child in children if child.name == _BROKER]
         stop_all([child for child in children if child.name != _BROKER])
         stop_all(broker_children)
@@ -298,7 +330,8 @@ def _push_allow_lists(topology: Topology, urls: Mapping[str, str]) -> list[str]:
     audiences = set()
     for function in topology.functions.values():
         account = topology.push_service_account(function)
-        if function.delivery == "push" and account is not None:
+        # an Eventarc trigger's subscription pushes to the function's URL as its push identity
+        if function.delivery in ("push", "eventarc") and account is not None:
             accounts.add(account)
             audiences.add(urls[function.name])
     return [
@@ -361,16 +394,18 @@ def function_server(
     pubsub_host: str,
     certs_url: str,
     base_env: Mapping[str, str],
+    port: int | None = None,
     identity: Mapping[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The functions-framework command line and environment that serve `function` at `url`.
+    """The functions-framework command line and environment that serve `function` at `url`
+    (listening on `port`, default the URL's: another when a route forwards the URL to it).
 
     Pushes are verified the way Cloud Run would: a token from the broker (`certs_url`), for this
     URL, signed as the function's push identity. With `identity` (--require-auth: the
     environment of its runtime identity, `Stack.identity_environment`) it publishes as that
     identity over TLS to the API endpoint `pubsub_host`; else through PUBSUB_EMULATOR_HOST.
     """
-    port = urlsplit(url).port
+    port = port or urlsplit(url).port
     if port is None:
         raise StackError(f"function URL {url!r} has no port")
     env = dict(base_env)
@@ -400,16 +435,14 @@ def function_server(
                 PUSH_ALLOWED_EMAILS_ENV: push_account,
             }
         )
-    # What it may touch: results only to the completion topic; its last attempt known.
-    env[REPLY_TOPICS_ENV] = topic_path(topology.project, topology.completion_topic)
-    env.pop(MAX_DELIVERY_ATTEMPTS_ENV, None)
-    if function.dead_letter_topic is not None:
-        env[MAX_DELIVERY_ATTEMPTS_ENV] = str(function.max_delivery_attempts)
-    # Requests time out as on Cloud Run (functions-framework's gunicorn option), after the
-    # ack deadline, when Pub/Sub would redeliver anyway.
-    env["CLOUD_RUN_TIMEOUT_SECONDS"] = str(function.ack_deadline_seconds)
+    # Requests time out as on Cloud Run (functions-framework's gunicorn option), at the
+    # function's timeout (at least the ack deadline plus a margin, as deployed).
+    env["CLOUD_RUN_TIMEOUT_SECONDS"] = str(function.timeout_seconds)
     env["THREADED_TIMEOUT_ENABLED"] = "true"
-    env.update(function.environment)
+    # What it may touch (results only to the completion topic; its last attempt known): the
+    # same variables `relay deploy` sets.
+    env.pop(MAX_DELIVERY_ATTEMPTS_ENV, None)
+    env.update(function_environment(topology, function))
     argv = [
         sys.executable,
         "-m",
@@ -429,8 +462,17 @@ def function_server(
 
 
 def _start_function(
-    topology: Topology, function: Function, broker: BrokerEndpoint, logs: Path, url: str
-) -> Child:
+    topology: Topology,
+    function: Function,
+    broker: BrokerEndpoint,
+    logs: Path,
+    control: ControlPlane,
+) -> tuple[Child, str]:
+    """Serve `function` from its folder at its stable URL (the one a deploy keeps); returns the
+    child and the child's own URL."""
+    resource = function_path(topology.project, function.region, function.name)
+    url = control.url(resource)
+    port = free_port(_HOST)
     identity = None
     if broker.ca_file is not None:
         identity = _identity_environment(topology, broker, function.runtime_identity or "")
@@ -441,7 +483,24 @@ def _start_function(
         pubsub_host=broker.host,
         certs_url=broker.certs_url,
         base_env=os.environ,
+        port=port,
         identity=identity,
     )
     cwd = topology.path.parent if topology.path else None
-    return start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
+    child = start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
+    control.adopt(resource, child, port)
+    return child, f"http://{_HOST}:{port}/"
+
+
+def _invokers(topology: Topology) -> Callable[[str], tuple[str, ...]]:
+    """Who may invoke each function (its `invokes` identities' service accounts), as the IAM
+    relay prints would grant: what the control plane checks in front of a deployed revision."""
+
+    def invokers(function_id: str) -> tuple[str, ...]:
+        return tuple(
+            identity.service_account
+            for identity in topology.identities.values()
+            if function_id in identity.invokes and identity.service_account
+        )
+
+    return invokers

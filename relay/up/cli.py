@@ -32,14 +32,19 @@ def render_stack(console: Console, stack: Stack) -> None:
     """What runs where: the broker, each function and the subscription that feeds it."""
     broker = stack.broker
     width = max((len(name) for name in stack.functions), default=0)
-    width = max(width, len("broker"))
+    width = max(width, len("functions"))
     lines = [f"[bold]relay up[/] · project {stack.topology.project}"]
     data = f" · data {broker.data_dir}" if broker.data_dir else " (external)"
     lines.append(f"  [bold]{'broker':<{width}}[/]  grpc {broker.host} · {broker.http_url}{data}")
+    lines.append(
+        f"  [bold]{'functions':<{width}}[/]  Cloud Functions v2 API, grpc "
+        f"{stack.control_plane.host} (relay deploy deploys here)"
+    )
     for function in stack.functions.values():
+        via = function.subscription or "its Eventarc trigger, once deployed"
         lines.append(
             f"  [bold]{function.name:<{width}}[/]  {function.url}  ← {function.topic} via "
-            f"{function.subscription} ({function.delivery})"
+            f"{via} ({function.delivery})"
         )
     lines.append(f"  {'logs':<{width}}  {stack.data_dir / 'logs'} (broker.log, <function>.log)")
     clients = " ".join(f"{key}={value}" for key, value in stack.environment.items())
@@ -114,6 +119,13 @@ def _print_event(console: Console, observed: Observed) -> None:
     help="The broker's gRPC port (0: any free port).",
 )
 @click.option(
+    "--functions-port",
+    type=int,
+    default=None,
+    help="The Cloud Functions control plane's gRPC port (default 8090; any free port when "
+    "--broker-port is 0).",
+)
+@click.option(
     "--broker-args",
     default="",
     metavar="'OPTIONS'",
@@ -136,6 +148,7 @@ def up(
     data_dir: Path,
     project: str | None,
     broker_port: int,
+    functions_port: int | None,
     broker_args: str,
     require_auth: bool,
     token_lifetime: int | None,
@@ -167,6 +180,11 @@ def up(
                         broker_port=broker_port,
                         broker_args=shlex.split(broker_args),
                         status=lambda text: spinner.update(text),
+                        functions_port=(
+                            functions_port
+                            if functions_port is not None
+                            else (0 if broker_port == 0 else 8090)
+                        ),
                         require_auth=require_auth,
                         token_lifetime=token_lifetime,
                     )

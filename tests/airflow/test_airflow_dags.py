@@ -3,6 +3,7 @@ against the real broker and a stand-in function."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import uuid
 from pathlib import Path
@@ -182,6 +183,55 @@ def test_direct_https_path_with_an_oidc_token(
     assert "RelayHttpError: POST" in log
     assert "failed after 2 attempt(s): HTTP 503" in log
     assert {audience for audience, _ in fake_google.minted} >= {echo_function}
+
+
+def test_direct_https_path_finds_a_deployed_function_by_name(
+    airflow_db: Any,
+    topics: dict[str, str],
+    broker: Any,
+    fake_google: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`function="echo"`: GetFunction on relay up's control plane gives the URL, the ID token is
+    minted for that URL, and the deployed revision (which lets only its invoker in) answers."""
+    from _airflow_fakes import EMAIL
+
+    from relay.deploy import deploy
+    from relay.topology import load_topology
+    from relay.up.control_plane import ControlPlane
+
+    root = Path(__file__).resolve().parents[2]
+    topology = load_topology(root / "relay.yaml", project="relay-test")
+    echo = topology.functions["echo"]
+    topology = dataclasses.replace(
+        topology,
+        functions={
+            "echo": dataclasses.replace(
+                echo, environment={"RELAY_REPLY_TOPICS": "projects/relay-test/topics/*"}
+            )
+        },
+    )
+    control = ControlPlane(
+        tmp_path / "control-plane",
+        pubsub_host=broker.host,
+        certs_url=f"{fake_google.url}/certs",
+        invokers=lambda function: (EMAIL,),
+    )
+    monkeypatch.setenv("CLOUD_FUNCTIONS_EMULATOR_HOST", control.host)
+    try:
+        _, (deployed,) = deploy(topology)
+        run = load_dag("relay_direct_by_name", topics, monkeypatch).test()
+        log = capsys.readouterr().out
+        assert _states(run) == {("invoke", -1): "success"}, log[-5000:]
+        assert _xcom(run, "invoke") == {"by": "name"}
+        assert deployed.uri.startswith("http://127.0.0.1:")
+        assert (deployed.uri, deployed.uri) in {
+            (audience, audience) for audience, _ in fake_google.minted
+        }
+    finally:
+        control.close()
 
 
 def test_example_dags_parse(airflow_db: Any) -> None:

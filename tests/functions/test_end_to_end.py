@@ -128,11 +128,7 @@ def test_retry_then_success(
     publish(request)
     (result,) = completion.pull(1)
     assert (result.type, result.data) == (RESULT_SUCCEEDED, {"crash": 2})
-    outcomes = [
-        (line["outcome"], line["attempt"])
-        for line in echo.lines()
-        if line.get("correlationid") == request.correlationid
-    ]
+    outcomes = [(line["outcome"], line["attempt"]) for line in _lines_of(echo, request, 3)]
     assert outcomes == [("retry", 1), ("retry", 2), ("succeeded", 3)]
 
 
@@ -173,10 +169,21 @@ def test_retry_budget_spent_ends_in_a_dead_letter_result(
         if line.get("correlationid") == request.correlationid
     ]
     assert attempts == [1, 2, 3, 4, 5]
-    (dead,) = [
-        line for line in dead_letter.lines() if line.get("correlationid") == request.correlationid
-    ]
+    (dead,) = _lines_of(dead_letter, request, 1)
     assert (dead["outcome"], dead["error"]["message"]) == ("dead-lettered", "after 5 attempts")
+
+
+def _lines_of(served: Served, request: Event, count: int) -> list[dict[str, Any]]:
+    """The log lines of `request`, once there are `count` (a function logs a result just after
+    publishing it, so the result can come first)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            line for line in served.lines() if line.get("correlationid") == request.correlationid
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def test_duplicate_publish_answers_twice_with_one_result_id(

@@ -161,13 +161,16 @@ def test_defaults(base: Path) -> None:
 Mutation = Callable[[dict[str, Any]], None]
 
 
-def _set(path: str, value: Any) -> Mutation:
+def _set(path: str, value: Any, **siblings: Any) -> Mutation:
+    """Set `path` to `value` (and the keys `siblings` beside it)."""
+
     def mutate(document: dict[str, Any]) -> None:
         *parents, last = path.split(".")
         node = document
         for key in parents:
             node = node[key]
         node[last] = value
+        node.update(siblings)
 
     return mutate
 
@@ -232,7 +235,8 @@ CASES: list[tuple[str, Mutation, str]] = [
         _set("functions.echo.retries", 3),
         "functions.echo.retries: unknown key (expected one of: source, entry_point, topic, "
         "subscription, delivery, url, push_identity, runtime_identity, ack_deadline, retry, "
-        "dead_letter_topic, max_delivery_attempts, environment)",
+        "dead_letter_topic, max_delivery_attempts, environment, region, runtime, memory, timeout, "
+        "max_instances, concurrency, ingress)",
     ),
     (
         "missing source folder",
@@ -269,13 +273,93 @@ CASES: list[tuple[str, Mutation, str]] = [
     (
         "bad delivery",
         _set("functions.echo.delivery", "carrier-pigeon"),
-        "functions.echo.delivery: must be push or pull, got 'carrier-pigeon'",
+        "functions.echo.delivery: must be push, pull or eventarc, got 'carrier-pigeon'",
     ),
     (
         "push without identity",
         _delete("functions.echo.push_identity"),
-        "functions.echo.push_identity: is required for push delivery (whose OIDC token "
-        "authenticates each push)",
+        "functions.echo.push_identity: is required for push delivery (the service account whose "
+        "OIDC token authenticates each delivery: the only caller allowed to invoke the function)",
+    ),
+    (
+        "timeout under the ack deadline",
+        _set("functions.echo.timeout", "20s"),
+        "functions.echo.timeout: must be at least the ack deadline plus 10s (30s + 10s = 40s), "
+        "got 20s: a function cut off before Pub/Sub's ack deadline answers 504 while its instance "
+        "goes on running, and Pub/Sub redelivers, so the request runs twice",
+    ),
+    (
+        "timeout beyond an HTTP function's",
+        _set("functions.echo.timeout", "120m"),
+        "functions.echo.timeout: must be 1s..3600s, got 7200s",
+    ),
+    (
+        "unknown runtime",
+        _set("functions.echo.runtime", "python3.12"),
+        "functions.echo.runtime: unknown runtime 'python3.12': not a Cloud Run functions Python "
+        "runtime (one of python311, python312, python313, python314)",
+    ),
+    (
+        "runtime too old for relay",
+        _set("functions.echo.runtime", "python310"),
+        "functions.echo.runtime: unknown runtime 'python310': relay needs Python 3.11 or later "
+        "(one of python311, python312, python313, python314)",
+    ),
+    (
+        "two delivery paths",
+        _set("functions.echo.delivery", ["push", "eventarc"]),
+        "functions.echo.delivery: one delivery path per function, got ['push', 'eventarc']: push "
+        "and an Eventarc trigger would each get every request, so every request would run twice",
+    ),
+    (
+        "eventarc with a subscription of its own",
+        _set("functions.echo.delivery", "eventarc", subscription="echo-sub"),
+        "functions.echo.subscription: does not apply to eventarc delivery: Eventarc creates and "
+        "names the trigger's subscription itself (eventarc-REGION-TRIGGER-sub-NNN)",
+    ),
+    (
+        "eventarc past an event function's longest timeout",
+        _set("functions.echo.delivery", "eventarc", ack_deadline="600s"),
+        "functions.echo.ack_deadline: must be at most 530s for eventarc delivery: the function's "
+        "timeout (at most 540s) must outlast it by 10s",
+    ),
+    (
+        "memory without a unit Google knows",
+        _set("functions.echo.memory", "1GB"),
+        "functions.echo.memory: '1GB' is not a size with a unit of k, M, G, Mi or Gi (e.g. 256Mi, "
+        "1Gi), from 128Mi to 32Gi",
+    ),
+    (
+        "memory beyond the largest instance",
+        _set("functions.echo.memory", "64Gi"),
+        "functions.echo.memory: '64Gi' is not a size with a unit of k, M, G, Mi or Gi (e.g. 256Mi, "
+        "1Gi), from 128Mi to 32Gi",
+    ),
+    (
+        "concurrency out of range",
+        _set("functions.echo.concurrency", 5000),
+        "functions.echo.concurrency: must be 1..1000, got 5000",
+    ),
+    (
+        "max instances zero",
+        _set("functions.echo.max_instances", 0),
+        "functions.echo.max_instances: must be 1..1000, got 0",
+    ),
+    (
+        "bad region",
+        _set("functions.echo.region", "Europe West"),
+        "functions.echo.region: 'Europe West' is not a Google Cloud region such as europe-west1 or "
+        "us-central1",
+    ),
+    (
+        "bad ingress",
+        _set("functions.echo.ingress", "public"),
+        "functions.echo.ingress: must be internal, internal-and-gclb or all, got 'public'",
+    ),
+    (
+        "reserved environment variable",
+        _set("functions.echo.environment", {"K_SERVICE": "x"}),
+        "functions.echo.environment.K_SERVICE: is reserved: Cloud Run functions sets it",
     ),
     (
         "pull with push identity",
@@ -507,7 +591,7 @@ def test_every_mistake_is_reported_at_once(base: Path) -> None:
         _load(base, document)
 
     assert [str(issue) for issue in caught.value.issues] == [
-        "functions.echo.delivery: must be push or pull, got 'smoke'",
+        "functions.echo.delivery: must be push, pull or eventarc, got 'smoke'",
         "functions.echo.max_delivery_attempts: must be 5..100, got 3",
         "identities.airflow.publishes[0]: typo is not a declared topic",
     ]

@@ -79,9 +79,11 @@ def test_up_runs_the_topology_and_stops_cleanly(
     try:
         _wait_for(output, r"ready — watching results", process, timeout=90)
         host = _wait_for(output, r"PUBSUB_EMULATOR_HOST=\S+", process, 5).split("=", 1)[1]
+        functions_host = _wait_for(output, r"CLOUD_FUNCTIONS_EMULATOR_HOST=\S+", process, 5)
+        assert re.fullmatch(r"CLOUD_FUNCTIONS_EMULATOR_HOST=127\.0\.0\.1:\d+", functions_host)
         text = output.read_text()
         for name in ("echo", "csv-profile", "dead-letter"):
-            assert re.search(rf"^  {name} +http://127\.0\.0\.1:\d+/  ← ", text, re.MULTILINE), text
+            assert re.search(rf"^  {name} +http://127\.0\.0\.1:\d+  ← ", text, re.MULTILINE), text
         assert "created 9" in text or "unchanged" in text  # 5 topics, 4 subscriptions
         children = _process_groups(process.pid)
         # Push auth is on: a request without the broker's OIDC token never reaches the handler.

@@ -171,6 +171,25 @@ with DAG("relay_direct", schedule=None, start_date=datetime(2026, 1, 1), catchup
     )
 
 with DAG(
+    "relay_direct_by_name", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as by_name:
+    from relay.airflow.operators import RelayHttpInvokeOperator
+
+    # The URL comes from GetFunction (relay up's control plane), the audience from that URL.
+    RelayHttpInvokeOperator(
+        task_id="invoke",
+        function="echo",
+        region="europe-west1",
+        event_type="dev.relay.example.echo",
+        reply_topic=COMMON["reply_topic"],
+        data={"by": "name"},
+        gcp_conn_id="relay_adc",
+        timeout=TIMEOUT,
+        deferrable=True,
+        settle=SETTLE,
+    )
+
+with DAG(
     "relay_defer_after",
     schedule=None,
     start_date=datetime(2026, 1, 1),
