@@ -11,7 +11,7 @@ from aiohttp import web
 from relay.broker._control import Control, ControlError
 from relay.broker._oidc import TokenSigner
 
-__all__ = ["make_app", "start_http"]
+__all__ = ["make_app", "serve_app", "start_http"]
 
 _SIGNER_KEY = web.AppKey("signer", TokenSigner)
 _CONTROL_KEY = web.AppKey("control", Control)
@@ -98,7 +98,12 @@ async def start_http(
 
     Stop it with `await runner.cleanup()`.
     """
-    app = make_app(signer, control, control_enabled=control_enabled)
+    return await serve_app(make_app(signer, control, control_enabled=control_enabled), host, port)
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0 = a free port): (runner, bound port); the one place the
+    broker's HTTP servers (its own, the metadata servers) are started."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -107,5 +112,4 @@ async def start_http(
     except BaseException:
         await runner.cleanup()
         raise
-    bound = runner.addresses[0][1]
-    return runner, int(bound)
+    return runner, int(runner.addresses[0][1])

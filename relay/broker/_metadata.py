@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from relay.broker._http import serve_app
 from relay.broker._oidc import TokenSigner
 from relay.broker._push_tokens import PushTokens
 from relay.broker._tokens import TokenIssuer
@@ -128,12 +129,4 @@ async def start_metadata(host: str, port: int, identity: Identity) -> tuple[web.
     app[_IDENTITY] = identity
     app.router.add_post("/token", _oauth_token)
     app.router.add_get("/{tail:.*}", _serve)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, int(runner.addresses[0][1])
+    return await serve_app(app, host, port)
