@@ -8,6 +8,7 @@ The caller of the running call is in `CALLER`, for what a method answers about i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
@@ -43,6 +44,21 @@ class Auth:
         self.issuer = issuer
         self.access = access
         self.broker = broker
+        self.calls: Counter[str] = Counter()
+        """Calls let through, by caller email."""
+        self.refused: Counter[str] = Counter()
+        """Calls refused, by status code name (UNAUTHENTICATED, PERMISSION_DENIED)."""
+        self.streams_expired: Counter[str] = Counter()
+        """Streams ended because the token they were opened with expired, by caller email."""
+
+    def stats(self) -> dict[str, Any]:
+        """GET /stats: what was let through and refused, tokens minted, streams expired."""
+        return {
+            "calls": dict(sorted(self.calls.items())),
+            "refused": dict(sorted(self.refused.items())),
+            "tokens_minted": dict(sorted(self.issuer.minted.items())),
+            "streams_ended_at_token_expiry": dict(sorted(self.streams_expired.items())),
+        }
 
     @staticmethod
     def rule(method: str) -> Rule:
@@ -71,8 +87,13 @@ class Auth:
         """PERMISSION_DENIED unless `principal` holds what `rule` asks for `request`."""
         checks = rule(request, self.broker)
         if checks:
-            self.access.require(principal, checks)
+            try:
+                self.access.require(principal, checks)
+            except BrokerError as exc:
+                self.refused[exc.code.name] += 1
+                raise
+        self.calls[principal.email] += 1
 
-    @staticmethod
-    def _refuse(message: str, why: str) -> Principal:
+    def _refuse(self, message: str, why: str) -> Principal:
+        self.refused[grpc.StatusCode.UNAUTHENTICATED.name] += 1
         raise _unauthenticated(message, why)

@@ -177,6 +177,7 @@ class Control:
             "admin_ops": dict(sorted(self.admin_ops.items())),
             "admin_ops_refused": dict(sorted(self.admin_ops_refused.items())),
             "admin_ops_by_method": dict(sorted(self.admin_ops_by_method.items())),
+            **({"auth": self.auth.stats()} if self.auth is not None else {}),
             **self._settings(),
         }
 

@@ -25,7 +25,7 @@ from relay.broker._control import Control
 from relay.broker._core import Broker, paged
 from relay.broker._errors import BrokerError
 from relay.broker._store import StoreFailed
-from relay.broker._streaming import fill_received, streaming_pull
+from relay.broker._streaming import TokenExpiry, fill_received, streaming_pull
 
 __all__ = ["handlers"]
 
@@ -197,10 +197,12 @@ def handlers(broker: Broker, control: Control) -> list[Any]:
 
     async def streaming(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         caller = CALLER.get()
+        expiry = None
+        if caller is not None and control.auth is not None:
+            expired = control.auth.streams_expired
+            expiry = TokenExpiry(caller.expires, lambda: expired.update((caller.email,)))
         try:
-            async for response in streaming_pull(
-                broker, requests, None if caller is None else caller.expires
-            ):
+            async for response in streaming_pull(broker, requests, expiry):
                 yield response
         except BrokerError as exc:
             await context.abort(exc.code, exc.message)

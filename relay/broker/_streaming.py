@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,7 +28,7 @@ from relay.broker._state import (
 )
 from relay.broker._store import Statement
 
-__all__ = ["fill_received", "streaming_pull"]
+__all__ = ["TokenExpiry", "fill_received", "streaming_pull"]
 
 StreamingPullResponse: Any = types.StreamingPullResponse.pb()
 
@@ -167,13 +168,21 @@ async def _held_back(consumer: Consumer, last_sent: float) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class TokenExpiry:
+    """When the access token a stream was opened with expires (`at`, seconds since the epoch on
+    the broker's clock), and what to call when the stream is closed for it."""
+
+    at: float
+    closed: Callable[[], None]
+
+
 async def streaming_pull(
-    broker: Broker, requests: AsyncIterator[Any], token_expires: float | None = None
+    broker: Broker, requests: AsyncIterator[Any], token: TokenExpiry | None = None
 ) -> AsyncIterator[Any]:
     """Serve one StreamingPull stream; raises BrokerError for a status to send.
 
-    `token_expires` (seconds since the epoch on the broker's clock): when the access token the
-    stream was opened with expires; the stream is closed then with UNAVAILABLE.
+    With `token` (--require-auth) the stream is closed with UNAVAILABLE when its token expires.
     """
     first = None
     async for request in requests:
@@ -199,15 +208,16 @@ async def streaming_pull(
     loop = asyncio.get_running_loop()
     ender = None if lifetime is None else loop.call_later(lifetime, _end_stream, consumer)
     closed_because = [_STREAM_CLOSED]
-    if token_expires is not None:
+    if token is not None:
 
         def token_expired() -> None:
             if not consumer.closed:
                 closed_because[0] = _TOKEN_EXPIRED
+                token.closed()
                 _end_stream(consumer)
 
         # On the broker's clock: advancing it (POST /control) expires the stream's token too.
-        left = token_expires - broker.clock.wall_ns() / 1e9
+        left = token.at - broker.clock.wall_ns() / 1e9
         broker.scheduler.at(broker.clock.now() + max(left, 0.0), token_expired)
     last_sent = float("-inf")
     try:

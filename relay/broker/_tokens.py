@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ class TokenIssuer:
         self._key = key
         self.now = now
         self.lifetime = lifetime
+        self.minted: Counter[str] = Counter()
+        """Access tokens minted, by email (GET /stats)."""
 
     @classmethod
     def load_or_create(
@@ -83,6 +86,7 @@ class TokenIssuer:
         """(an access token for `email`, its lifetime in seconds)."""
         issued = int(self.now())
         claims = {"sub": email, "iat": issued, "exp": issued + self.lifetime}
+        self.minted[email] += 1
         body = _b64(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
         return f"{_PREFIX}{body}.{_b64(self._mac(body))}", self.lifetime
 

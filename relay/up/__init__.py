@@ -4,6 +4,7 @@
 tests); `CompletionMonitor` watches the completion topic. See docs/topology.md.
 """
 
+from relay.up._auth import identity_environment, operator_credentials
 from relay.up._monitor import CompletionMonitor, Observed
 from relay.up._process import StackError
 from relay.up._stack import (
@@ -12,6 +13,8 @@ from relay.up._stack import (
     ServedFunction,
     Stack,
     function_server,
+    push_allow_list_options,
+    require_auth_options,
     stack_up,
 )
 
@@ -24,5 +27,9 @@ __all__ = [
     "Stack",
     "StackError",
     "function_server",
+    "identity_environment",
+    "operator_credentials",
+    "push_allow_list_options",
+    "require_auth_options",
     "stack_up",
 ]

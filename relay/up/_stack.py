@@ -200,9 +200,9 @@ def stack_up(
         }
         if broker is None:
             say("starting relay broker")
-            args = [*_push_allow_lists(topology, urls), *broker_args]
+            args = [*push_allow_list_options(topology, urls), *broker_args]
             if require_auth:
-                args += _auth_args(topology, root, token_lifetime)
+                args += require_auth_options(topology, root, token_lifetime)
             broker = _start_broker(root, logs, broker_port, args, ready_timeout, children)
         client_kwargs: dict[str, Any] = {}
         if broker.ca_file is None:
@@ -313,8 +313,9 @@ def _check_runtime_identities(topology: Topology) -> None:
             )
 
 
-def _auth_args(topology: Topology, root: Path, token_lifetime: int | None) -> list[str]:
-    """`relay broker` options of --require-auth: an identity per service account, the grants."""
+def require_auth_options(topology: Topology, root: Path, token_lifetime: int | None) -> list[str]:
+    """`relay broker` options of --require-auth: an identity per service account (the operator's
+    too, `operator_credentials`), the topology's grants (written to `root`/grants.json)."""
     args = ["--require-auth", "--grants", str(_auth.write_grants(topology, root / "grants.json"))]
     if token_lifetime is not None:
         args += ["--token-lifetime", str(token_lifetime)]
@@ -323,7 +324,7 @@ def _auth_args(topology: Topology, root: Path, token_lifetime: int | None) -> li
     return args
 
 
-def _push_allow_lists(topology: Topology, urls: Mapping[str, str]) -> list[str]:
+def push_allow_list_options(topology: Topology, urls: Mapping[str, str]) -> list[str]:
     """`relay broker` options that let it sign push tokens only for the push functions' own
     identities and (local) URLs."""
     accounts = set()

@@ -676,8 +676,15 @@ def test_a_subscriber_keeps_receiving_across_token_lifetimes(
         reader.join(60)
         assert result["error"] is None, result
         assert sorted(map(int, result["data"])) == list(range(count))
-        streams = broker.process.stats()["rpcs"]["StreamingPull"]
+        stats = broker.process.stats()
+        streams = stats["rpcs"]["StreamingPull"]
         assert streams >= 4, f"the stream was opened {streams} times in 8 s of 2 s tokens"
+        # GET /stats says why: each reopening followed a close at token expiry, by a new token.
+        auth = stats["auth"]
+        assert auth["streams_ended_at_token_expiry"].get(BOB, 0) >= streams - 1 >= 3, auth
+        assert auth["tokens_minted"][BOB] >= streams, auth
+        assert auth["calls"][BOB] >= streams, auth
+        refused_before = auth["refused"].get("UNAUTHENTICATED", 0)
 
         fixed = client_environment(broker.metadata[BOB], broker.ca)
         fixed["AUTH_CLIENT_FIXED_TOKEN"] = _token(broker.metadata[BOB])
@@ -689,6 +696,8 @@ def test_a_subscriber_keeps_receiving_across_token_lifetimes(
         assert ended["error"] is not None, ended
         assert ended["error"]["code"] == "UNAUTHENTICATED", ended
         assert f"the access token of {BOB} expired" in ended["error"]["message"]
+        refused = broker.process.stats()["auth"]["refused"]["UNAUTHENTICATED"]
+        assert refused > refused_before, refused
     finally:
         broker.close()
 
