@@ -799,10 +799,12 @@ def test_the_tls_material_is_private_and_reused(
 ) -> None:
     broker = _start(start_broker, tmp_path, GRANTS)
     data = tmp_path / "data"
-    files = {name: (data / name).read_bytes() for name in ("tls-ca.pem", "tls-server.pem")}
+    certificates = ("tls-ca.pem", "tls-server.pem", "tls-iamcredentials.pem")
+    files = {name: (data / name).read_bytes() for name in certificates}
     assert {p.name: p.stat().st_mode & 0o777 for p in data.glob("*key*")} == {
         "tls-ca-key.pem": 0o600,
         "tls-server-key.pem": 0o600,
+        "tls-iamcredentials-key.pem": 0o600,
         "token-key": 0o600,
         "oidc-key.pem": 0o600,
     }
@@ -815,6 +817,7 @@ def test_the_tls_material_is_private_and_reused(
     ("cert", "key", "name"),
     [
         ("tls-server.pem", "tls-server-key.pem", "127.0.0.1"),
+        ("tls-iamcredentials.pem", "tls-iamcredentials-key.pem", "iamcredentials.googleapis.com"),
     ],
 )
 def test_the_certificates_pass_strict_verification(
