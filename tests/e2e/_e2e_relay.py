@@ -7,7 +7,6 @@ start again on the same port: stack_up() keeps its children private and has no r
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -25,6 +24,7 @@ from relay.demo import with_csv_inputs
 from relay.provision import provision
 from relay.topology import Function, Topology, load_topology
 from relay.up import (
+    airflow_connection,
     function_server,
     identity_environment,
     operator_credentials,
@@ -120,7 +120,8 @@ class RelayStack:
     def identity_environment(self, identity: str) -> dict[str, str]:
         """--require-auth: what a process needs to run as topology identity `identity`."""
         account = self.topology.identities[identity].service_account
-        assert self.ca is not None and account is not None, f"{identity}: no auth identity"
+        assert self.ca is not None, "the broker runs without --require-auth"
+        assert account is not None, f"{identity}: no service account"
         return identity_environment(self.metadata[account], self.ca)
 
     def _function_proc(self, function: Function) -> Proc:
@@ -228,20 +229,16 @@ def clean_env() -> dict[str, str]:
     }
 
 
-def airflow_pubsub_env(host: str, project: str) -> dict[str, str]:
+def airflow_pubsub_env(host: str, topology: Topology) -> dict[str, str]:
     """clean_env() plus what every Airflow process needs to reach the broker: the emulator host
-    and an anonymous google_cloud_default connection on `project`."""
+    and an anonymous google_cloud_default connection on the topology's project (and its wait
+    project), as `relay up` prints it."""
     env = clean_env()
     env.update(
         {
             "PUBSUB_EMULATOR_HOST": host,
-            "GOOGLE_CLOUD_PROJECT": project,
-            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
-                {
-                    "conn_type": "google_cloud_platform",
-                    "extra": {"is_anonymous": True, "project": project},
-                }
-            ),
+            "GOOGLE_CLOUD_PROJECT": topology.project,
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": airflow_connection(topology),
         }
     )
     return env
@@ -253,16 +250,10 @@ def airflow_auth_env(stack: RelayStack, identity: str = "airflow") -> dict[str, 
     google_cloud_default connection with the API endpoint (no PUBSUB_EMULATOR_HOST)."""
     env = clean_env()
     env.update(stack.identity_environment(identity))
-    project = stack.topology.project
     env.update(
         {
-            "GOOGLE_CLOUD_PROJECT": project,
-            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
-                {
-                    "conn_type": "google_cloud_platform",
-                    "extra": {"project": project, "api_endpoint": stack.host},
-                }
-            ),
+            "GOOGLE_CLOUD_PROJECT": stack.topology.project,
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": airflow_connection(stack.topology, stack.host),
         }
     )
     return env

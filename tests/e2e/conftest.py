@@ -31,7 +31,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     try:
         with relay_stack(root / "relay") as stack:
             relay_ready = time.monotonic() - started
-            env = airflow_pubsub_env(stack.host, stack.topology.project)
+            env = airflow_pubsub_env(stack.host, stack.topology)
             with airflow_deployment(root / "airflow", dags, db_url, env) as deployment:
                 running = E2E(root, stack, deployment)
                 running.timings = {
