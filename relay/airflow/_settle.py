@@ -4,6 +4,8 @@ Works around apache/airflow#72716 (Airflow 3.3.2, open): when a trigger fires wi
 `[workers] min_heartbeat_interval` seconds of the deferral, the scheduler can handle the trigger
 event before the executor reports the worker's defer-exit, log "state mismatch" and fail the task.
 relay's triggers fire within milliseconds, so each deferral says when its event may be yielded.
+Under `dag.test()` (no executor: tasks run in its process and triggers inline, after the task has
+deferred) the race cannot happen, and the default delay is left out.
 """
 
 from __future__ import annotations
@@ -30,8 +32,21 @@ def resolve_settle(settle: float | None) -> float:
 
 
 def not_before(settle: float | None) -> float:
-    """Epoch seconds before which a trigger deferred now must not fire."""
+    """Epoch seconds before which a trigger deferred now must not fire (now, for the default
+    under `dag.test()`)."""
+    if settle is None and _runs_in_dag_test():
+        return time.time()
     return time.time() + resolve_settle(settle)
+
+
+def _runs_in_dag_test() -> bool:
+    """Whether this task runs in `dag.test()`'s in-process supervisor (`InProcessTestSupervisor`,
+    whose comms are `InProcessSupervisorComms`): a worker's task process has socket comms."""
+    import sys
+
+    runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    comms = getattr(runner, "SUPERVISOR_COMMS", None)
+    return type(comms).__name__ == "InProcessSupervisorComms"
 
 
 async def sleep_until(moment: float) -> None:

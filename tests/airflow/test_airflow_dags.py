@@ -97,6 +97,35 @@ def test_call_fan_out_mapped_and_publish_then_sense(
         assert ids == task_request_ids({"ti": ti}, count)
 
 
+def _settled(run: Any) -> dict[tuple[str, int], float]:
+    """Each deferred task's settle delay: its trigger's `not_before` minus when it deferred."""
+    from airflow.models.trigger import Trigger
+    from airflow.utils.session import create_session
+
+    delays = {}
+    with create_session() as session:
+        for ti in run.get_task_instances():
+            if ti.trigger_id is None:
+                continue
+            trigger = session.get(Trigger, ti.trigger_id)
+            created = trigger.created_date.timestamp()
+            delays[(ti.task_id, ti.map_index)] = trigger.kwargs["not_before"] - created
+    return delays
+
+
+def test_dag_test_leaves_out_the_default_settle_delay(
+    airflow_db: Any, topics: dict[str, str], responder: Responder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dag.test() runs a trigger inline after its task deferred: Airflow's resume race cannot
+    happen, so the default settle (8 s) is left out; an explicit settle is kept."""
+    run = load_dag("relay_happy_path", topics, monkeypatch).test()
+    assert set(_states(run).values()) == {"success"}, _states(run)
+    delays = _settled(run)
+    assert 0.5 < delays[("call", -1)] <= 1.5, delays  # settle=1.0 given
+    assert delays[("mapped", 0)] < 0.5, delays  # the default
+    assert delays[("mapped", 1)] < 0.5, delays
+
+
 def _deferred(run: Any) -> set[str]:
     """Tasks that deferred: dag.test() leaves a deferred task's trigger id on its instance."""
     return {ti.task_id for ti in run.get_task_instances() if ti.trigger_id is not None}

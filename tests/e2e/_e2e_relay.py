@@ -7,15 +7,18 @@ start again on the same port: stack_up() keeps its children private and has no r
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from _auth_client import auth_broker_fields
 from _e2e_procs import E2EError, Proc, answers_http, free_port, stop_all, wait_until
@@ -100,6 +103,12 @@ class RelayStack:
     def certs_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/certs"
 
+    def stats(self) -> dict[str, Any]:
+        """The broker's GET /stats (with --require-auth its "auth" counts)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/stats", timeout=10) as r:
+            result: dict[str, Any] = json.load(r)
+        return result
+
     @property
     def procs(self) -> list[Proc]:
         return [self.broker, *self.functions.values()]
@@ -120,8 +129,8 @@ class RelayStack:
     def identity_environment(self, identity: str) -> dict[str, str]:
         """--require-auth: what a process needs to run as topology identity `identity`."""
         account = self.topology.identities[identity].service_account
-        assert self.ca is not None, "the broker runs without --require-auth"
-        assert account is not None, f"{identity}: no service account"
+        assert self.ca is not None, "the broker does not run --require-auth"
+        assert account is not None, f"identity {identity} has no service account"
         return identity_environment(self.metadata[account], self.ca)
 
     def _function_proc(self, function: Function) -> Proc:
@@ -220,13 +229,20 @@ class RelayStack:
         self.broker.stop()
 
 
+_NOT_INHERITED = (
+    "AIRFLOW",
+    "PUBSUB_EMULATOR_HOST",
+    "RELAY_",
+    "GCE_METADATA_",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+)
+
+
 def clean_env() -> dict[str, str]:
-    """This process's environment without Airflow or Pub/Sub settings other tests may have set."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AIRFLOW", "PUBSUB_EMULATOR_HOST", "RELAY_"))
-    }
+    """This process's environment without Airflow, Pub/Sub or credential settings other tests
+    (or the developer's shell) may have set."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(_NOT_INHERITED)}
 
 
 def airflow_pubsub_env(host: str, topology: Topology) -> dict[str, str]:

@@ -13,6 +13,10 @@ DAG_FILES = (
     Path(__file__).resolve().parent / "dags" / "relay_e2e_echo.py",
 )
 DAG_IDS = ("relay_csv_pipeline", "relay_e2e_echo")
+AUTH_DAG_FILES = (DAG_FILES[0], Path(__file__).resolve().parent / "dags" / "relay_e2e_auth.py")
+AUTH_DAG_IDS = ("relay_csv_pipeline", "relay_e2e_auth")
+AUTH_TOKEN_LIFETIME = 20
+"""Seconds an access or ID token of the --require-auth deployment lives (Google's: 3,600)."""
 
 
 @dataclass

@@ -14,7 +14,8 @@ from relay.airflow.sensors import RelayResultSensor
 TIMEOUT = timedelta(seconds=60)  # dag.test() runs triggers with no timeout of its own
 # Deferring tasks wait `settle` seconds after deferring before their trigger fires (apache/airflow
 # #72716; default [workers] min_heartbeat_interval + 3 = 8 s). dag.test() runs triggers inline, so
-# it has no such race: 1 s keeps the delay exercised without adding 8 s per deferral to the suite.
+# it has no such race and relay leaves the default out there (`mapped` has it); an explicit 1 s
+# keeps the delay exercised.
 SETTLE = 1.0
 COMMON = {
     "topic": os.environ.get("RELAY_TEST_REQUESTS", "requests"),
@@ -34,7 +35,7 @@ with DAG(
         **COMMON,
     )
     mapped = RelayCallOperator.partial(
-        task_id="mapped", timeout=TIMEOUT, deferrable=True, settle=SETTLE, **COMMON
+        task_id="mapped", timeout=TIMEOUT, deferrable=True, **COMMON
     ).expand(data=[{"n": 1}, {"n": 2}])
     fan = RelayFanOutOperator(
         task_id="fan",
