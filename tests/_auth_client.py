@@ -16,7 +16,16 @@ reads one JSON request per line on stdin and answers one JSON line on stdout:
   ended the stream, if one did.
 
 With AUTH_CLIENT_FIXED_TOKEN set it holds that one token instead (a negative control: a client
-that caches its token).
+that caches its token). With AUTH_CLIENT_IMPERSONATE="D1,...,TARGET" it acts as TARGET through
+google-auth's own impersonated credentials (delegates D1...; the source is ADC, the identity's
+metadata server; AUTH_CLIENT_LIFETIME: the lifetime it asks for): generateAccessToken through
+the broker's IAM Credentials proxy, which `client_environment(..., iam_proxy=...)` sets up with
+standard variables (https_proxy, no_proxy, REQUESTS_CA_BUNDLE). Two more orders then:
+
+- {"refresh": true} -> {"ok": true, "expiry": ISO time} or {"ok": false, "error": "..."}: the
+  impersonated credentials refreshed.
+- {"id_token": AUDIENCE, "include_email": bool} -> {"ok": true, "token": JWT} or {"ok": false,
+  "error": "..."}: impersonated_credentials.IDTokenCredentials refreshed (generateIdToken).
 """
 
 from __future__ import annotations
@@ -54,14 +63,60 @@ def _failure(exc: exceptions.GoogleAPICallError) -> dict[str, Any]:
     return {"ok": False, "code": code.name if code else str(exc.code), "message": exc.message}
 
 
+_CLOUD_PLATFORM = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
 def _credentials() -> Any:
-    """None (Application Default Credentials), or the one token of AUTH_CLIENT_FIXED_TOKEN."""
+    """None (Application Default Credentials), the one token of AUTH_CLIENT_FIXED_TOKEN, or
+    google-auth's impersonated credentials for the chain of AUTH_CLIENT_IMPERSONATE."""
     token = os.environ.get("AUTH_CLIENT_FIXED_TOKEN")
+    chain = os.environ.get("AUTH_CLIENT_IMPERSONATE")
+    if chain:
+        import google.auth
+        from google.auth import impersonated_credentials
+
+        *delegates, target = chain.split(",")
+        source, _ = google.auth.default(scopes=_CLOUD_PLATFORM)  # type: ignore[no-untyped-call]
+        return impersonated_credentials.Credentials(  # type: ignore[no-untyped-call]
+            source_credentials=source,
+            target_principal=target,
+            target_scopes=_CLOUD_PLATFORM,
+            delegates=delegates,
+            lifetime=int(os.environ.get("AUTH_CLIENT_LIFETIME", "3600")),
+        )
     if not token:
         return None
     from google.oauth2.credentials import Credentials
 
     return Credentials(token)  # type: ignore[no-untyped-call]
+
+
+def _refresh(credentials: Any) -> dict[str, Any]:
+    """Refresh impersonated credentials as google-auth does before a call."""
+    import google.auth.transport.requests
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        credentials.refresh(google.auth.transport.requests.Request())
+    except auth_exceptions.GoogleAuthError as exc:
+        return {"ok": False, "error": " ".join(map(str, exc.args))}
+    return {"ok": True, "expiry": credentials.expiry.isoformat()}
+
+
+def _id_token(credentials: Any, audience: str, include_email: bool) -> dict[str, Any]:
+    """An ID token through google-auth's impersonated IDTokenCredentials (generateIdToken)."""
+    import google.auth.transport.requests
+    from google.auth import exceptions as auth_exceptions
+    from google.auth import impersonated_credentials
+
+    minted = impersonated_credentials.IDTokenCredentials(  # type: ignore[no-untyped-call]
+        credentials, target_audience=audience, include_email=include_email
+    )
+    try:
+        minted.refresh(google.auth.transport.requests.Request())
+    except auth_exceptions.GoogleAuthError as exc:
+        return {"ok": False, "error": " ".join(map(str, exc.args))}
+    return {"ok": True, "token": minted.token}
 
 
 def _subscribe(endpoint: str, subscription: str, count: int, timeout: float) -> dict[str, Any]:
@@ -94,6 +149,7 @@ def _subscribe(endpoint: str, subscription: str, count: int, timeout: float) -> 
 
 _METADATA = re.compile(r" metadata:(\S+)=(\S+)")
 _CA = re.compile(r" ca=(\S+)")
+_IAM_PROXY = re.compile(r" iam-proxy=(\S+)")
 
 
 def auth_broker_fields(ready_text: str) -> tuple[Path, dict[str, str]]:
@@ -104,9 +160,29 @@ def auth_broker_fields(ready_text: str) -> tuple[Path, dict[str, str]]:
     return Path(ca.group(1)), dict(_METADATA.findall(line))
 
 
-def client_environment(metadata_host: str, ca_file: Path) -> dict[str, str]:
-    """This process's environment as a process of one identity would have it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUBSUB_", "GOOGLE_", "GCE_"))}
+def iam_proxy_field(ready_text: str) -> str:
+    """The IAM Credentials proxy URL (`iam-proxy=`) of the last ready line of a broker."""
+    line = [line for line in ready_text.splitlines() if "relay broker ready" in line][-1]
+    proxy = _IAM_PROXY.search(line)
+    assert proxy is not None, line
+    return proxy.group(1)
+
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy")
+
+
+def client_environment(
+    metadata_host: str, ca_file: Path, iam_proxy: str | None = None
+) -> dict[str, str]:
+    """This process's environment as a process of one identity would have it; with
+    `iam_proxy`, HTTPS (google-auth's IAM Credentials calls) goes through that proxy and trusts
+    the broker's CA, while the broker's own loopback addresses are reached directly."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PUBSUB_", "GOOGLE_", "GCE_", "REQUESTS_CA_", "CURL_CA_"))
+        and k.lower() not in _PROXY_VARIABLES
+    }
     env.update(
         {
             "GCE_METADATA_HOST": metadata_host,
@@ -115,6 +191,14 @@ def client_environment(metadata_host: str, ca_file: Path) -> dict[str, str]:
             "CLOUDSDK_CONFIG": str(ca_file.parent / "no-gcloud-config"),
         }
     )
+    if iam_proxy is not None:
+        env.update(
+            {
+                "https_proxy": iam_proxy,
+                "no_proxy": "127.0.0.1,localhost,::1",
+                "REQUESTS_CA_BUNDLE": str(ca_file),
+            }
+        )
     return env
 
 
@@ -189,6 +273,10 @@ def main() -> None:
         started = time.monotonic()
         if "subscribe" in order:
             answer = _subscribe(endpoint, order["subscribe"], order["count"], order["timeout"])
+        elif "refresh" in order:
+            answer = _refresh(kwargs["credentials"])
+        elif "id_token" in order:
+            answer = _id_token(kwargs["credentials"], order["id_token"], order["include_email"])
         else:
             request = order["request"]
             if order["method"] == "publish":

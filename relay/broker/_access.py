@@ -61,18 +61,25 @@ class Access:
 
     def require(self, principal: Principal, checks: Iterable[Check]) -> None:
         """PERMISSION_DENIED naming the principal and each (permission, resource) it lacks."""
+        lacks = self.lacks(principal, checks)
+        if lacks is None:
+            return
+        raise BrokerError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"User not authorized to perform this action: {lacks} "
+            "(relay broker: from the resource's IAM policy and the --grants file).",
+        )
+
+    def lacks(self, principal: Principal, checks: Iterable[Check]) -> str | None:
+        """What `principal` lacks of `checks`, in words naming each permission, its resource and
+        the roles that grant it; None when it holds them all."""
         missing = [(p, r) for p, r in checks if not self.holds(principal.member, p, r)]
         if not missing:
-            return
-        lacks = "; and ".join(
+            return None
+        return f"{principal.member} lacks " + "; and ".join(
             f"permission '{permission}' on resource '{resource}' (or it may not exist), which "
             f"{self._granted_by(permission)} grant there or on its project"
             for permission, resource in missing
-        )
-        raise BrokerError(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"User not authorized to perform this action: {principal.member} lacks {lacks} "
-            "(relay broker: from the resource's IAM policy and the --grants file).",
         )
 
     def _bindings(self, resource: str) -> Iterator[tuple[str, Sequence[str] | frozenset[str]]]:

@@ -50,14 +50,18 @@ class Auth:
         """Calls refused, by status code name (UNAUTHENTICATED, PERMISSION_DENIED)."""
         self.streams_expired: Counter[str] = Counter()
         """Streams ended because the token they were opened with expired, by caller email."""
+        self.impersonated: Counter[str] = Counter()
+        """Tokens minted through the IAM Credentials API, by "METHOD TARGET_EMAIL"."""
 
     def stats(self) -> dict[str, Any]:
-        """GET /stats: what was let through and refused, tokens minted, streams expired."""
+        """GET /stats: what was let through and refused, tokens minted, streams expired, tokens
+        minted by impersonation."""
         return {
             "calls": dict(sorted(self.calls.items())),
             "refused": dict(sorted(self.refused.items())),
             "tokens_minted": dict(sorted(self.issuer.minted.items())),
             "streams_ended_at_token_expiry": dict(sorted(self.streams_expired.items())),
+            "impersonated": dict(sorted(self.impersonated.items())),
         }
 
     @staticmethod

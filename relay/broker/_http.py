@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
 
 from aiohttp import web
 
@@ -101,12 +102,15 @@ async def start_http(
     return await serve_app(make_app(signer, control, control_enabled=control_enabled), host, port)
 
 
-async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app` on host:port (0 = a free port): (runner, bound port); the one place the
-    broker's HTTP servers (its own, the metadata servers) are started."""
+async def serve_app(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0 = a free port), over TLS with `ssl_context`: (runner, bound
+    port); the one place the broker's HTTP servers (its own, the metadata servers, the IAM
+    Credentials API) are started."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:

@@ -70,11 +70,19 @@ class TokenSigner:
         return cls(loaded, certificate)
 
     def mint(
-        self, audience: str, email: str, *, now: float | None = None, lifetime: int = 3600
+        self,
+        audience: str,
+        email: str,
+        *,
+        now: float | None = None,
+        lifetime: int = 3600,
+        include_email: bool = True,
     ) -> str:
-        """Return an RS256 ID token for `audience` on behalf of the service account `email`."""
+        """Return an RS256 ID token for `audience` on behalf of the service account `email`
+        (without the `email` and `email_verified` claims when not `include_email`, as
+        generateIdToken's includeEmail=false gives)."""
         issued = int(time.time() if now is None else now)
-        payload = {
+        payload: dict[str, object] = {
             "iss": ISSUER,
             "aud": audience,
             "azp": _subject(email),
@@ -84,6 +92,8 @@ class TokenSigner:
             "iat": issued,
             "exp": issued + lifetime,
         }
+        if not include_email:
+            del payload["email"], payload["email_verified"]
         body = _b64url(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
         signing_input = f"{self._header}.{body}".encode("ascii")
         signature = self._key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())

@@ -18,11 +18,14 @@ from relay.broker._admin import DEFAULT_ADMIN_OPS_PER_MINUTE, AdminQuota
 from relay.broker._auth import Auth
 from relay.broker._behaviour import Behaviour
 from relay.broker._config import is_loopback
+from relay.broker._connect import ConnectProxy
 from relay.broker._control import Control
 from relay.broker._core import Broker
 from relay.broker._grants import Grants
 from relay.broker._grpc import handlers
 from relay.broker._http import start_http
+from relay.broker._iam_credentials import HOST as IAM_CREDENTIALS_HOST
+from relay.broker._iam_credentials import IamCredentials, start_iam_credentials
 from relay.broker._metadata import Identity, start_metadata
 from relay.broker._oidc import TokenSigner
 from relay.broker._push_tokens import PushTokens
@@ -51,7 +54,8 @@ class ServerOptions:
     `require_auth`: gRPC over TLS, a bearer token from the broker's token service and the IAM
     permission Google requires on every call (`_auth`); `token_lifetime` (seconds) of its access
     and ID tokens; `identities`: service accounts that get a metadata server each; `grants`: the
-    --grants file (`_grants`).
+    --grants file (`_grants`). It also serves the IAM Credentials API that impersonation chains
+    call, behind a CONNECT proxy (`_iam_credentials`, `_connect`).
     """
 
     data_dir: Path
@@ -94,11 +98,15 @@ class BrokerServer:
         self.tls: ServerTls | None = None
         self.metadata: dict[str, int] = {}  # identity email -> its metadata server's port
         self._metadata_runners: list[Any] = []
+        self.iam_proxy_port = 0  # the CONNECT proxy to the IAM Credentials API (--require-auth)
+        self._iam_proxy: ConnectProxy | None = None
+        self._iam_runner: Any = None
 
     @property
     def ready_line(self) -> str:
         """The line logged once the broker serves (with --require-auth: the CA file clients
-        trust and `metadata:EMAIL=HOST:PORT` for each identity's metadata server)."""
+        trust, `metadata:EMAIL=HOST:PORT` for each identity's metadata server and the proxy
+        `https_proxy` takes for the IAM Credentials API)."""
         host = self.options.host
         line = (
             f"relay broker ready grpc={host}:{self.grpc_port} "
@@ -109,6 +117,8 @@ class BrokerServer:
             line += "".join(
                 f" metadata:{email}={host}:{port}" for email, port in self.metadata.items()
             )
+            proxy_host = f"[{host}]" if ":" in host else host
+            line += f" iam-proxy=http://{proxy_host}:{self.iam_proxy_port}"
         return line
 
     async def start(self) -> None:
@@ -170,6 +180,7 @@ class BrokerServer:
             raise OSError(f"cannot listen on {options.host}:{http_port} (HTTP): {exc}") from exc
         if auth is not None:
             await self._serve_metadata(auth.issuer, signer)
+            await self._serve_iam_credentials(auth, signer)
         # No session-wide connection cap: each push subscription has its own concurrency cap.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         lifetime = options.token_lifetime if options.require_auth else DEFAULT_TOKEN_LIFETIME
@@ -201,6 +212,19 @@ class BrokerServer:
                 raise OSError(f"cannot serve the metadata server of {email}: {exc}") from exc
             self._metadata_runners.append(runner)
             self.metadata[email] = port
+
+    async def _serve_iam_credentials(self, auth: Auth, signer: TokenSigner) -> None:
+        """The IAM Credentials API over TLS on a free port, reached through a CONNECT proxy on
+        another (google-auth's URL names iamcredentials.googleapis.com; `_iam_credentials`)."""
+        assert self.broker is not None
+        service = IamCredentials(auth, signer, self.broker.push_tokens)
+        host = self.options.host
+        self._iam_runner, port = await start_iam_credentials(host, self.options.data_dir, service)
+        self._iam_proxy = ConnectProxy({f"{IAM_CREDENTIALS_HOST}:443": (host, port)})
+        try:
+            self.iam_proxy_port = await self._iam_proxy.start(host, 0)
+        except OSError as exc:
+            raise OSError(f"cannot serve the IAM Credentials proxy: {exc}") from exc
 
     def _exposed(self) -> str:
         """The warning of a broker listening beyond loopback: what anyone who reaches it can do."""
@@ -244,6 +268,12 @@ class BrokerServer:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._iam_proxy is not None:
+            await self._iam_proxy.close()
+            self._iam_proxy = None
+        if self._iam_runner is not None:
+            await self._iam_runner.cleanup()
+            self._iam_runner = None
         for runner in self._metadata_runners:
             await runner.cleanup()
         self._metadata_runners.clear()

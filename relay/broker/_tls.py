@@ -1,8 +1,10 @@
-"""The broker's TLS for --require-auth: a local CA and a server certificate in the data directory.
+"""The broker's TLS for --require-auth: a local CA and server certificates in the data directory.
 
-Clients trust the CA the standard way (gRPC: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=<data>/tls-ca.pem).
-Both are reused across restarts while valid for another day; the server certificate is made again
-(by the same CA) when it would not name the host the broker listens on. Keys are 0600.
+Clients trust the CA the standard way (gRPC: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH=<data>/tls-ca.pem;
+requests: REQUESTS_CA_BUNDLE). Both are reused across restarts while valid for another day; the
+server certificate is made again (by the same CA) when it would not name the host the broker
+listens on. Keys are 0600. Certificates carry the key identifiers RFC 5280 asks for, which
+OpenSSL's strict verification (urllib3 on Python 3.13+) requires; older ones are made again.
 """
 
 from __future__ import annotations
@@ -43,9 +45,17 @@ class ServerTls:
     @classmethod
     def load_or_create(cls, data_dir: Path, host: str) -> ServerTls:
         """The CA and a certificate for `host` (and 127.0.0.1, ::1, localhost) in `data_dir`."""
-        ca_key, ca_cert = _ca(data_dir)
         names = tuple(dict.fromkeys((*_LOCAL_NAMES, host)))
-        key_path, cert_path = data_dir / _KEY, data_dir / _CERT
+        return cls.for_names(data_dir, names, _CERT, _KEY)
+
+    @classmethod
+    def for_names(
+        cls, data_dir: Path, names: tuple[str, ...], cert_file: str, key_file: str
+    ) -> ServerTls:
+        """The CA and a certificate for exactly `names` (the last one its common name), kept in
+        `cert_file` and `key_file` of `data_dir`."""
+        ca_key, ca_cert = _ca(data_dir)
+        key_path, cert_path = data_dir / key_file, data_dir / cert_file
         if not _serves(key_path, cert_path, ca_cert, names):
             key = ec.generate_private_key(ec.SECP256R1())
             cert = _signed(key.public_key(), ca_key, ca_cert, names)
@@ -55,10 +65,15 @@ class ServerTls:
 
 
 def _ca(data_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """The data dir's CA, made (with a new key) when missing, unreadable or about to expire."""
+    """The data dir's CA, made (with a new key) when missing, unreadable, about to expire or
+    without a subject key identifier."""
     key_path, cert_path = data_dir / _CA_KEY, data_dir / CA_FILE
     loaded = _load(key_path, cert_path)
-    if loaded is not None and loaded[1].not_valid_after_utc > _now() + _FRESH:
+    if (
+        loaded is not None
+        and loaded[1].not_valid_after_utc > _now() + _FRESH
+        and _has(loaded[1], x509.SubjectKeyIdentifier)
+    ):
         return loaded
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay broker local CA")])
@@ -79,6 +94,7 @@ def _ca(data_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             ),
             critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     _write(key_path, _private_pem(key), private=True)
@@ -102,7 +118,16 @@ def _serves(
     except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
         return False
     same_key = _public_der(key.public_key()) == _public_der(cert.public_key())
-    return same_key and all(_general_name(name) in sans for name in names)
+    identified = _has(cert, x509.AuthorityKeyIdentifier)
+    return same_key and identified and all(_general_name(name) in sans for name in names)
+
+
+def _has(cert: x509.Certificate, extension: type[x509.ExtensionType]) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(extension)
+    except x509.ExtensionNotFound:
+        return False
+    return True
 
 
 def _signed(
@@ -119,6 +144,10 @@ def _signed(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 

@@ -82,13 +82,16 @@ class TokenIssuer:
             raise ValueError(f"{path} does not hold a 32-byte token key; delete it to make one")
         return cls(key, now, lifetime)
 
-    def mint(self, email: str) -> tuple[str, int]:
-        """(an access token for `email`, its lifetime in seconds)."""
+    def mint(self, email: str, lifetime: int | None = None) -> tuple[str, int]:
+        """(an access token for `email`, its lifetime in seconds): the issuer's lifetime, or
+        `lifetime` when that is shorter (a caller asked for less, as generateAccessToken
+        allows)."""
+        lived = self.lifetime if lifetime is None else max(1, min(lifetime, self.lifetime))
         issued = int(self.now())
-        claims = {"sub": email, "iat": issued, "exp": issued + self.lifetime}
+        claims = {"sub": email, "iat": issued, "exp": issued + lived}
         self.minted[email] += 1
         body = _b64(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
-        return f"{_PREFIX}{body}.{_b64(self._mac(body))}", self.lifetime
+        return f"{_PREFIX}{body}.{_b64(self._mac(body))}", lived
 
     def check(self, token: str) -> Principal:
         """The principal of a valid, unexpired token; TokenError otherwise."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -871,16 +873,60 @@ def test_the_tls_material_is_private_and_reused(
 ) -> None:
     broker = _start(start_broker, tmp_path, GRANTS)
     data = tmp_path / "data"
-    files = {name: (data / name).read_bytes() for name in ("tls-ca.pem", "tls-server.pem")}
+    certificates = ("tls-ca.pem", "tls-server.pem", "tls-iamcredentials.pem")
+    files = {name: (data / name).read_bytes() for name in certificates}
     assert {p.name: p.stat().st_mode & 0o777 for p in data.glob("*key*")} == {
         "tls-ca-key.pem": 0o600,
         "tls-server-key.pem": 0o600,
+        "tls-iamcredentials-key.pem": 0o600,
         "token-key": 0o600,
         "oidc-key.pem": 0o600,
     }
     broker.process.restart()
     assert {name: (data / name).read_bytes() for name in files} == files
     assert broker.ca == data / "tls-ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "name"),
+    [
+        ("tls-server.pem", "tls-server-key.pem", "127.0.0.1"),
+        ("tls-iamcredentials.pem", "tls-iamcredentials-key.pem", "iamcredentials.googleapis.com"),
+    ],
+)
+def test_the_certificates_pass_strict_verification(
+    auth: AuthBroker, cert: str, key: str, name: str
+) -> None:
+    """OpenSSL's strict (RFC 5280) checks, which urllib3 turns on from Python 3.13: the key
+    identifiers on the CA and the server certificates."""
+    data = auth.ca.parent
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(data / cert, data / key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    errors: list[BaseException] = []
+
+    def accept() -> None:
+        connection, _ = listener.accept()
+        try:
+            with server.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(1)
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    client = ssl.create_default_context(cafile=str(auth.ca))
+    client.verify_flags |= ssl.VERIFY_X509_STRICT
+    try:
+        with (
+            socket.create_connection(listener.getsockname(), timeout=10) as raw,
+            client.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version()
+    finally:
+        thread.join(10)
+        listener.close()
+    assert not errors, errors
 
 
 @pytest.mark.parametrize(
