@@ -469,7 +469,7 @@ def _why(error: BaseException | None, attempts: int) -> str:
             "; RESOURCE_EXHAUSTED is a quota: administrator operations (creating, seeking and "
             "deleting subscriptions) are capped at 6,000 per minute per project, charged to the "
             "caller's project, and publishing has a throughput quota (docs/airflow.md, "
-            "\"Quotas and costs\"; the connection's quota_project_id charges them to another "
+            '"Quotas and costs"; the connection\'s quota_project_id charges them to another '
             "project, e.g. the wait_project)"
         )
     return text
