@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dags.mkdir()
             for dag_id, source in _DAGS.values():
                 shutil.copy(source, dags / f"{dag_id}.py")
-            env = airflow_pubsub_env(stack.broker.host, topology.project)
+            env = airflow_pubsub_env(stack.broker.host, topology)
             started = time.monotonic()
             with airflow_deployment(
                 run_dir / "airflow", dags, db_url, env, _AIRFLOW_DEFAULTS

@@ -5,8 +5,11 @@ then point Airflow at it:
 
     export PUBSUB_EMULATOR_HOST=127.0.0.1:8085
     export AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT='{"conn_type": "google_cloud_platform",
-        "extra": {"is_anonymous": true, "project": "relay-local"}}'
+        "extra": {"is_anonymous": true, "project": "relay-local",
+                  "wait_project": "relay-local-waits"}}'
     airflow dags test relay_echo_call            # or any DAG id below
+
+(`relay up` prints that extra; the wait project is where the task subscriptions are created.)
 
 On Google Cloud, drop PUBSUB_EMULATOR_HOST and use a real connection (ADC, key, impersonation).
 """

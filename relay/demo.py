@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from relay.protocol import EXAMPLE_CSV_PROFILE, RESULT_SUCCEEDED
 from relay.topology import Topology, TopologyError, load_topology
-from relay.up import CompletionMonitor, Observed, Stack, StackError, stack_up
+from relay.up import CompletionMonitor, Observed, Stack, StackError, airflow_connection, stack_up
 from relay.up.cli import render_stack
 
 DAG_ID = "relay_csv_pipeline"
@@ -84,9 +84,10 @@ def generate_csvs(folder: Path, count: int, *, seed: int = 6) -> Expected:
 
 
 def airflow_environment(
-    run_dir: Path, dags_folder: Path, project: str, host: str
+    run_dir: Path, dags_folder: Path, topology: Topology, host: str
 ) -> dict[str, str]:
-    """Environment for a throw-away Airflow: SQLite under the run folder, anonymous Pub/Sub."""
+    """Environment for a throw-away Airflow: SQLite under the run folder, anonymous Pub/Sub
+    (the topology's project, its waits in their wait project)."""
     home = run_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -97,12 +98,7 @@ def airflow_environment(
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
-                {
-                    "conn_type": "google_cloud_platform",
-                    "extra": {"is_anonymous": True, "project": project},
-                }
-            ),
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": airflow_connection(topology),
             "PUBSUB_EMULATOR_HOST": host,
             "PYTHONUNBUFFERED": "1",
         }
@@ -256,7 +252,7 @@ def _demo(args: argparse.Namespace) -> int:
             render_stack(console, stack)
             if args.deploy:
                 _deploy_locally(console, local)
-            env = airflow_environment(run_dir, dags_folder, topology.project, stack.broker.host)
+            env = airflow_environment(run_dir, dags_folder, topology, stack.broker.host)
             with console.status("airflow db migrate (SQLite)"):
                 migrated = _run_logged(
                     [sys.executable, "-m", "airflow", "db", "migrate"], env, run_dir, "db-migrate"

@@ -73,7 +73,8 @@ class RelayHook(GoogleBaseHook):
     :param impersonation_chain: service account (or chain) to impersonate (short-term credentials).
     :param project_id: project for short topic/subscription names; defaults to the connection's.
     :param wait_project: project of the task subscriptions (default: the connection's extra
-        `wait_project`, else `project_id`): keeps their admin quota and grants apart.
+        `wait_project`, else `project_id`): keeps their grants apart (their admin quota goes to
+        the credentials' project, or the connection's `quota_project_id`).
     """
 
     conn_name_attr = "gcp_conn_id"
@@ -468,7 +469,7 @@ def _why(error: BaseException | None, attempts: int) -> str:
             "; RESOURCE_EXHAUSTED is a quota: administrator operations (creating, seeking and "
             "deleting subscriptions) are capped at 6,000 per minute per project, charged to the "
             "caller's project, and publishing has a throughput quota (docs/airflow.md, "
-            "\"Quotas and costs\"; a wait_project keeps relay's subscriptions off the topic's "
-            "project)"
+            '"Quotas and costs"; the connection\'s quota_project_id charges them to another '
+            "project, e.g. the wait_project)"
         )
     return text

@@ -7,9 +7,12 @@ being charged to it: listing and getting resources count, not only changing them
 is the one place that says which gRPC methods count; the gRPC layer (`_gate`) charges every call
 of these methods, whether the broker serves the method yet or not.
 
-The broker has no credentials to read a project from, so it charges the project of the
-`x-goog-user-project` metadata (what google-auth sends for a quota project) when present, else the
-project in the request's resource name.
+So the broker charges the project of the `x-goog-user-project` metadata (what google-auth sends
+for a quota project) when present; else, with --require-auth, the project of the caller's
+credentials (the project of its service account, NAME@PROJECT.iam.gserviceaccount.com): a
+subscription created in a wait project of its own is charged to the caller's project, as on
+Google. Without credentials (or for a caller whose email names no project) it charges the project
+in the request's resource name.
 """
 
 from __future__ import annotations
@@ -58,11 +61,15 @@ ADMIN_METHODS = frozenset(
 _RESOURCE_FIELDS = ("name", "project", "topic", "subscription", "snapshot", "resource", "parent")
 
 
-def charged_project(request: Any, metadata: Any) -> str:
-    """The project an administrator operation is charged to ("" if none can be told)."""
+def charged_project(request: Any, metadata: Any, caller_project: str | None = None) -> str:
+    """The project an administrator operation is charged to ("" if none can be told):
+    x-goog-user-project, else `caller_project` (the project of the caller's credentials), else
+    the resource's."""
     for key, value in metadata or ():
         if key == "x-goog-user-project" and value:
             return str(value)
+    if caller_project:
+        return caller_project
     fields = request.DESCRIPTOR.fields_by_name
     for field in _RESOURCE_FIELDS:
         if field not in fields:

@@ -17,11 +17,13 @@ from typing import Any
 
 import grpc
 
+from relay.broker._access import identity_project
 from relay.broker._admin import ADMIN_METHODS, AdminQuota, charged_project
 from relay.broker._auth import CALLER, Auth
 from relay.broker._behaviour import Behaviour
 from relay.broker._core import Broker
 from relay.broker._errors import BrokerError
+from relay.broker._tokens import Principal
 
 __all__ = ["Control", "ControlError"]
 
@@ -95,6 +97,7 @@ class Control:
                 fault = self._take_fault(name)
                 if fault is not None:
                     await context.abort(fault.code, fault.message)
+            principal = None
             if auth is not None and rule is not None:
                 try:
                     principal = auth.authenticate(context.invocation_metadata())
@@ -104,7 +107,7 @@ class Control:
                 CALLER.set(principal)
             if admin:
                 try:
-                    await self._admit(name, request, context)
+                    await self._admit(name, request, context, principal)
                 except BrokerError as exc:
                     await context.abort(exc.code, exc.message)
             return await inner(request, context)
@@ -153,9 +156,13 @@ class Control:
                 del self.faults[method]
         return fault
 
-    async def _admit(self, name: str, request: Any, context: Any) -> None:
-        """Charge an administrator operation to its project, then wait the admin latency."""
-        project = charged_project(request, context.invocation_metadata())
+    async def _admit(
+        self, name: str, request: Any, context: Any, caller: Principal | None = None
+    ) -> None:
+        """Charge an administrator operation to its project (with --require-auth: the caller's),
+        then wait the admin latency."""
+        caller_project = identity_project(caller.email) if caller is not None else None
+        project = charged_project(request, context.invocation_metadata(), caller_project)
         broker = self.broker
         try:
             self.quota.charge(project, broker.clock.now())

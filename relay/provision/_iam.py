@@ -353,6 +353,11 @@ def gcloud_script(
     for waiter_project in dict.fromkeys(
         b.resource for b in bindings if b.kind == "project" and b.role == waiter_role(b.resource)
     ):
+        if waiter_project != topology.project:
+            lines.append(
+                f"# The wait project {waiter_project} must exist with the Pub/Sub API enabled "
+                f"(gcloud services enable pubsub.googleapis.com --project={waiter_project})."
+            )
         lines.append(
             "# A custom role for relay's task subscriptions (once per project; IAM cannot narrow "
             "it to some subscriptions: a wait project of their own keeps it off the rest):"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from relay.provision._desired import subscription_path, topic_path
-from relay.provision._errors import ProvisionError
+from relay.provision._errors import ProvisionError, api_failure
 from relay.provision._iam import Binding
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _sync(client: Any, path: str, wanted: list[Binding], *, dry_run: bool) -> li
             continue
         except exceptions.GoogleAPICallError as exc:
             raise ProvisionError(
-                f"setting the IAM policy of {path} failed: {exc.message} (the account running "
+                f"setting the IAM policy of {path} failed: {api_failure(exc)} (the account running "
                 "relay provision needs setIamPolicy on it, e.g. roles/pubsub.admin; --no-iam "
                 "leaves IAM policies alone and prints every binding instead)"
             ) from exc
@@ -118,8 +118,8 @@ def _read(client: Any, path: str, *, missing_ok: bool) -> Any:
         raise ProvisionError(f"reading the IAM policy of {path} failed: it does not exist") from exc
     except exceptions.GoogleAPICallError as exc:
         raise ProvisionError(
-            f"reading the IAM policy of {path} failed: {exc.message} (the account running relay "
-            "provision needs getIamPolicy on it, e.g. roles/pubsub.admin)"
+            f"reading the IAM policy of {path} failed: {api_failure(exc)} (the account running "
+            "relay provision needs getIamPolicy on it, e.g. roles/pubsub.admin)"
         ) from exc
 
 

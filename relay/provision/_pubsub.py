@@ -8,6 +8,7 @@ clients switch to an insecure channel with anonymous credentials when that varia
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import Counter
 from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -27,7 +28,7 @@ from relay.provision._desired import (
     trigger_subscription_prefix,
     update_mask,
 )
-from relay.provision._errors import ProvisionError
+from relay.provision._errors import ProvisionError, api_failure
 from relay.provision._iam import iam_bindings, settable
 from relay.provision._policies import IamChange, sync_policies
 from relay.topology import Topology
@@ -39,6 +40,7 @@ Action = Literal["create", "update", "unchanged", "conflict", "pending"]
 """`pending`: an Eventarc trigger's subscription that does not exist yet (relay deploy creates the
 trigger, then configures it)."""
 _TIMEOUT = 30.0
+_EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,21 @@ class Plan:
 
 
 @contextmanager
-def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
-    """A publisher and a subscriber admin client, closed on exit."""
+def admin_clients(
+    api_endpoint: str | None = None,
+) -> Iterator[tuple[PublisherClient, SubscriberClient]]:
+    """A publisher and a subscriber admin client, closed on exit: on Google's endpoint (or
+    PUBSUB_EMULATOR_HOST's), or on `api_endpoint` (HOST:PORT) over TLS with Application Default
+    Credentials, as on Google (gRPC trusts extra CAs from GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)."""
+    options: dict[str, Any] = {}
+    if api_endpoint is not None:
+        if os.environ.get(_EMULATOR_ENV):
+            raise ProvisionError(
+                f"an API endpoint ({api_endpoint}) and {_EMULATOR_ENV} "
+                f"({os.environ[_EMULATOR_ENV]}) are both set; the client libraries would take "
+                f"{_EMULATOR_ENV} (no TLS, anonymous): unset one"
+            )
+        options["client_options"] = {"api_endpoint": api_endpoint}
     try:
         from google.pubsub_v1 import PublisherClient, SubscriberClient
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -100,12 +115,12 @@ def admin_clients() -> Iterator[tuple[PublisherClient, SubscriberClient]]:
 
     with ExitStack() as stack:
         try:
-            publisher = stack.enter_context(PublisherClient())
-            subscriber = stack.enter_context(SubscriberClient())
+            publisher = stack.enter_context(PublisherClient(**options))
+            subscriber = stack.enter_context(SubscriberClient(**options))
         except DefaultCredentialsError as exc:
             raise ProvisionError(
-                f"no credentials for Google Cloud ({exc}); or set PUBSUB_EMULATOR_HOST to "
-                "provision a local relay broker"
+                f"no Application Default Credentials ({' '.join(str(exc).split())}); or set "
+                f"{_EMULATOR_ENV} to provision a local relay broker without authentication"
             ) from exc
         yield publisher, subscriber
 
@@ -265,7 +280,7 @@ def apply(plan: Plan, publisher: PublisherClient, subscriber: SubscriberClient) 
                 )
         except exceptions.GoogleAPICallError as exc:
             raise ProvisionError(
-                f"{change.action} {change.kind} {change.name} failed: {exc.message}"
+                f"{change.action} {change.kind} {change.name} failed: {api_failure(exc)}"
             ) from exc
 
 
@@ -293,7 +308,9 @@ def provision(
         try:
             result = plan(topology, publisher, subscriber)
         except exceptions.GoogleAPIError as exc:
-            raise ProvisionError(f"cannot read project {topology.project}: {exc}") from exc
+            raise ProvisionError(
+                f"cannot read project {topology.project}: {api_failure(exc)}"
+            ) from exc
         if not dry_run:
             apply(result, publisher, subscriber)
         if iam:

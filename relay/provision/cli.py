@@ -18,7 +18,7 @@ from relay.provision._iam import (
     iam_bindings,
     project_grants,
 )
-from relay.provision._pubsub import Plan
+from relay.provision._pubsub import Plan, admin_clients
 from relay.provision._pubsub import provision as provision_topology
 from relay.topology import DEFAULT_FILE, TopologyError, load_topology
 
@@ -118,6 +118,16 @@ def _member(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     return value
 
 
+def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """HOST:PORT of a Pub/Sub API (what client_options.api_endpoint takes)."""
+    if value is None:
+        return None
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in value:
+        raise click.BadParameter(f"{value!r} must be HOST:PORT (e.g. 127.0.0.1:8085)")
+    return value
+
+
 @click.command()
 @click.option(
     "--file",
@@ -154,6 +164,15 @@ def _member(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     help="Write the grants Pub/Sub cannot set (custom roles, project and service-account "
     "bindings) to this JSON file, as `relay broker --grants` reads them.",
 )
+@click.option(
+    "--api-endpoint",
+    callback=_endpoint,
+    metavar="HOST:PORT",
+    help="The Pub/Sub API to provision (default: Google's): TLS, trusting the CAs of "
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH besides the system's, with Application Default "
+    "Credentials, e.g. relay broker --require-auth with GCE_METADATA_HOST set to an identity's "
+    "metadata server.",
+)
 def provision(
     file: Path,
     project: str | None,
@@ -162,13 +181,16 @@ def provision(
     project_number: int | None,
     provisioner: str | None,
     grants_file: Path | None,
+    api_endpoint: str | None,
 ) -> None:
     """Create or update the topology's topics and subscriptions (idempotent) and add their
     least-privilege IAM bindings (nothing is removed).
 
-    Works against Google Cloud with Application Default Credentials, or against `relay broker`
-    when PUBSUB_EMULATOR_HOST is set. Prints what Pub/Sub cannot set (custom and project-level
-    roles, roles on service accounts and Cloud Run services) as gcloud commands.
+    Works against Google Cloud with Application Default Credentials; against another Pub/Sub API
+    with --api-endpoint (TLS and ADC, e.g. `relay broker --require-auth`); or against `relay
+    broker` without authentication when PUBSUB_EMULATOR_HOST is set. Prints what Pub/Sub cannot
+    set (custom and project-level roles, roles on service accounts and Cloud Run services) as
+    gcloud commands.
     """
     console = Console()
     try:
@@ -176,14 +198,26 @@ def provision(
     except TopologyError as exc:
         raise click.ClickException(str(exc)) from exc
     target = os.environ.get("PUBSUB_EMULATOR_HOST")
-    where = f"relay broker / emulator at {target}" if target else "Google Cloud (ADC)"
+    if api_endpoint is not None:
+        where = f"the Pub/Sub API at {api_endpoint} (TLS, Application Default Credentials)"
+    elif target:
+        where = f"relay broker / emulator at {target}"
+    else:
+        where = "Google Cloud (ADC)"
     console.print(
         f"Provisioning [bold]{topology.path or file}[/] into {where}",
         highlight=False,
         soft_wrap=True,
     )
     try:
-        plan = provision_topology(topology, dry_run=dry_run, iam=iam, project_number=project_number)
+        with admin_clients(api_endpoint) as clients:
+            plan = provision_topology(
+                topology,
+                dry_run=dry_run,
+                clients=clients,
+                iam=iam,
+                project_number=project_number,
+            )
     except ProvisionError as exc:
         raise click.ClickException(str(exc)) from exc
     render_plan(console, plan, dry_run=dry_run)

@@ -383,28 +383,42 @@ class _Parser:
                 continue
             raw = self.mapping(item, path, _IDENTITY_KEYS)
             member = self.member(raw, path)
+            waits_on = self.names(raw.get("waits_on"), _join(path, "waits_on"), _any)
             identities[name] = Identity(
                 name=name,
                 member=member or "",
                 publishes=self.names(raw.get("publishes"), _join(path, "publishes"), _any),
                 subscribes=self.names(raw.get("subscribes"), _join(path, "subscribes"), _any),
                 invokes=self.names(raw.get("invokes"), _join(path, "invokes"), _any),
-                waits_on=self.names(raw.get("waits_on"), _join(path, "waits_on"), _any),
+                waits_on=waits_on,
                 wait_project=self.wait_project(
-                    raw.get("wait_project"), _join(path, "wait_project")
+                    raw.get("wait_project"), _join(path, "wait_project"), waits_on
                 ),
             )
         return identities
 
-    def wait_project(self, value: object, path: str) -> str | None:
+    def wait_project(self, value: object, path: str, waits_on: tuple[str, ...]) -> str | None:
+        """The project of an identity's task subscriptions: a valid project id, not the
+        topology's own (that is the default, and no separation), for an identity that waits."""
         project = self.string(value, path, required=False)
         if project is None:
             return None
         try:
-            return check_project_id(project)
+            check_project_id(project)
         except ProtocolError:
             self.issue(path, f"{project!r} is not a valid project id ({PROJECT_RULE})")
             return None
+        if not waits_on:
+            self.issue(path, "only applies with waits_on (where its task subscriptions attach)")
+            return None
+        if project == self.project:
+            self.issue(
+                path,
+                f"{project} is the topology's project: leave wait_project out (that is the "
+                "default) or name a project of their own, where the waiter role is granted",
+            )
+            return None
+        return project
 
     def member(self, raw: dict[str, Any], path: str) -> str | None:
         if ("service_account" in raw) == ("member" in raw):

@@ -5,6 +5,7 @@ tests); `CompletionMonitor` watches the completion topic. See docs/topology.md.
 """
 
 from relay.up._auth import identity_environment, operator_credentials
+from relay.up._connection import airflow_connection, airflow_connection_extra
 from relay.up._monitor import CompletionMonitor, Observed
 from relay.up._process import StackError
 from relay.up._stack import (
@@ -26,6 +27,8 @@ __all__ = [
     "ServedFunction",
     "Stack",
     "StackError",
+    "airflow_connection",
+    "airflow_connection_extra",
     "function_server",
     "identity_environment",
     "operator_credentials",

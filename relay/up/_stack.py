@@ -126,6 +126,12 @@ class Stack:
         return {**self.identity_environment(waiter), **common, **project}
 
     @property
+    def api_endpoint(self) -> str | None:
+        """--require-auth: the broker's address as clients' API endpoint (TLS, credentials);
+        None when they reach it through PUBSUB_EMULATOR_HOST."""
+        return self.broker.host if self.broker.ca_file is not None else None
+
+    @property
     def waiter(self) -> str | None:
         """The name of the identity that waits on results (Airflow's), with a service account."""
         return next(

@@ -17,6 +17,7 @@ from relay.protocol import RESULT_FAILED, RESULT_SUCCEEDED
 from relay.provision import ProvisionError
 from relay.provision.cli import render_plan
 from relay.topology import DEFAULT_FILE, TopologyError, load_topology
+from relay.up._connection import airflow_connection_extra
 from relay.up._monitor import CompletionMonitor, Observed
 from relay.up._process import StackError
 from relay.up._stack import DEFAULT_DATA_DIR, Stack, stack_up
@@ -53,6 +54,13 @@ def render_stack(console: Console, stack: Stack) -> None:
         waiter = stack.waiter
         if waiter is not None:
             clients += f" (runs as {waiter})"
+        where = "the clients' variables below (no PUBSUB_EMULATOR_HOST)"
+    else:
+        where = "PUBSUB_EMULATOR_HOST as below"
+    extra = json.dumps(airflow_connection_extra(stack.topology, stack.api_endpoint))
+    lines.append(
+        f"  {'airflow':<{width}}  Google connection extra {extra}, in every Airflow process {where}"
+    )
     lines.append(f"  {'clients':<{width}}  {clients}")
     lines.append(f"  {'results':<{width}}  completion topic {stack.topology.completion_topic}")
     for line in lines:
@@ -60,7 +68,7 @@ def render_stack(console: Console, stack: Stack) -> None:
 
 
 def _auth_lines(stack: Stack, width: int) -> list[str]:
-    """--require-auth: each identity's metadata server, and what Airflow's connection needs."""
+    """--require-auth: TLS, and each identity's metadata server."""
     broker = stack.broker
     lines = [f"  {'auth':<{width}}  TLS (CA {broker.ca_file}); every call needs a token and IAM"]
     for name, identity in stack.topology.identities.items():
@@ -70,11 +78,6 @@ def _auth_lines(stack: Stack, width: int) -> list[str]:
                 f"  {'identity':<{width}}  {name} ({identity.service_account}): "
                 f"GCE_METADATA_HOST=GCE_METADATA_IP={host}"
             )
-    extra = json.dumps({"project": stack.topology.project, "api_endpoint": broker.host})
-    lines.append(
-        f"  {'airflow':<{width}}  Google connection extra {extra}, in every Airflow process "
-        f"the clients' variables below (no PUBSUB_EMULATOR_HOST)"
-    )
     return lines
 
 

@@ -317,6 +317,80 @@ def test_create_subscription_needs_create_on_the_project_and_attach_on_the_topic
     assert alice.ok("subscriber", "create_subscription", **request)["name"] == name
 
 
+def test_a_subscription_in_another_project_than_its_topic_is_authorized_and_charged_as_on_google(
+    start_broker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Google: creating a subscription in project B on a topic of project A needs
+    pubsub.subscriptions.create on B and pubsub.topics.attachSubscription on the topic; consume
+    and delete are checked on the subscription (so on B); administrator operations are charged to
+    the project of the caller's credentials, not to the resource's."""
+    waits = f"{PROJECT}-waits"
+    waiter = f"projects/{waits}/roles/waiter"
+    grants = {
+        "roles": {
+            waiter: [
+                "pubsub.subscriptions.create",
+                "pubsub.subscriptions.consume",
+                "pubsub.subscriptions.delete",
+            ]
+        },
+        "bindings": [
+            _binding(f"projects/{PROJECT}", "roles/pubsub.admin", ADMIN),
+            _binding(f"projects/{waits}", waiter, ALICE),
+        ],
+    }
+    broker = _start(start_broker, tmp_path, grants)
+    try:
+        admin, alice = broker.client(ADMIN), broker.client(ALICE)
+        topic = f"projects/{PROJECT}/topics/results"
+        theirs = f"projects/{PROJECT}/subscriptions/theirs"
+        admin.ok("publisher", "create_topic", name=topic)
+        admin.ok("subscriber", "create_subscription", name=theirs, topic=topic)
+        wait = f"projects/{waits}/subscriptions/wait"
+        create = {"name": wait, "topic": topic}
+        _denied(
+            broker.client(BOB).refused("subscriber", "create_subscription", **create),
+            BOB,
+            ("pubsub.subscriptions.create", f"projects/{waits}"),
+            ("pubsub.topics.attachSubscription", topic),
+        )
+        _denied(
+            alice.refused("subscriber", "create_subscription", **create),
+            ALICE,
+            ("pubsub.topics.attachSubscription", topic),
+        )
+        _grant(broker, topic, "roles/pubsub.subscriber", ALICE)
+        before = broker.process.stats()["admin_ops"]
+        alice.ok("subscriber", "create_subscription", **create)
+        assert broker.process.stats()["admin_ops"] == {
+            **before,
+            PROJECT: before.get(PROJECT, 0) + 1,
+        }
+        # The topic lists it; its messages reach it; its owner seeks, pulls, acks and deletes it.
+        listed = admin.ok("publisher", "list_topic_subscriptions", topic=topic)
+        assert sorted(listed) == sorted([theirs, wait])
+        admin.ok("publisher", "publish", topic=topic, messages=[{"data": "result"}])
+        alice.ok("subscriber", "seek", subscription=wait, time={"seconds": 1_700_000_000})
+        received: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            pulled = alice.ok("subscriber", "pull", subscription=wait, max_messages=10)
+            received = pulled.get("received_messages", [])
+        assert [m["message"]["data"] for m in received] == ["cmVzdWx0"]  # b"result"
+        alice.ok("subscriber", "acknowledge", subscription=wait, ack_ids=[received[0]["ack_id"]])
+        # The waiter role is on the wait project only: the topic project's subscriptions stay shut.
+        _denied(
+            alice.refused("subscriber", "pull", subscription=theirs, max_messages=1),
+            ALICE,
+            ("pubsub.subscriptions.consume", theirs),
+        )
+        alice.ok("subscriber", "delete_subscription", subscription=wait)
+        stats = broker.process.stats()["admin_ops"]
+        assert waits not in stats, stats  # every call of alice's was charged to her project
+    finally:
+        broker.close()
+
+
 def test_a_push_subscription_with_a_token_needs_act_as_on_its_service_account(
     auth: AuthBroker, topic: str, unique: Callable[[str], str]
 ) -> None:

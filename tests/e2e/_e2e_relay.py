@@ -27,6 +27,7 @@ from relay.demo import with_csv_inputs
 from relay.provision import provision
 from relay.topology import Function, Topology, load_topology
 from relay.up import (
+    airflow_connection,
     function_server,
     identity_environment,
     operator_credentials,
@@ -244,20 +245,16 @@ def clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith(_NOT_INHERITED)}
 
 
-def airflow_pubsub_env(host: str, project: str) -> dict[str, str]:
+def airflow_pubsub_env(host: str, topology: Topology) -> dict[str, str]:
     """clean_env() plus what every Airflow process needs to reach the broker: the emulator host
-    and an anonymous google_cloud_default connection on `project`."""
+    and an anonymous google_cloud_default connection on the topology's project (and its wait
+    project), as `relay up` prints it."""
     env = clean_env()
     env.update(
         {
             "PUBSUB_EMULATOR_HOST": host,
-            "GOOGLE_CLOUD_PROJECT": project,
-            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
-                {
-                    "conn_type": "google_cloud_platform",
-                    "extra": {"is_anonymous": True, "project": project},
-                }
-            ),
+            "GOOGLE_CLOUD_PROJECT": topology.project,
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": airflow_connection(topology),
         }
     )
     return env
@@ -269,16 +266,10 @@ def airflow_auth_env(stack: RelayStack, identity: str = "airflow") -> dict[str, 
     google_cloud_default connection with the API endpoint (no PUBSUB_EMULATOR_HOST)."""
     env = clean_env()
     env.update(stack.identity_environment(identity))
-    project = stack.topology.project
     env.update(
         {
-            "GOOGLE_CLOUD_PROJECT": project,
-            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(
-                {
-                    "conn_type": "google_cloud_platform",
-                    "extra": {"project": project, "api_endpoint": stack.host},
-                }
-            ),
+            "GOOGLE_CLOUD_PROJECT": stack.topology.project,
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": airflow_connection(stack.topology, stack.host),
         }
     )
     return env

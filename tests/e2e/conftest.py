@@ -34,7 +34,7 @@ def _deployment(
         with relay_stack(root / "relay", token_lifetime) as stack:
             relay_ready = time.monotonic() - started
             if token_lifetime is None:
-                env = airflow_pubsub_env(stack.host, stack.topology.project)
+                env = airflow_pubsub_env(stack.host, stack.topology)
             else:
                 env = airflow_auth_env(stack)
             with airflow_deployment(root / "airflow", dags, db_url, env) as deployment:

@@ -17,6 +17,7 @@ PUSH = "serviceAccount:relay-push@relay-local.iam.gserviceaccount.com"
 PUSH_EMAIL = "relay-push@relay-local.iam.gserviceaccount.com"
 AGENT = "serviceAccount:service-123@gcp-sa-pubsub.iam.gserviceaccount.com"
 OPS = "user:ops@example.com"
+WAITS = "relay-local-waits"
 
 
 def test_bindings_of_the_repository_topology_are_least_privilege() -> None:
@@ -28,7 +29,8 @@ def test_bindings_of_the_repository_topology_are_least_privilege() -> None:
         ("topic", "relay-echo-requests", "roles/pubsub.publisher", AIRFLOW),
         ("topic", "relay-csv-profile-requests", "roles/pubsub.publisher", AIRFLOW),
         ("topic", "relay-results", "roles/pubsub.subscriber", AIRFLOW),
-        ("project", "relay-local", "projects/relay-local/roles/relayWaiter", AIRFLOW),
+        # The waiter role in the wait project only: Airflow's task subscriptions live there.
+        ("project", WAITS, f"projects/{WAITS}/roles/relayWaiter", AIRFLOW),
         ("topic", "relay-results", "roles/pubsub.publisher", FUNCTIONS),
         ("function", "echo", "roles/run.invoker", PUSH),
         ("function", "csv-profile", "roles/run.invoker", PUSH),
@@ -56,6 +58,7 @@ def test_bindings_of_the_repository_topology_are_least_privilege() -> None:
     assert not held[FUNCTIONS] & requests
     subscriptions = {("subscription", f.subscription) for f in topology.functions.values()}
     assert not held[AIRFLOW] & subscriptions
+    assert ("project", "relay-local") not in held[AIRFLOW]
     assert all(kind == "function" for kind, _ in held[PUSH])
 
 
@@ -72,7 +75,7 @@ def test_project_grants_of_relay_yaml_are_what_google_documents() -> None:
     push = f"projects/relay-local/serviceAccounts/{PUSH_EMAIL}"
     assert grants == {
         "roles": {
-            "projects/relay-local/roles/relayWaiter": [
+            f"projects/{WAITS}/roles/relayWaiter": [
                 "pubsub.subscriptions.create",
                 "pubsub.subscriptions.consume",
                 "pubsub.subscriptions.delete",
@@ -80,8 +83,8 @@ def test_project_grants_of_relay_yaml_are_what_google_documents() -> None:
         },
         "bindings": [
             {
-                "resource": "projects/relay-local",
-                "role": "projects/relay-local/roles/relayWaiter",
+                "resource": f"projects/{WAITS}",
+                "role": f"projects/{WAITS}/roles/relayWaiter",
                 "members": [AIRFLOW],
             },
             {
@@ -100,9 +103,9 @@ def test_project_grants_of_relay_yaml_are_what_google_documents() -> None:
         if b.kind in ("project", "service_account")
     }
     assert reasons == {
-        ("relay-local", "projects/relay-local/roles/relayWaiter"): (
+        (WAITS, f"projects/{WAITS}/roles/relayWaiter"): (
             "airflow creates, seeks, pulls and deletes its task subscriptions in project "
-            "relay-local (pubsub.subscriptions.create on the project; consume and delete on "
+            f"{WAITS} (pubsub.subscriptions.create on the project; consume and delete on "
             "subscriptions that only exist once it made them)"
         ),
         (PUSH_EMAIL, "roles/iam.serviceAccountTokenCreator"): (
@@ -130,12 +133,12 @@ def test_project_grants_leave_out_what_needs_a_number_or_a_provisioner() -> None
 
     assert grants["bindings"] == [
         {
-            "resource": "projects/relay-local",
-            "role": "projects/relay-local/roles/relayWaiter",
+            "resource": f"projects/{WAITS}",
+            "role": f"projects/{WAITS}/roles/relayWaiter",
             "members": [AIRFLOW],
         }
     ]
-    assert list(grants["roles"]) == ["projects/relay-local/roles/relayWaiter"]
+    assert list(grants["roles"]) == [f"projects/{WAITS}/roles/relayWaiter"]
 
 
 def test_shared_dead_letter_topic_is_granted_once_with_both_reasons() -> None:
@@ -171,12 +174,12 @@ def test_gcloud_script_lists_what_pubsub_cannot_set_and_is_runnable_shell() -> N
 
     push = "relay-push@acme-prod.iam.gserviceaccount.com"
     assert _commands(script) == [
-        "gcloud iam roles create relayWaiter --project=acme-prod --title='relay waiter' "
+        "gcloud iam roles create relayWaiter --project=acme-prod-waits --title='relay waiter' "
         "--stage=GA --permissions=pubsub.subscriptions.create,pubsub.subscriptions.consume,"
         "pubsub.subscriptions.delete",
-        "gcloud projects add-iam-policy-binding acme-prod "
+        "gcloud projects add-iam-policy-binding acme-prod-waits "
         "--member=serviceAccount:relay-airflow@acme-prod.iam.gserviceaccount.com "
-        "--role=projects/acme-prod/roles/relayWaiter --condition=None",
+        "--role=projects/acme-prod-waits/roles/relayWaiter --condition=None",
         *(
             f"gcloud run services add-iam-policy-binding {name} --region=europe-west1 "
             f"--project=acme-prod --member=serviceAccount:{push} --role=roles/run.invoker"
@@ -191,6 +194,10 @@ def test_gcloud_script_lists_what_pubsub_cannot_set_and_is_runnable_shell() -> N
     ]
     lines = script.splitlines()
     assert all(lines[lines.index(command) - 1].startswith("# ") for command in _commands(script))
+    assert (
+        "# The wait project acme-prod-waits must exist with the Pub/Sub API enabled (gcloud "
+        "services enable pubsub.googleapis.com --project=acme-prod-waits)."
+    ) in lines
     checked = subprocess.run(
         ["bash", "-n"], input=script, text=True, capture_output=True, check=False
     )
@@ -244,10 +251,7 @@ def test_a_wait_project_takes_the_waiter_role_and_the_topic_keeps_the_attach_gra
     text = (
         (REPO / "relay.yaml")
         .read_text()
-        .replace(
-            "    waits_on: [relay-results]\n",
-            "    waits_on: [relay-results]\n    wait_project: acme-waits\n",
-        )
+        .replace('    wait_project: "{project}-waits"\n', "    wait_project: acme-waits\n")
     )
     topology = parse_topology(text, check_sources=False, project="acme-prod")
     airflow = "serviceAccount:relay-airflow@acme-prod.iam.gserviceaccount.com"

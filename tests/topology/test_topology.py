@@ -134,9 +134,12 @@ def test_valid_file_loads_into_frozen_dataclasses(base: Path) -> None:
 
 
 def test_project_override_replaces_placeholders(base: Path) -> None:
-    topology = _load(base, _valid(), project="other-project")
+    document = _valid()
+    document["identities"]["airflow"]["wait_project"] = "{project}-waits"
+    topology = _load(base, document, project="other-project")
 
     assert topology.project == "other-project"
+    assert topology.identities["airflow"].wait_project == "other-project-waits"
     assert topology.identities["runtime"].member.endswith("@other-project.iam.gserviceaccount.com")
     assert topology.functions["echo"].url.endswith("-other-project.cloudfunctions.net/echo")
 
@@ -489,6 +492,26 @@ CASES: list[tuple[str, Mutation, str]] = [
         "identity waits on undeclared topic",
         _set("identities.airflow.waits_on", ["nope-topic"]),
         "identities.airflow.waits_on[0]: nope-topic is not a declared topic",
+    ),
+    (
+        "wait project that is not a project id",
+        _set("identities.airflow.wait_project", "Waits"),
+        "identities.airflow.wait_project: 'Waits' is not a valid project id (6-30 characters: "
+        "lowercase letters, digits and hyphens, starting with a letter (optionally "
+        "domain-scoped: example.com:my-project))",
+    ),
+    (
+        "wait project of an identity that does not wait",
+        _set("identities.runtime.wait_project", "relay-waits"),
+        "identities.runtime.wait_project: only applies with waits_on (where its task "
+        "subscriptions attach)",
+    ),
+    (
+        "wait project that is the project itself",
+        _set("identities.airflow.wait_project", "{project}"),
+        "identities.airflow.wait_project: relay-test is the topology's project: leave "
+        "wait_project out (that is the default) or name a project of their own, where the "
+        "waiter role is granted",
     ),
     (
         "bad e-mail",

@@ -1,14 +1,15 @@
 """`relay up --require-auth`: the example topology with every call authenticated and authorized.
 
 Airflow's identity publishes an echo request and waits for its result the way relay's waits do
-(a subscription of its own on the completion topic); the echo function answers as its runtime
-identity. Both are processes of their identity (tests/_auth_client.py for Airflow's side), with
-only what `relay up` printed for them.
+(a subscription of its own, in its wait project, on the completion topic); the echo function
+answers as its runtime identity. Both are processes of their identity (tests/_auth_client.py
+for Airflow's side), with only what `relay up` printed for them.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ from relay.up import function_server
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "relay-local"
+WAITS = "relay-local-waits"
 RESULTS = f"projects/{PROJECT}/topics/relay-results"
 ECHO_REQUESTS = f"projects/{PROJECT}/topics/relay-echo-requests"
 
@@ -70,7 +72,18 @@ def test_up_require_auth_runs_every_process_as_its_identity(
             )
         )
         assert set(metadata) == {"airflow", "functions", "pubsub-push"}, text
-        assert f'"api_endpoint": "{endpoint.group(1)}"' in text
+        printed_extra = re.search(
+            r"^  airflow +Google connection extra (\{.*?\}), in every Airflow process",
+            text,
+            re.MULTILINE,
+        )
+        assert printed_extra is not None, text
+        extra = json.loads(printed_extra.group(1))
+        assert extra == {
+            "project": PROJECT,
+            "api_endpoint": endpoint.group(1),
+            "wait_project": WAITS,
+        }
 
         # Airflow's side: exactly the variables `relay up` printed under "clients".
         printed = re.search(r"^  clients +(.*) \(runs as airflow\)$", text, re.MULTILINE)
@@ -89,8 +102,11 @@ def test_up_require_auth_runs_every_process_as_its_identity(
         )
         clients += [airflow, functions]
 
-        wait = f"projects/{PROJECT}/subscriptions/{unique('wait')}"
+        # Its task subscriptions live in the wait project of the connection's extra, attached to
+        # the completion topic of the topology's project (as relay.airflow.hooks creates them).
+        wait = f"projects/{extra['wait_project']}/subscriptions/{unique('wait')}"
         airflow.ok("subscriber", "create_subscription", name=wait, topic=RESULTS)
+        airflow.ok("subscriber", "seek", subscription=wait, time={"seconds": int(time.time()) - 5})
         request = new_request(
             "dev.relay.example.echo", {"hello": "auth"}, source="/tests/up", reply_to=RESULTS
         )
@@ -125,16 +141,30 @@ def test_up_require_auth_runs_every_process_as_its_identity(
         assert code == "PERMISSION_DENIED"
         assert f"'pubsub.topics.publish' on resource '{RESULTS}'" in says
         # Least privilege, enforced: a function identity may not publish requests nor consume
-        # a push subscription. (Airflow's may consume it: relay.yaml gives it relayWaiter, with
-        # subscriptions.consume, on the whole project, as Google would; a wait_project of its
-        # own keeps it off the functions' subscriptions.)
+        # a push subscription; nor may Airflow's, whose waiter role (subscriptions.create,
+        # .consume, .delete) is granted on the wait project only, not on the functions'.
         code, says = functions.refused("publisher", "publish", topic=ECHO_REQUESTS, messages=one)
         assert code == "PERMISSION_DENIED"
         assert "serviceAccount:relay-functions@relay-local.iam.gserviceaccount.com" in says
         push = f"projects/{PROJECT}/subscriptions/echo-push"
-        code, says = functions.refused("subscriber", "pull", subscription=push, max_messages=1)
-        assert code == "PERMISSION_DENIED"
-        assert f"'pubsub.subscriptions.consume' on resource '{push}'" in says
+        for who, email in ((functions, "relay-functions"), (airflow, "relay-airflow")):
+            code, says = who.refused("subscriber", "pull", subscription=push, max_messages=1)
+            assert code == "PERMISSION_DENIED", says
+            assert f"serviceAccount:{email}@{PROJECT}.iam.gserviceaccount.com lacks" in says
+            assert f"'pubsub.subscriptions.consume' on resource '{push}'" in says
+        ended = airflow.subscribe(push, count=1, timeout=20)
+        assert ended["error"] is not None, ended
+        assert ended["error"]["code"] == "PERMISSION_DENIED", ended
+        assert f"'pubsub.subscriptions.consume' on resource '{push}'" in ended["error"]["message"]
+        # Nor may it make task subscriptions in the topology's project.
+        code, says = airflow.refused(
+            "subscriber",
+            "create_subscription",
+            name=f"projects/{PROJECT}/subscriptions/{unique('wait')}",
+            topic=RESULTS,
+        )
+        assert code == "PERMISSION_DENIED", says
+        assert f"'pubsub.subscriptions.create' on resource 'projects/{PROJECT}'" in says
         airflow.ok("subscriber", "delete_subscription", subscription=wait)
 
         process.send_signal(signal.SIGTERM)
