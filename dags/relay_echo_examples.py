@@ -76,10 +76,12 @@ with DAG("relay_echo_failure", schedule=None, start_date=START, catchup=False, t
         task_id="fails", data={"fail": "as asked"}, timeout=WAIT, deferrable=True, **ECHO
     )
 
-# The direct path: POST the CloudEvent to the function's URL with an ID token for that URL. The
-# functions of `relay up` accept only the broker's push tokens; locally, serve echo without push
-# auth (functions-framework --source functions/echo/main.py --target echo --port 8080, with
-# PUBSUB_EMULATOR_HOST set so it can publish the result) or use an identity the function accepts.
+# The direct path: POST the CloudEvent to the function's URL with an ID token for that URL; echo
+# lets in only its invokers (relay.yaml: Airflow `invokes` echo). Locally: `relay up
+# --require-auth`, Airflow run as the identity it prints (docs/auth.md), RELAY_ECHO_URL set to
+# the URL it prints for echo; Airflow's metadata server signs the ID token. (Without
+# --require-auth nothing signs one, and echo answers 401.) After `relay deploy`,
+# `function="echo", region="europe-west1"` looks the URL up instead.
 with DAG("relay_echo_http", schedule=None, start_date=START, catchup=False, tags=["relay"]):
     RelayHttpInvokeOperator(
         task_id="invoke",

@@ -7,9 +7,11 @@ key (verifiable at the broker's /certs), the account's email and the project id.
 identity, because the metadata server, not the caller, decides whose tokens a process gets.
 
 ID tokens only for the audiences the broker signs push tokens for (`--push-audiences`; any
-without it): `relay up` gives its functions' URLs, so a local identity gets tokens its functions
-accept and no other. They carry real time (their receivers check them against their own clocks);
-access tokens are on the broker's clock (the broker checks them: advancing it expires them).
+without it) and those of `--id-token-audiences`: `relay up` gives the URLs of its push functions
+and of every function an identity `invokes`, so a local identity gets tokens for those functions
+and no other (each function still accepts only its own invokers, as Cloud Run does). They carry
+real time (their receivers check them against their own clocks); access tokens are on the
+broker's clock (the broker checks them: advancing it expires them).
 
 `POST /token` is an OAuth 2.0 token endpoint (refresh-token grant) for the same identity: the
 `token_uri` of google-auth's authorized-user credentials (what `gcloud auth application-default
@@ -91,8 +93,9 @@ async def _serve(request: web.Request) -> web.Response:
             return _text("non-empty audience parameter required", 400)
         if not identity.push_tokens.allows_audience(audience):
             return _text(
-                f"the relay broker signs ID tokens only for the audiences it signs push tokens "
-                f"for ({identity.push_tokens.audience_list}), not for {audience[:200]!r}",
+                f"the relay broker signs ID tokens only for its push audiences and the "
+                f"functions called directly ({identity.push_tokens.id_token_audience_list}), "
+                f"not for {audience[:200]!r}",
                 403,
             )
         token = identity.signer.mint(audience, identity.email, lifetime=identity.issuer.lifetime)

@@ -8,8 +8,9 @@ stricter than Google on purpose, sends a token only to the endpoint its audience
 who may name a function's identity and audience still cannot have that token pushed to an
 endpoint of its own. The rules are checked on every change of a push config and again before
 every push (a stored subscription that breaks them is not pushed to). With --require-auth the
-caller's actAs is checked too (`_required`), and the audience list also bounds the ID tokens the
-broker's metadata servers hand out (`_metadata`).
+caller's actAs is checked too (`_required`), and the ID tokens the broker's metadata servers hand
+out (`_metadata`) are bounded by the push audiences plus `--id-token-audiences` (the URLs of
+functions called directly: `relay up` gives those some identity `invokes`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class PushTokens:
         self,
         service_accounts: Collection[str] | None = None,
         audiences: Collection[str] | None = None,
+        id_token_audiences: Collection[str] = (),
     ) -> None:
         self.service_accounts = None if service_accounts is None else frozenset(service_accounts)
         self.audiences = None if audiences is None else frozenset(audiences)
+        self.id_token_audiences = frozenset(id_token_audiences)
+        """More audiences of the ID tokens the broker signs on request (not of push tokens)."""
 
     def check(self, push_config: Any) -> None:
         """Raise the refusal of `push_config`'s oidc_token, if any."""
@@ -69,7 +73,7 @@ class PushTokens:
                 "the endpoint its audience names (stricter than Google, which takes any "
                 "audience): leave the audience empty or set it to the endpoint."
             )
-        if not self.allows_audience(audience):
+        if self.audiences is not None and audience not in self.audiences:
             return _denied(
                 f"push_config.oidc_token.audience {shown(audience)} (the endpoint) is not one of "
                 f"the audiences this broker signs push tokens for ({self.audience_list})."
@@ -77,16 +81,27 @@ class PushTokens:
         return None
 
     def allows_audience(self, audience: str) -> bool:
-        """Whether the broker signs ID tokens for `audience`: push tokens, and (--require-auth)
-        the ID tokens its metadata servers hand out."""
-        return self.audiences is None or audience in self.audiences
+        """Whether the broker signs an ID token for `audience` on request (--require-auth: its
+        metadata servers): a push audience or one of `id_token_audiences`."""
+        return (
+            self.audiences is None
+            or audience in self.audiences
+            or audience in self.id_token_audiences
+        )
 
     @property
     def audience_list(self) -> str:
-        """The allowed audiences for a message."""
+        """The allowed push audiences for a message."""
         if self.audiences is None:
             return "--push-audiences: any"
         return f"--push-audiences: {_listed(self.audiences)}"
+
+    @property
+    def id_token_audience_list(self) -> str:
+        """The audiences ID tokens are signed for on request, for a message."""
+        if self.audiences is None:
+            return "--push-audiences: any"
+        return f"{self.audience_list}; --id-token-audiences: {_listed(self.id_token_audiences)}"
 
 
 def _denied(message: str) -> BrokerError:

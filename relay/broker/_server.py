@@ -49,7 +49,8 @@ class ServerOptions:
     of it). `admin_ops_per_minute`: the per-project administrator-operation quota (always on).
     `control`: serve POST /control (change behaviour, inject faults, advance the clock).
     `push_service_accounts`, `push_audiences`: the only values push tokens are signed for (None:
-    any; `_push_tokens`). `reset_store`: start with an empty store, the old one moved aside.
+    any; `_push_tokens`); `id_token_audiences`: more audiences of the ID tokens its metadata
+    servers sign. `reset_store`: start with an empty store, the old one moved aside.
     `insecure_listen`: allow a `host` other than loopback.
     `require_auth`: gRPC over TLS, a bearer token from the broker's token service and the IAM
     permission Google requires on every call (`_auth`); `token_lifetime` (seconds) of its access
@@ -69,6 +70,7 @@ class ServerOptions:
     control: bool = False
     push_service_accounts: frozenset[str] | None = None
     push_audiences: frozenset[str] | None = None
+    id_token_audiences: frozenset[str] = frozenset()
     reset_store: bool = False
     insecure_listen: bool = False
     require_auth: bool = False
@@ -133,7 +135,9 @@ class BrokerServer:
             fsync=options.fsync,
             behaviour=options.behaviour,
             reset_store=options.reset_store,
-            push_tokens=PushTokens(options.push_service_accounts, options.push_audiences),
+            push_tokens=PushTokens(
+                options.push_service_accounts, options.push_audiences, options.id_token_audiences
+            ),
         )
         self.broker = broker
         broker.load()

@@ -153,6 +153,13 @@ class _Names(click.ParamType[Any]):
     help="The only push token audiences (= push endpoints) [default: any].",
 )
 @click.option(
+    "--id-token-audiences",
+    type=_Names(),
+    default=frozenset(),
+    help="More audiences the metadata servers sign ID tokens for, besides the push audiences "
+    "(the URLs of functions called directly) [default: none].",
+)
+@click.option(
     "--require-auth",
     is_flag=True,
     help="gRPC over TLS (a CA in the data dir), a bearer token from the broker's token service "
@@ -266,6 +273,7 @@ def broker(
     reset_store: bool,
     push_service_accounts: frozenset[str] | None,
     push_audiences: frozenset[str] | None,
+    id_token_audiences: frozenset[str],
     require_auth: bool,
     token_lifetime: int | None,
     identities: tuple[str, ...],
@@ -321,6 +329,7 @@ def broker(
         control=control,
         push_service_accounts=push_service_accounts,
         push_audiences=push_audiences,
+        id_token_audiences=id_token_audiences,
         reset_store=reset_store,
         insecure_listen=insecure_listen,
         require_auth=require_auth,

@@ -72,7 +72,8 @@ def _max_age(cache_control: str) -> float:
 @dataclass(frozen=True)
 class PushAuth:
     """Push token requirements. `audience`: the expected `aud`; `allowed_emails`: service accounts
-    allowed to push (must not be empty); `certs_url`: where the signing certificates are."""
+    allowed to push or invoke it directly (must not be empty); `certs_url`: where the signing
+    certificates are."""
 
     audience: str
     allowed_emails: frozenset[str]
@@ -133,5 +134,5 @@ class PushAuth:
         if claims.get("email_verified") is not True:
             raise PushAuthError(403, "token email is not verified")
         if claims.get("email") not in self.allowed_emails:
-            raise PushAuthError(403, f"{claims.get('email')!r} may not push to this function")
+            raise PushAuthError(403, f"{claims.get('email')!r} may not invoke this function")
         return claims

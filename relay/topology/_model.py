@@ -158,3 +158,12 @@ class Topology:
         if function.push_identity is None:
             return None
         return self.identities[function.push_identity].service_account
+
+    def invokers(self, function: str) -> tuple[str, ...]:
+        """The service accounts that may call `function` over HTTPS (`roles/run.invoker`): those
+        of the identities listing it under `invokes`, its push identity's among them."""
+        return tuple(
+            identity.service_account
+            for identity in self.identities.values()
+            if function in identity.invokes and identity.service_account
+        )

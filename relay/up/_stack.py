@@ -20,13 +20,7 @@ from urllib.parse import urlsplit
 
 from relay.deploy._client import EMULATOR_HOST_ENV
 from relay.deploy._environment import function_environment
-from relay.functions import (
-    MAX_DELIVERY_ATTEMPTS_ENV,
-    PUBSUB_API_ENDPOINT_ENV,
-    PUSH_ALLOWED_EMAILS_ENV,
-    PUSH_AUDIENCE_ENV,
-    PUSH_CERTS_URL_ENV,
-)
+from relay.functions import MAX_DELIVERY_ATTEMPTS_ENV
 from relay.protocol import function_path
 from relay.provision import Plan, provision, subscription_path
 from relay.topology import Function, Topology
@@ -41,6 +35,7 @@ from relay.up._process import (
     wait_for_http,
     wait_for_line,
 )
+from relay.up._serving import google_stand_ins
 from relay.up.control_plane import ControlPlane, Routes
 
 DEFAULT_DATA_DIR = ".relay"
@@ -48,9 +43,6 @@ _READY_PREFIX = "relay broker ready "
 _HOST = "127.0.0.1"
 _BROKER = "relay broker"
 _METADATA_FIELD = "metadata:"
-# What a process of the stack must not inherit under --require-auth: the emulator switch (no TLS,
-# anonymous) and a key file, which Application Default Credentials would take first.
-_NOT_INHERITED = ("PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 @dataclass(frozen=True)
@@ -226,9 +218,11 @@ def stack_up(
             root / "cloud-functions",
             pubsub_host=broker.host,
             certs_url=broker.certs_url,
-            invokers=_invokers(topology),
+            invokers=topology.invokers,
             port=functions_port,
             routes=routes,
+            identities=_identities(broker),
+            pubsub_client_kwargs=client_kwargs or None,
         )
         os.environ[EMULATOR_HOST_ENV] = control.host
         served: dict[str, ServedFunction] = {}
@@ -301,6 +295,17 @@ def _identity_environment(topology: Topology, broker: BrokerEndpoint, name: str)
     return _auth.identity_environment(host, broker.ca_file)
 
 
+def _identities(broker: BrokerEndpoint) -> dict[str, dict[str, str]] | None:
+    """--require-auth: the environment of a process running as each service account that has a
+    metadata server (what a deployed revision runs as); None without auth."""
+    if broker.ca_file is None:
+        return None
+    return {
+        email: _auth.identity_environment(host, broker.ca_file)
+        for email, host in broker.metadata.items()
+    }
+
+
 def _admin_clients(client_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
     """The publisher and subscriber admin clients provisioning uses (closed by the caller)."""
     from google.pubsub_v1 import PublisherClient, SubscriberClient
@@ -332,7 +337,8 @@ def require_auth_options(topology: Topology, root: Path, token_lifetime: int | N
 
 def push_allow_list_options(topology: Topology, urls: Mapping[str, str]) -> list[str]:
     """`relay broker` options that let it sign push tokens only for the push functions' own
-    identities and (local) URLs."""
+    identities and (local) URLs, and ID tokens (--require-auth's metadata servers) only for
+    those URLs and the URLs of the functions some identity `invokes` (the direct HTTPS path)."""
     accounts = set()
     audiences = set()
     for function in topology.functions.values():
@@ -341,11 +347,14 @@ def push_allow_list_options(topology: Topology, urls: Mapping[str, str]) -> list
         if function.delivery in ("push", "eventarc") and account is not None:
             accounts.add(account)
             audiences.add(urls[function.name])
+    invoked = {urls[name] for name in topology.functions if topology.invokers(name)}
     return [
         "--push-service-accounts",
         ",".join(sorted(accounts)),
         "--push-audiences",
         ",".join(sorted(audiences)),
+        "--id-token-audiences",
+        ",".join(sorted(invoked - audiences)),
     ]
 
 
@@ -407,15 +416,25 @@ def function_server(
     """The functions-framework command line and environment that serve `function` at `url`
     (listening on `port`, default the URL's: another when a route forwards the URL to it).
 
-    Pushes are verified the way Cloud Run would: a token from the broker (`certs_url`), for this
-    URL, signed as the function's push identity. With `identity` (--require-auth: the
-    environment of its runtime identity, `Stack.identity_environment`) it publishes as that
-    identity over TLS to the API endpoint `pubsub_host`; else through PUBSUB_EMULATOR_HOST.
+    Callers are checked the way Cloud Run checks them: an ID token from the broker (`certs_url`)
+    for this URL, of one of the function's invokers (its push identity's and those of every
+    identity that `invokes` it). With `identity` (--require-auth: the environment of its runtime
+    identity, `Stack.identity_environment`) it publishes as that identity over TLS to the API
+    endpoint `pubsub_host`; else through PUBSUB_EMULATOR_HOST (`_serving`).
     """
     port = port or urlsplit(url).port
     if port is None:
         raise StackError(f"function URL {url!r} has no port")
-    env = dict(base_env)
+    env = google_stand_ins(
+        base_env,
+        url=url,
+        pubsub_host=pubsub_host,
+        certs_url=certs_url,
+        invokers=topology.invokers(function.name),
+        # at least the ack deadline plus a margin, as deployed
+        timeout_seconds=function.timeout_seconds,
+        identity=identity,
+    )
     env.update(
         {
             "GOOGLE_CLOUD_PROJECT": topology.project,
@@ -423,29 +442,6 @@ def function_server(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    env.pop(PUBSUB_API_ENDPOINT_ENV, None)
-    if identity is None:
-        env["PUBSUB_EMULATOR_HOST"] = pubsub_host
-    else:
-        for key in _NOT_INHERITED:
-            env.pop(key, None)
-        env.update(identity)
-        env[PUBSUB_API_ENDPOINT_ENV] = pubsub_host
-    for key in (PUSH_AUDIENCE_ENV, PUSH_CERTS_URL_ENV, PUSH_ALLOWED_EMAILS_ENV):
-        env.pop(key, None)
-    push_account = topology.push_service_account(function)
-    if push_account is not None:
-        env.update(
-            {
-                PUSH_AUDIENCE_ENV: url,
-                PUSH_CERTS_URL_ENV: certs_url,
-                PUSH_ALLOWED_EMAILS_ENV: push_account,
-            }
-        )
-    # Requests time out as on Cloud Run (functions-framework's gunicorn option), at the
-    # function's timeout (at least the ack deadline plus a margin, as deployed).
-    env["CLOUD_RUN_TIMEOUT_SECONDS"] = str(function.timeout_seconds)
-    env["THREADED_TIMEOUT_ENABLED"] = "true"
     # What it may touch (results only to the completion topic; its last attempt known): the
     # same variables `relay deploy` sets.
     env.pop(MAX_DELIVERY_ATTEMPTS_ENV, None)
@@ -497,17 +493,3 @@ def _start_function(
     child = start(function.name, argv, log=logs / f"{function.name}.log", env=env, cwd=cwd)
     control.adopt(resource, child, port)
     return child, f"http://{_HOST}:{port}/"
-
-
-def _invokers(topology: Topology) -> Callable[[str], tuple[str, ...]]:
-    """Who may invoke each function (its `invokes` identities' service accounts), as the IAM
-    relay prints would grant: what the control plane checks in front of a deployed revision."""
-
-    def invokers(function_id: str) -> tuple[str, ...]:
-        return tuple(
-            identity.service_account
-            for identity in topology.identities.values()
-            if function_id in identity.invokes and identity.service_account
-        )
-
-    return invokers

@@ -40,6 +40,7 @@ ADMIN, ALICE, BOB = _sa("admin"), _sa("alice"), _sa("bob")
 PUSHER_A, PUSHER_B = _sa("pusher-a"), _sa("pusher-b")
 WAITER = f"projects/{PROJECT}/roles/waiter"
 PUSH_ENDPOINT = "http://127.0.0.1:9/"
+INVOKED = "http://127.0.0.1:10"  # a function called directly only (--id-token-audiences)
 
 
 def _binding(resource: str, role: str, *emails: str) -> dict[str, Any]:
@@ -104,6 +105,8 @@ def auth(
         GRANTS,
         "--push-audiences",
         PUSH_ENDPOINT,
+        "--id-token-audiences",
+        INVOKED,
     )
     yield broker
     broker.close()
@@ -848,7 +851,11 @@ def test_pushes_go_on_after_the_creator_lost_act_as(
         server.shutdown()
 
 
-def test_metadata_servers_sign_id_tokens_only_for_the_push_audiences(auth: AuthBroker) -> None:
+def test_metadata_servers_sign_id_tokens_only_for_push_and_invoked_audiences(
+    auth: AuthBroker, unique: Callable[[str], str]
+) -> None:
+    """ID tokens for a push endpoint or a function called directly (--id-token-audiences), for
+    nothing else; a directly called function's URL is still no push audience."""
     from google.auth import jwt
 
     def identity(audience: str) -> urllib.request.Request:
@@ -858,16 +865,29 @@ def test_metadata_servers_sign_id_tokens_only_for_the_push_audiences(auth: AuthB
             headers={"Metadata-Flavor": "Google"},
         )
 
-    with urllib.request.urlopen(identity(PUSH_ENDPOINT), timeout=10) as response:
-        token = response.read().decode()
     with urllib.request.urlopen(auth.process.certs_url, timeout=10) as response:
         certs = json.load(response)
-    claims = jwt.decode(token, certs=certs, audience=PUSH_ENDPOINT)  # type: ignore[no-untyped-call]
-    assert (claims["email"], claims["exp"] - claims["iat"]) == (ALICE, 3600)
+    for audience in (PUSH_ENDPOINT, INVOKED):
+        with urllib.request.urlopen(identity(audience), timeout=10) as response:
+            token = response.read().decode()
+        claims = jwt.decode(token, certs=certs, audience=audience)  # type: ignore[no-untyped-call]
+        assert (claims["email"], claims["exp"] - claims["iat"]) == (ALICE, 3600)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(identity("https://elsewhere.example/"), timeout=10)
     assert refused.value.code == 403
-    assert f"--push-audiences: {PUSH_ENDPOINT}" in refused.value.read().decode()
+    says = refused.value.read().decode()
+    assert f"--push-audiences: {PUSH_ENDPOINT}; --id-token-audiences: {INVOKED}" in says
+
+    admin = auth.client(ADMIN)
+    topic = f"projects/{PROJECT}/topics/{unique('invoked')}"
+    sub = f"projects/{PROJECT}/subscriptions/{unique('invoked')}"
+    admin.ok("publisher", "create_topic", name=topic)
+    push_config = {"push_endpoint": INVOKED, "oidc_token": {"service_account_email": PUSHER_A}}
+    code, message = admin.refused(
+        "subscriber", "create_subscription", name=sub, topic=topic, push_config=push_config
+    )
+    assert code == "PERMISSION_DENIED"
+    assert f"audience {INVOKED!r} (the endpoint) is not one of" in message, message
 
 
 def test_the_tls_material_is_private_and_reused(

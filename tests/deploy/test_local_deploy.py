@@ -362,6 +362,7 @@ def test_a_failed_build_shows_googles_error_and_its_log(world: World) -> None:
     document["topics"]["requests"] = ["relay-echo-requests"]
     document["identities"]["pubsub-push"]["invokes"] = ["broken"]
     document["identities"]["airflow"]["publishes"] = ["relay-echo-requests"]
+    document["identities"]["airflow"]["invokes"] = []
     topology = _write(world.base, document, "broken.yaml")
 
     with pytest.raises(DeployError) as failed:

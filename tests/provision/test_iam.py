@@ -35,6 +35,7 @@ def test_bindings_of_the_repository_topology_are_least_privilege() -> None:
         ("function", "echo", "roles/run.invoker", PUSH),
         ("function", "csv-profile", "roles/run.invoker", PUSH),
         ("function", "dead-letter", "roles/run.invoker", PUSH),
+        ("function", "echo", "roles/run.invoker", AIRFLOW),  # the direct HTTPS path
         ("topic", "relay-dead-letter", "roles/pubsub.publisher", SERVICE_AGENT),
         ("subscription", "echo-push", "roles/pubsub.subscriber", SERVICE_AGENT),
         ("subscription", "csv-profile-push", "roles/pubsub.subscriber", SERVICE_AGENT),
@@ -180,6 +181,9 @@ def test_gcloud_script_lists_what_pubsub_cannot_set_and_is_runnable_shell() -> N
         "gcloud projects add-iam-policy-binding acme-prod-waits "
         "--member=serviceAccount:relay-airflow@acme-prod.iam.gserviceaccount.com "
         "--role=projects/acme-prod-waits/roles/relayWaiter --condition=None",
+        "gcloud run services add-iam-policy-binding echo --region=europe-west1 --project=acme-prod "
+        "--member=serviceAccount:relay-airflow@acme-prod.iam.gserviceaccount.com "
+        "--role=roles/run.invoker",
         *(
             f"gcloud run services add-iam-policy-binding {name} --region=europe-west1 "
             f"--project=acme-prod --member=serviceAccount:{push} --role=roles/run.invoker"

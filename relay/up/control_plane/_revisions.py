@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.functions import PUSH_ALLOWED_EMAILS_ENV, PUSH_AUDIENCE_ENV, PUSH_CERTS_URL_ENV
 from relay.up._process import Child, StackError, free_port, start, wait_for_http
+from relay.up._serving import google_stand_ins
 from relay.up.control_plane._routes import Routes
 
 _HOST = "127.0.0.1"
@@ -33,6 +33,8 @@ class Revision:
     signature_type: str
     environment: Mapping[str, str]
     timeout_seconds: int
+    service_account: str
+    """The runtime service account it runs as (`service_config.service_account_email`)."""
     log: Path
 
 
@@ -47,12 +49,17 @@ class Revisions:
         certs_url: str,
         invokers: Callable[[str], tuple[str, ...]],
         base_env: Mapping[str, str],
+        identities: Mapping[str, Mapping[str, str]] | None = None,
         ready_timeout: float = 60.0,
     ) -> None:
+        """`identities` (--require-auth): the environment of a process running as each service
+        account (its metadata server, the CA); None: revisions reach Pub/Sub through
+        PUBSUB_EMULATOR_HOST."""
         self.routes = routes
         self.pubsub_host = pubsub_host
         self.certs_url = certs_url
         self.invokers = invokers
+        self.identities = None if identities is None else dict(identities)
         self.base_env = dict(base_env)
         self.ready_timeout = ready_timeout
         self._lock = threading.Lock()
@@ -62,6 +69,16 @@ class Revisions:
     def url(self, function: str) -> str:
         """The stable URL of `function` (its route opens on first use)."""
         return self.routes.url(function)
+
+    def check_service_account(self, email: str) -> None:
+        """Raise StackError when a revision cannot run as `email` (--require-auth: only the
+        service accounts of the topology have a metadata server)."""
+        if self.identities is not None and email not in self.identities:
+            known = ", ".join(sorted(self.identities))
+            raise StackError(
+                f"service_config.service_account_email: service account {email or '(none)'} "
+                f"does not exist here (relay up --require-auth runs revisions as one of {known})"
+            )
 
     def adopt(self, function: str, child: Child, port: int) -> None:
         """Serve `function` from a process started elsewhere (relay up's, from the source folder),
@@ -160,26 +177,26 @@ class Revisions:
                 "K_CONFIGURATION": revision.function_id,
                 "FUNCTION_TARGET": revision.entry_point,
                 "FUNCTION_SIGNATURE_TYPE": revision.signature_type,
-                # the local stand-ins: Pub/Sub, the request timeout, the invoker check
-                "PUBSUB_EMULATOR_HOST": self.pubsub_host,
                 "GOOGLE_CLOUD_PROJECT": revision.project,
                 "PYTHONPATH": os.pathsep.join(
                     [str(revision.site), *filter(None, [self.base_env.get("PYTHONPATH")])]
                 ),
                 "PYTHONUNBUFFERED": "1",
-                "CLOUD_RUN_TIMEOUT_SECONDS": str(revision.timeout_seconds),
-                "THREADED_TIMEOUT_ENABLED": "true",
             }
         )
-        # Cloud Run lets only its invokers through (an ID token for the service URL): locally,
-        # relay's own check does that against the broker's certificates.
-        invokers = self.invokers(revision.function_id)
-        if invokers:
-            env.update(
-                {
-                    PUSH_AUDIENCE_ENV: url,
-                    PUSH_CERTS_URL_ENV: self.certs_url,
-                    PUSH_ALLOWED_EMAILS_ENV: ",".join(invokers),
-                }
-            )
-        return env
+        # The local stand-ins for Google, as for relay up's own processes: Pub/Sub (as its
+        # runtime service account under --require-auth), Cloud Run's invoker check in front of
+        # it (an ID token for the service URL, of an identity that `invokes` it), the timeout.
+        identity = None
+        if self.identities is not None:
+            self.check_service_account(revision.service_account)
+            identity = self.identities[revision.service_account]
+        return google_stand_ins(
+            env,
+            url=url,
+            pubsub_host=self.pubsub_host,
+            certs_url=self.certs_url,
+            invokers=self.invokers(revision.function_id),
+            timeout_seconds=revision.timeout_seconds,
+            identity=identity,
+        )

@@ -33,11 +33,18 @@ class ControlPlane:
         port: int = 0,
         base_env: Mapping[str, str] | None = None,
         routes: Routes | None = None,
+        identities: Mapping[str, Mapping[str, str]] | None = None,
+        pubsub_client_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         """`routes`: the functions' stable URLs, when they had to be known before (relay up gives
-        them to the broker's push allow lists); the control plane closes them."""
+        them to the broker's push allow lists); the control plane closes them. `identities`
+        (--require-auth): the environment of a process running as each service account, what
+        a revision runs as (`Revisions`). `pubsub_client_kwargs`: what its own Pub/Sub clients
+        (Eventarc's trigger subscriptions) take, e.g. the operator's credentials and the API
+        endpoint of a --require-auth broker; default an insecure channel to `pubsub_host`."""
         self.root = root
         self._pubsub_host = pubsub_host
+        self._pubsub_client_kwargs = pubsub_client_kwargs
         self._clients: dict[str, Any] = {}
         self.routes = routes or Routes(_HOST)
         self.revisions = Revisions(
@@ -46,6 +53,7 @@ class ControlPlane:
             certs_url=certs_url,
             invokers=invokers,
             base_env=os.environ if base_env is None else base_env,
+            identities=identities,
         )
         uploads = Uploads()
         self.http = HttpSide(uploads, root / "logs", _HOST)
@@ -97,10 +105,15 @@ class ControlPlane:
             from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
             from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-            channel = grpc.insecure_channel(self._pubsub_host)
-            self._clients[kind] = (
-                SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-                if kind == "subscriber"
-                else PublisherClient(transport=PublisherGrpcTransport(channel=channel))
-            )
+            kwargs: dict[str, Any]
+            if self._pubsub_client_kwargs is not None:
+                kwargs = dict(self._pubsub_client_kwargs)
+            else:
+                channel = grpc.insecure_channel(self._pubsub_host)
+                transport = (
+                    SubscriberGrpcTransport if kind == "subscriber" else PublisherGrpcTransport
+                )
+                kwargs = {"transport": transport(channel=channel)}
+            client = SubscriberClient if kind == "subscriber" else PublisherClient
+            self._clients[kind] = client(**kwargs)
         return self._clients[kind]

@@ -448,6 +448,8 @@ class FunctionService:
             self._counts[name] = count
         revision = f"{function_id}-{count:05d}-{secrets.token_hex(2)[:3]}"
         log = self.root / "logs" / "functions" / f"{function_id}.log"
+        account = function.service_config.service_account_email
+        self.revisions.check_service_account(account)
         try:
             self.revisions.serve(
                 Revision(
@@ -461,6 +463,7 @@ class FunctionService:
                     signature_type="cloudevent" if function.HasField("event_trigger") else "http",
                     environment=dict(function.service_config.environment_variables),
                     timeout_seconds=function.service_config.timeout_seconds,
+                    service_account=account,
                     log=log,
                 )
             )

@@ -191,6 +191,37 @@ with DAG(
     )
 
 with DAG(
+    "relay_invoke_as_identity", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as invoke_as_identity:
+    import time
+
+    from airflow.sdk import task
+
+    from relay.airflow.operators import RelayHttpInvokeOperator
+
+    # A function at RELAY_TEST_FUNCTION_URL (the ID token's audience: its default, from the URL),
+    # as the identity of the process (its metadata server, no key): deferred (the token is
+    # minted in the trigger), then, once the first token has expired (RELAY_TEST_PAUSE seconds),
+    # on the worker. One attempt each: a refused token fails the task.
+    INVOKE = {
+        "url": os.environ.get("RELAY_TEST_FUNCTION_URL", "http://127.0.0.1:1"),
+        "event_type": "dev.relay.example.echo",
+        "reply_topic": COMMON["reply_topic"],
+        "timeout": TIMEOUT,
+        "max_attempts": 1,
+    }
+    first = RelayHttpInvokeOperator(
+        task_id="invoke", data={"first": 1}, deferrable=True, settle=SETTLE, **INVOKE
+    )
+
+    @task(task_id="pause")
+    def pause() -> None:
+        time.sleep(float(os.environ.get("RELAY_TEST_PAUSE", "0")))
+
+    again = RelayHttpInvokeOperator(task_id="invoke_again", data={"again": 2}, **INVOKE)
+    first >> pause() >> again
+
+with DAG(
     "relay_defer_after",
     schedule=None,
     start_date=datetime(2026, 1, 1),
