@@ -55,7 +55,8 @@ class RelayStack:
         self.inputs = root / "inputs"
         """The only folder the csv_profile function may read CSV files from."""
         base = with_csv_inputs(load_topology(REPO / "relay.yaml"), self.inputs)
-        urls = {name: f"http://127.0.0.1:{free_port()}/" for name in base.functions}
+        # like a Cloud Run service URL (and relay up's): no path, so it is its own ID-token audience
+        urls = {name: f"http://127.0.0.1:{free_port()}" for name in base.functions}
         self.topology: Topology = replace(
             base,
             functions=MappingProxyType(

@@ -135,7 +135,8 @@ def runs(e2e_auth: E2E, api: AirflowApi) -> AuthRuns:
         calls: dict[str, list[dict[str, Any]]] = {}
         while not calls or time.monotonic() - started < 5 * LIFETIME:
             items = _auth_items(3, 2.5 * LIFETIME)
-            run_id = api.trigger(AUTH, {"items": items})
+            echo_url = e2e.relay.topology.functions["echo"].url
+            run_id = api.trigger(AUTH, {"items": items, "echo_url": echo_url})
             calls[run_id] = items
             api.wait_for_run(AUTH, run_id, RUN_TIMEOUT, e2e.airflow)
         api.wait_for_run(PIPELINE, pipeline, RUN_TIMEOUT, e2e.airflow)
@@ -222,6 +223,23 @@ def test_the_dead_letter_path_answers_under_auth(
         assert (states["dead_letter"], states["dead_lettered"]) == ("failed", "success"), states
         log = api.task_log(AUTH, run_id, "dead_letter", 1, -1)
         assert "DeadLettered" in log, log[-3000:]
+
+
+def test_a_direct_https_invoke_as_airflows_identity(
+    e2e_auth: E2E, api: AirflowApi, runs: AuthRuns
+) -> None:
+    """`invoke` POSTs to echo's URL with an ID token of Airflow's identity, minted by google-auth
+    from its metadata server (echo lets in only its invokers, as Cloud Run would), then waits for
+    the result on Pub/Sub: each run's answer, minted afresh in each run."""
+    for run_id in runs.calls:
+        assert api.task_states(AUTH, run_id)["invoke"] == "success"
+        answer = api.xcom(AUTH, run_id, "invoke", "return_value")
+        assert answer == {"via": "https", "run": run_id}, answer
+    # echo answered them as direct binary-mode HTTP CloudEvents, not through Pub/Sub push
+    echo = e2e_auth.relay.function_named("echo").text(since_start=False)
+    entries = [json.loads(line) for line in echo.splitlines() if line.startswith("{")]
+    direct = [e for e in entries if e.get("route") == "http-binary" and e["outcome"] == "succeeded"]
+    assert len(direct) >= len(runs.calls), entries[-5:]
 
 
 # -- no secret anywhere ---------------------------------------------------------------------------

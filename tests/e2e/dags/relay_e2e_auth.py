@@ -2,6 +2,8 @@
 
     requests ──▶ call[0..n-1]    RelayCallOperator.expand on echo (deferred at once)
     dead_letter ──▶ dead_lettered
+    invoke                       RelayHttpInvokeOperator: echo by its URL (run conf `echo_url`)
+                                 with an ID token of Airflow's identity, then the result's wait
 
 echo {"crash": 99} fails every delivery of `dead_letter`'s request until Pub/Sub dead-letters it;
 the dead-letter function answers it with a failed result, so `dead_letter` fails (as it should)
@@ -19,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from relay.airflow.operators import RelayCallOperator
+from relay.airflow.operators import RelayCallOperator, RelayHttpInvokeOperator
 
 with DAG(
     "relay_e2e_auth",
@@ -30,6 +32,7 @@ with DAG(
         "items": [{"i": 0}],
         "request_topic": "relay-echo-requests",
         "completion_topic": "relay-results",
+        "echo_url": "http://127.0.0.1:8080",
     },
     default_args={"retries": 0},
     tags=["relay", "e2e"],
@@ -64,3 +67,13 @@ with DAG(
         """Ends the dead-letter branch whatever `dead_letter` did (the test checks that)."""
 
     dead_letter >> dead_lettered()
+
+    RelayHttpInvokeOperator(
+        task_id="invoke",
+        url="{{ params.echo_url }}",
+        event_type="dev.relay.example.echo",
+        reply_topic="{{ params.completion_topic }}",
+        data={"via": "https", "run": "{{ run_id }}"},
+        timeout=timedelta(minutes=4),
+        deferrable=True,
+    )
