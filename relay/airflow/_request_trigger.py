@@ -81,7 +81,9 @@ class RelayRequestTrigger(BaseTrigger):
             self.log.error("could not render the task's inputs: %s: %s", type(exc).__name__, exc)
             return TaskFailedEvent()
         spec = self.spec
-        hook, published, wait = await asyncio.to_thread(_publish, spec, inputs, ti)
+        hook, published, wait = await asyncio.to_thread(
+            _publish, spec, inputs, ti, self._deadline()
+        )
         self.log.info(
             "published %d %s request(s) to %s (results in %s)",
             len(published.event_ids),
@@ -135,6 +137,15 @@ class RelayRequestTrigger(BaseTrigger):
             return self._failed(ti, exc)
         await self._xcom(ti, "return_value", value)
         return TaskSuccessEvent()
+
+    def _deadline(self) -> float:
+        """When the wait ends: Airflow's trigger timeout (`timeout` + grace from the moment the
+        scheduler deferred the task, the same for every run of the trigger) less the grace; now +
+        `timeout` when Airflow gave none."""
+        timeout_after = getattr(self, "timeout_after", None)
+        if isinstance(timeout_after, datetime):
+            return timeout_after.timestamp() - float(self.spec["grace"])
+        return time.time() + float(self.spec["timeout"])
 
     def _failed(self, ti: Any, exc: Exception) -> TriggerEvent:
         """The event of a failed task: TaskFailedEvent (Airflow's retries apply), or, for a
@@ -202,7 +213,7 @@ class RelayRequestTrigger(BaseTrigger):
 
 
 def _publish(
-    spec: Mapping[str, Any], inputs: Mapping[str, Any], ti: Any
+    spec: Mapping[str, Any], inputs: Mapping[str, Any], ti: Any, deadline: float
 ) -> tuple[RelayHook, Published, ResultWait]:
     """Build, validate and publish the task's requests (blocking: runs in a thread); returns the
     hook, what was published and the wait for its results."""
@@ -235,8 +246,6 @@ def _publish(
         if not items:
             raise RelayConfigError("items rendered to an empty list: nothing to send")
         given = None
-    timeout = float(spec["timeout"])
-    deadline = time.time() + timeout
     events = build_requests(
         inputs["event_type"],
         items,

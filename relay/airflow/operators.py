@@ -291,6 +291,7 @@ class _RelayWaitingOperator(_RelayRequestOperator):
                 "timeout": self.timeout,
                 "recheck_interval": self.recheck_interval,
                 "policy": self._wait_policy,
+                "grace": DEFER_GRACE,
             },
             timeout=timedelta(seconds=self.timeout) + DEFER_GRACE,
         )

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -82,8 +83,11 @@ def _serialized_task(dag: Any, task_id: str) -> Any:
     return data, DagSerialization.from_dict(data).get_task(task_id)
 
 
-def _inflate(dag: Any, task_id: str, run_id: str, try_number: int = 1) -> RelayRequestTrigger:
-    """What the scheduler and the trigger runner do for a start_from_trigger task."""
+def _inflate(
+    dag: Any, task_id: str, run_id: str, try_number: int = 1, deferred_ago: float = 0.0
+) -> RelayRequestTrigger:
+    """What the scheduler and the trigger runner do for a start_from_trigger task (deferred by
+    the scheduler `deferred_ago` seconds ago)."""
     from airflow.executors.workloads.task import TaskInstanceDTO
     from airflow.jobs.triggerer_job_runner import TriggerRunner
     from airflow.models.trigger import Trigger
@@ -125,6 +129,8 @@ def _inflate(dag: Any, task_id: str, run_id: str, try_number: int = 1) -> RelayR
     context = runtime_ti.get_template_context()
     trigger = RelayRequestTrigger(**kwargs)
     trigger.task_instance = runtime_ti
+    # TaskInstance.defer_task's trigger_timeout, handed to the trigger by create_triggers
+    trigger.timeout_after = now - timedelta(seconds=deferred_ago) + task.start_trigger_args.timeout
     trigger.render_template_fields(context=context)
     return trigger
 
@@ -368,3 +374,21 @@ def test_a_trigger_run_again_after_a_failover_resends_the_same_requests(
     assert sorted(str(r.correlationid) for r in first) == sorted(
         str(r.correlationid) for r in second
     )
+
+
+def test_a_re_run_keeps_the_deadline_airflow_set_when_it_deferred_the_task(
+    comms: _Comms, topics: dict[str, str], responder: Responder
+) -> None:
+    """Deferred 28 s ago with timeout 30: the wait ends about 2 s (plus its final quiet read)
+    after this run starts, not 30 s after."""
+    from airflow.triggers.base import TaskFailedEvent
+
+    with _dag("native_deadline") as dag:
+        RelayCallOperator(task_id="call", data={"silent": True}, **_common(topics))
+    run_id = _run_id()
+    started = time.monotonic()
+    event = asyncio.run(_event(_inflate(dag, "call", run_id, deferred_ago=28), limit=28))
+    assert isinstance(event, TaskFailedEvent)
+    assert time.monotonic() - started < 28
+    (outcome,) = comms.of(run_id, "call", "outcomes")
+    assert outcome["status"] == "timeout"
