@@ -187,9 +187,9 @@ class RelayRequestTrigger(BaseTrigger):
             if isinstance(value, Mapping):
                 if set(value) == {XCOM_MARKER}:
                     ref = value[XCOM_MARKER]
-                    from airflow.sdk.bases.xcom import BaseXCom
+                    from airflow.sdk.execution_time.xcom import XCom  # the configured backend
 
-                    return await BaseXCom.aget_one(
+                    return await XCom.aget_one(
                         key=ref["key"],
                         dag_id=ti.dag_id,
                         task_id=ref["task_id"],
@@ -205,9 +205,9 @@ class RelayRequestTrigger(BaseTrigger):
 
     @staticmethod
     async def _xcom(ti: Any, key: str, value: Any) -> None:
-        from airflow.sdk.bases.xcom import BaseXCom
+        from airflow.sdk.execution_time.xcom import XCom  # the configured backend
 
-        await BaseXCom.aset(
+        await XCom.aset(
             key, value, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=-1
         )
 

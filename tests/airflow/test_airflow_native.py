@@ -23,7 +23,11 @@ from _airflow_responder import Responder
 from relay.airflow._names import correlation_group, task_subscription
 from relay.airflow._publish import task_request_ids
 from relay.airflow._request_trigger import NON_RETRYABLE_EVENT, XCOM_MARKER
-from relay.airflow.exceptions import RelayConfigError, RelayNonRetryableResultError
+from relay.airflow.exceptions import (
+    RelayConfigError,
+    RelayNonRetryablePartialFailureError,
+    RelayNonRetryableResultError,
+)
 from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator
 from relay.airflow.triggers import RelayRequestTrigger
 from relay.protocol import EXAMPLE_ECHO
@@ -392,3 +396,25 @@ def test_a_re_run_keeps_the_deadline_airflow_set_when_it_deferred_the_task(
     assert time.monotonic() - started < 28
     (outcome,) = comms.of(run_id, "call", "outcomes")
     assert outcome["status"] == "timeout"
+
+
+def test_a_fan_out_whose_failures_are_all_final_fails_without_retries(
+    comms: _Comms, topics: dict[str, str], responder: Responder
+) -> None:
+    """collect_all: every outcome in XCom, and the partial failure (all non-retryable) is raised
+    on the worker as RelayNonRetryablePartialFailureError, outcomes included."""
+    with _dag("native_partial") as dag:
+        op = RelayFanOutOperator(
+            task_id="fan",
+            items=[{"n": 1}, {"fail": "no such file"}],
+            policy="collect_all",
+            retries=1,
+            **_common(topics),
+        )
+    run_id = _run_id()
+    event = asyncio.run(_event(_inflate(dag, "fan", run_id)))
+    assert [o["status"] for o in comms.of(run_id, "fan", "outcomes")] == ["succeeded", "failed"]
+    assert NON_RETRYABLE_EVENT in event.payload
+    with pytest.raises(RelayNonRetryablePartialFailureError, match="no such file") as raised:
+        op.execute_complete({}, json.loads(json.dumps(event.payload)))
+    assert [o["status"] for o in raised.value.outcomes] == ["succeeded", "failed"]
