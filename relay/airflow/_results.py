@@ -98,10 +98,13 @@ def take_results(hook: RelayHook, wait: ResultWait, found: Mapping[str, str]) ->
     """The result message of each correlation id in `found` (preferring the message id the wait
     reported; a duplicate of it is the same result), acked once in hand. RelayResultLostError
     names the ids whose results are no longer in their subscription."""
-    return run_blocking(_take(hook, wait, found))
+    return run_blocking(take_results_async(hook, wait, found))
 
 
-async def _take(hook: RelayHook, wait: ResultWait, found: Mapping[str, str]) -> dict[str, Any]:
+async def take_results_async(
+    hook: RelayHook, wait: ResultWait, found: Mapping[str, str]
+) -> dict[str, Any]:
+    """`take_results` on the running event loop (the triggerer's, for a task started there)."""
     client = hook.async_subscriber()
     taken: dict[str, Any] = {}
     for subscription, ids in wait.subscriptions().items():
@@ -137,7 +140,12 @@ def collect(hook: RelayHook, outcome: WaitOutcome) -> list[Outcome]:
     if outcome.status == ERROR:
         raise RelayResultLostError(outcome.message or "the wait failed")
     found = outcome.found()
-    messages = take_results(hook, outcome.wait, found) if found else {}
+    return decode(outcome, take_results(hook, outcome.wait, found) if found else {})
+
+
+def decode(outcome: WaitOutcome, messages: Mapping[str, Any]) -> list[Outcome]:
+    """Outcomes in item order from the result messages taken per correlation id (a claim-check
+    `dataref` is fetched here: blocking, so off any event loop)."""
     missing = TIMEOUT if outcome.status == TIMEOUT else CANCELLED
     outcomes = []
     for cid in outcome.wait.correlation_ids:

@@ -21,9 +21,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from relay.airflow._defer_after import checked_defer_after, finish_or_defer
+from relay.airflow._defer_after import DEFER_GRACE, checked_defer_after, finish_or_defer
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
 from relay.airflow._identity import ImpersonationChain
+from relay.airflow._native import native_start_args, non_retryable_error
 from relay.airflow._publish import (
     Published,
     build_requests,
@@ -242,9 +243,11 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         settle: float | None = None,
         defer_after: timedelta | float | str = 0,
+        start_in_triggerer: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.start_in_triggerer = start_in_triggerer
         self.defer_after = checked_defer_after(defer_after)
         # None: `[workers] min_heartbeat_interval` + 3 s, read when deferring (the worker's config)
         self.settle = None if settle is None else resolve_settle(settle)
@@ -263,6 +266,37 @@ class _RelayWaitingOperator(_RelayRequestOperator):
         self._wait_policy = COLLECT_ALL
 
     _single = False
+
+    def _start_in_triggerer(self, inputs: dict[str, Any]) -> None:
+        """With `start_in_triggerer`, make this task start in the triggerer (Airflow's
+        start_from_trigger, set on the instance at parse time); RelayConfigError says why it
+        cannot. A mapped task never gets here at parse time and runs on the worker path."""
+        if not self.start_in_triggerer:
+            return
+        spec = native_start_args(
+            self,
+            kind="call" if self._single else "fan_out",
+            inputs={
+                **{f: getattr(self, f) for f in _RelayRequestOperator.template_fields},
+                **inputs,
+            },
+            settings={
+                "gcp_conn_id": self.gcp_conn_id,
+                "expiry": self.expiry,
+                "validate": self.validate,
+                "subscription_ttl": self.subscription_ttl,
+                "subscription_retention": self.subscription_retention,
+                "publish_attempts": self.publish_attempts,
+                "publish_timeout": self.publish_timeout,
+                "timeout": self.timeout,
+                "recheck_interval": self.recheck_interval,
+                "policy": self._wait_policy,
+                "grace": DEFER_GRACE,
+            },
+            timeout=timedelta(seconds=self.timeout) + DEFER_GRACE,
+        )
+        self.start_from_trigger = True
+        self.start_trigger_args = spec
 
     def _wait(self, context: Any, items: Sequence[Any], cids: Sequence[str] | None) -> Any:
         deadline = time.time() + self.timeout
@@ -288,6 +322,9 @@ class _RelayWaitingOperator(_RelayRequestOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """Resume on the worker from the trigger's event."""
+        error = non_retryable_error(event)
+        if error is not None:  # a task started in the triggerer: fail without retries
+            raise error
         topic = self.hook.topic_path(self.reply_topic)
         return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
 
@@ -320,6 +357,9 @@ class RelayCallOperator(_RelayWaitingOperator):
         (default `[workers] min_heartbeat_interval` + 3, for apache/airflow#72716; 0 = off).
     :param defer_after: deferrable only: seconds (or timedelta; templated) to wait on the worker
         before deferring; results in by then cost no deferral (default 0: defer at once).
+    :param start_in_triggerer: start, run and end the task in the triggerer (no worker process;
+        see docs/airflow.md "Starting in the triggerer"); data must be literal, templated, or a
+        plain XComArg of a non-mapped task; no outlets. A mapped task runs as without it.
     """
 
     template_fields: Sequence[str] = (
@@ -335,6 +375,7 @@ class RelayCallOperator(_RelayWaitingOperator):
         super().__init__(**kwargs)
         self.data = data
         self.correlation_id = correlation_id
+        self._start_in_triggerer({"data": data, "correlation_id": correlation_id})
 
     def execute(self, context: Any) -> Any:
         """Publish, then wait for the result."""
@@ -356,6 +397,10 @@ class RelayFanOutOperator(_RelayWaitingOperator):
     :param policy: "fail_fast" or "collect_all".
     :param defer_after: deferrable only: seconds (or timedelta; templated) to wait on the worker
         before deferring; results in by then cost no deferral (default 0: defer at once).
+    :param start_in_triggerer: start, run and end the task in the triggerer (no worker process;
+        see docs/airflow.md "Starting in the triggerer"); items must be literal, templated, or a
+        plain XComArg of a non-mapped task (`items=list_files()`); no outlets. A mapped task
+        (`.partial().expand()`) runs as without it (apache/airflow#48009).
     """
 
     template_fields: Sequence[str] = (*_RelayWaitingOperator.template_fields, "items")
@@ -366,6 +411,7 @@ class RelayFanOutOperator(_RelayWaitingOperator):
         self.items = items
         self.policy = policy
         self._wait_policy = policy
+        self._start_in_triggerer({"items": items})
 
     def execute(self, context: Any) -> Any:
         """Publish all items, then wait for all results."""

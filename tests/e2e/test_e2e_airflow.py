@@ -27,6 +27,7 @@ from relay.demo import Expected, generate_csvs
 
 ECHO = "relay_e2e_echo"
 PIPELINE = "relay_csv_pipeline"
+NATIVE = "relay_e2e_native"
 RUN_TIMEOUT = 240.0
 # The first test also pays for the module's start-up (PostgreSQL DB, migrate, four components).
 pytestmark = pytest.mark.timeout(600)
@@ -237,6 +238,41 @@ def test_pipeline_with_defer_after_finishes_on_the_worker(
     log = api.task_log(PIPELINE, run_id, "profile", 1, -1)
     assert "published 20 dev.relay.example.csv.profile request(s)" in log, log[-3000:]
     assert deferred not in log, log[-3000:]
+
+
+def test_pipeline_started_in_the_triggerer_runs_no_worker_process_for_profile(
+    e2e: E2E, api: AirflowApi, pipeline_run: PipelineRun
+) -> None:
+    """dags/relay_e2e_native.py (`profile` with start_in_triggerer=True) on the same 100 files:
+    the same profiles and summary as the pipeline, and `profile` succeeded on its first try
+    without ever being queued to a worker: its only log is a trigger log."""
+    conf = {
+        "csv_dir": str(e2e.relay.inputs / "pipeline"),
+        "request_topic": e2e.relay.topic_of("csv_profile"),
+        "completion_topic": e2e.relay.topology.completion_topic,
+    }
+    run_id = api.trigger(NATIVE, conf)
+    assert _finish(e2e, NATIVE, run_id) == "success", _context(e2e, NATIVE, run_id)
+    assert api.xcom(NATIVE, run_id, "profile", "return_value") == api.xcom(
+        PIPELINE, pipeline_run.run_id, "profile", "return_value"
+    )
+    assert api.xcom(NATIVE, run_id, "summarize", "return_value") == api.xcom(
+        PIPELINE, pipeline_run.run_id, "summarize", "return_value"
+    )
+    (profile,) = [ti for ti in api.task_instances(NATIVE, run_id) if ti["task_id"] == "profile"]
+    print(f"profile: {profile}")
+    assert profile["state"] == "success"
+    assert profile["try_number"] == 1
+    assert profile["queued_when"] is None  # never queued to the executor
+    assert profile["pid"] is None  # no task process
+    logs = e2e.airflow.home / "logs" / f"dag_id={NATIVE}" / f"run_id={run_id}"
+    assert [p.name for p in (logs / "task_id=list_files").iterdir()] == ["attempt=1.log"]
+    files = sorted(p.name for p in (logs / "task_id=profile").iterdir())
+    assert len(files) == 1, files
+    assert files[0].startswith("attempt=1.log.trigger."), files  # no worker log
+    log = (logs / "task_id=profile" / files[0]).read_text()
+    assert "published 100 dev.relay.example.csv.profile request(s)" in log, log[-3000:]
+    assert "results: {'succeeded': 100}" in log, log[-3000:]
 
 
 # -- faults: each run must still succeed, every result in XCom exactly once -----------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator, RelayPublishOperator
 from relay.airflow.sensors import RelayResultSensor
@@ -279,3 +279,25 @@ with DAG(
         **COMMON,
     )
     quick >> fan_quick >> publish_quick >> sense_quick >> slow >> fails_quick
+
+with DAG(
+    "relay_start_in_triggerer", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as start_in_triggerer:
+    # dag.test() never starts a task in the triggerer: these run the worker path (execute,
+    # deferral, execute_complete), with the same results.
+    @task
+    def list_items() -> list[dict[str, int]]:
+        return [{"i": i} for i in range(3)]
+
+    native_fan = RelayFanOutOperator(
+        task_id="native_fan",
+        items=list_items(),
+        timeout=TIMEOUT,
+        deferrable=True,
+        start_in_triggerer=True,
+        **COMMON,
+    )
+    native_mapped = RelayCallOperator.partial(
+        task_id="native_mapped", timeout=TIMEOUT, deferrable=True, start_in_triggerer=True, **COMMON
+    ).expand(data=[{"m": 1}, {"m": 2}])
+    native_fan >> native_mapped
