@@ -13,11 +13,12 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from relay._pipe import pipe
+
 __all__ = ["ConnectProxy"]
 
 _MAX_HEAD = 16 * 1024
 _HEAD_TIMEOUT = 30.0
-_CHUNK = 64 * 1024
 
 
 class ConnectProxy:
@@ -86,18 +87,6 @@ class ConnectProxy:
         try:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
         finally:
             upstream_writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy `reader` to `writer` until end of stream, then half-close `writer`."""
-    try:
-        while chunk := await reader.read(_CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except OSError:
-        writer.close()

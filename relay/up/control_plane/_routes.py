@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 
-_CHUNK = 65536
+from relay._pipe import pipe
 
 
 class Routes:
@@ -87,20 +87,8 @@ class Routes:
             writer.close()
             return
         await asyncio.gather(
-            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
         )
         for end in (upstream_writer, writer):
             with contextlib.suppress(OSError):
                 end.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy one direction until its end, then half-close the other side."""
-    try:
-        while chunk := await reader.read(_CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except OSError:
-        writer.close()
