@@ -118,7 +118,9 @@ def test_deployed_revisions_answer_pushes_and_publish_as_their_identity(
     revisions (relay up's own echo never sees them), their results published to the completion
     topic, which only relay-functions may publish to (Airflow's own try is refused)."""
     airflow = world.airflow
-    wait = f"projects/{PROJECT}/subscriptions/{unique('wait')}"
+    # Airflow's subscriptions live in its wait project (relay.yaml), as relay's waits create them
+    wait_project = world.up.connection_extra["wait_project"]
+    wait = f"projects/{wait_project}/subscriptions/{unique('wait')}"
     airflow.ok("subscriber", "create_subscription", name=wait, topic=RESULTS)
     requests = {}
     for topic in (ECHO_REQUESTS, ECHO_EVENTS):
