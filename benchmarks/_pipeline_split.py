@@ -102,7 +102,7 @@ def split(
 
     `record`: {"queued_at", "end_date" (epoch), "tis": [{"task_id", "try_number", "end_date",
     "tries": [[(epoch, event), ...] per try]}]}; `wait_tasks`: the publish/wait task ids;
-    `settles`: whether the variant's deferrals have relay's settle delay.
+    `settles`: whether the variant's deferrals have relay's settle delay ("settle" is None if not).
     """
     wall = (record["queued_at"], record["end_date"])
     waits = set(wait_tasks)
@@ -134,28 +134,30 @@ def split(
         out[name] = length(own)
         claimed = union([*claimed, *own])
     out["scheduling"] = out["wall"] - length(claimed)
+    if not settles:
+        out["settle"] = None
     out["retries"] = sum(max(0, int(ti["try_number"]) - 1) for ti in record["tis"])
     return out
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown: medians per size and variant, each run in brackets."""
+    """Markdown: medians per size and variant (in the order they ran), each run in brackets."""
     head = (
         "| size | variant | ok | runs | wall | Airflow scheduling | task start-up | "
         "publish+wait | settle | functions (busy) | other tasks | fn sum | retries | "
         "trigger pick-up | resume |\n" + "|---" * 15 + "|"
     )
     rows = [head]
-    order = {"relay": 0, "relay_defer_after": 1, "provider": 2}
+    order = {variant: n for n, variant in enumerate(dict.fromkeys(r["variant"] for r in results))}
     keys = {(r["size"], r["variant"]) for r in results}
-    for size, variant in sorted(keys, key=lambda k: (k[0], order.get(k[1], 2), k[1])):
+    for size, variant in sorted(keys, key=lambda k: (k[0], order[k[1]])):
         runs = [r for r in results if r["size"] == size and r["variant"] == variant]
         good = [r for r in runs if "error" not in r]
         if not good:
             rows.append(f"| {size} | {variant} | error: {runs[0]['error']} |" + " |" * 12)
             continue
         cells = [_median(good, key) for key in ("wall", "scheduling", "startup", "wait")]
-        cells.append(_median(good, "settle") if variant.startswith("relay") else "-")
+        cells.append("-" if good[0]["settle"] is None else _median(good, "settle"))
         cells += [_median(good, k) for k in ("functions", "tasks", "function_sum")]
         cells.append(", ".join(str(r["retries"]) for r in good))
         cells += [_median(good, "pickup"), _median(good, "resume")]

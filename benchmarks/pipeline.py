@@ -9,9 +9,13 @@ triggers, one after the other:
 - relay:    dags/relay_csv_pipeline.py (list_files -> RelayFanOutOperator, deferrable -> summarize);
 - relay_defer_after: the same DAG with conf defer_after (`--defer-after`, 30 s): `profile` waits on
             its worker first and defers only if the results are not all in by then;
+- relay_trigger: tests/e2e/dags/relay_e2e_native.py, the same pipeline with `profile` started in the
+            triggerer (start_in_triggerer=True: no worker process for it);
 - provider: benchmarks/_pipeline_provider_dag.py (list_files -> PubSubCreateSubscriptionOperator ->
             PubSubPublishMessageOperator -> deferrable PubSubPullSensor, repeated until all results
-            are in -> summarize).
+            are in -> summarize);
+- floor:    benchmarks/_pipeline_floor_dag.py (list_files -> EmptyOperator -> summarize): what
+            Airflow itself costs for the three tasks.
 
 The wall time (run queued -> run end) is split by benchmarks/_pipeline_split.py; the function's
 busy intervals come from tailing its log (each JSON line has duration_ms, stamped on arrival).
@@ -41,21 +45,31 @@ from relay.topology import load_topology
 from relay.up import stack_up
 
 _ROOT = Path(__file__).resolve().parent.parent
-# The deployment harness is the e2e tests' own (imported there as top-level modules from
-# tests/e2e): the benchmark runs the very deployment the tests check.
-sys.path.insert(0, str(_ROOT / "tests" / "e2e"))
+# The deployment harness is the e2e tests' own, imported as pytest imports it: top-level modules
+# from tests/e2e and tests/ (its _auth_client): the benchmark runs the very deployment the tests
+# check.
+sys.path[:0] = [str(_ROOT / "tests" / "e2e"), str(_ROOT / "tests")]
 from _e2e_airflow import AirflowApi, AirflowDeployment, airflow_deployment  # noqa: E402
 from _e2e_postgres import create_database, drop_database, server_user  # noqa: E402
 from _e2e_procs import E2EError, wait_until  # noqa: E402
 from _e2e_relay import airflow_pubsub_env  # noqa: E402
 
-_DAGS = {
-    "relay": ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py"),
+_RELAY_DAG = ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py")
+_DAGS = {  # variant: (DAG id, DAG file), in the table's order
+    "relay": _RELAY_DAG,
+    "relay_defer_after": _RELAY_DAG,  # run with conf defer_after
+    "relay_trigger": (
+        "relay_e2e_native",
+        _ROOT / "tests" / "e2e" / "dags" / "relay_e2e_native.py",
+    ),
     "provider": (
         "relay_csv_pipeline_provider",
         Path(__file__).with_name("_pipeline_provider_dag.py"),
     ),
+    "floor": ("relay_csv_pipeline_floor", Path(__file__).with_name("_pipeline_floor_dag.py")),
 }
+# The variants whose `profile` defers from a worker, so relay's settle delay applies.
+_SETTLES = ("relay", "relay_defer_after")
 _FUNCTION = "csv-profile"
 # The e2e deployment narrows [workers] min_heartbeat_interval to 1 s (the window of Airflow's
 # resume-after-defer race); users run the default, which also sets relay's settle delay (5 + 3 s).
@@ -166,8 +180,8 @@ def _record(deployment: AirflowDeployment, dag_id: str, run_id: str) -> dict[str
 
 
 def _summary(api: AirflowApi, variant: str, dag_id: str, record: dict[str, Any]) -> Any:
-    """relay: summarize's return value; provider: XCom "summary" of the gate that ended it."""
-    if _is_relay(variant):
+    """summarize's return value; provider: XCom "summary" of the gate that ended it."""
+    if variant != "provider":
         return api.xcom(dag_id, record["run_id"], "summarize", "return_value")
     gates = [t["task_id"] for t in record["tis"] if t["task_id"].startswith("summarize_")]
     if not gates:
@@ -190,14 +204,9 @@ def _delete_subscription(project: str, subscription: str) -> None:
         client.close()
 
 
-def _is_relay(variant: str) -> bool:
-    """relay and relay_defer_after: dags/relay_csv_pipeline.py, the latter with conf defer_after."""
-    return variant.startswith("relay")
-
-
 def _is_wait_task(variant: str, task: str) -> bool:
     """Whether a task publishes or waits (its time is "publish+wait", not "other tasks")."""
-    if _is_relay(variant):
+    if variant != "provider":
         return task == "profile"
     return task in ("create_subscription", "publish") or task.startswith("wait_")
 
@@ -213,7 +222,7 @@ def _run_variant(
 ) -> dict[str, Any]:
     """Trigger one run over REST, wait for it, split its wall time; the raw record goes to
     `out` (record-<variant>-<size>-*.json)."""
-    dag_id = _DAGS["relay" if _is_relay(variant) else variant][0]
+    dag_id = _DAGS[variant][0]
     api = deployment.api
     tail.take()
     run_id = api.trigger(dag_id, conf)
@@ -240,7 +249,7 @@ def _run_variant(
         record,
         busy,
         (t["task_id"] for t in record["tis"] if _is_wait_task(variant, t["task_id"])),
-        settles=_is_relay(variant),
+        settles=variant in _SETTLES,
     )
     result.update(
         {
@@ -249,7 +258,7 @@ def _run_variant(
             "state": state,
             "ok": state == "success"
             and (summary or {}).get("files") == size
-            and (summary or {}).get("rows") == expected_rows,
+            and (variant == "floor" or (summary or {}).get("rows") == expected_rows),
             "function_sum": sum(e["duration_ms"] for _, e in lines) / 1000,
             "tasks_run": len(record["tis"]),
         }
@@ -258,11 +267,11 @@ def _run_variant(
 
 
 def _wait_parsed(deployment: AirflowDeployment) -> None:
-    """Until the DAG processor has put both DAGs in the database (a trigger 404s before)."""
+    """Until the DAG processor has put every DAG in the database (a trigger 404s before)."""
     api = deployment.api
     wait_until(
         "DAGs parsed",
-        lambda: all(api.dag_exists(dag_id) for dag_id, _ in _DAGS.values()),
+        lambda: all(api.dag_exists(dag_id) for dag_id, _ in set(_DAGS.values())),
         180,
         procs=list(deployment.procs.values()),
     )
@@ -276,8 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per size and variant")
     parser.add_argument(
         "--variants",
-        default="relay,relay_defer_after,provider",
-        help="comma-separated: relay,relay_defer_after,provider",
+        default=",".join(_DAGS),
+        help=f"comma-separated: {','.join(_DAGS)}",
     )
     parser.add_argument(
         "--defer-after", type=float, default=30.0, help="defer_after of relay_defer_after (s)"
@@ -310,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stack_up(served, data_dir=run_dir / "stack", broker_args=broker_args) as stack:
             dags = run_dir / "dags"
             dags.mkdir()
-            for dag_id, source in _DAGS.values():
+            for dag_id, source in set(_DAGS.values()):
                 shutil.copy(source, dags / f"{dag_id}.py")
             env = airflow_pubsub_env(stack.broker.host, topology)
             started = time.monotonic()
