@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
@@ -40,8 +40,10 @@ from relay.airflow._results import finish
 from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow._wait import COLLECT_ALL, ResultWait, WaitOutcome, from_legacy
 from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
-from relay.airflow.hooks import RelayHook
 from relay.protocol import default_audience
+
+if TYPE_CHECKING:
+    from relay.airflow.hooks import RelayHook
 
 
 class RelayHttpInvokeOperator(BaseOperator):
@@ -138,6 +140,8 @@ class RelayHttpInvokeOperator(BaseOperator):
         self.impersonation_chain = impersonation_chain
 
     def _hook(self) -> RelayHook:
+        from relay.airflow.hooks import RelayHook  # the Google provider: not at DAG parse
+
         return RelayHook(
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,

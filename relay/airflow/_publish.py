@@ -13,12 +13,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from relay.airflow._lifetimes import DEFAULT_SUBSCRIPTION_RETENTION, DEFAULT_SUBSCRIPTION_TTL
 from relay.airflow._names import check_correlation_id, correlation_group, grouped_id, task_group
 from relay.airflow.exceptions import RelayConfigError
-from relay.airflow.hooks import DEFAULT_SUBSCRIPTION_RETENTION, DEFAULT_SUBSCRIPTION_TTL, RelayHook
 from relay.protocol import Event, default_registry, new_request, to_binary
+
+if TYPE_CHECKING:
+    from relay.airflow.hooks import RelayHook
 
 
 @dataclass(frozen=True)

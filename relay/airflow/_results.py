@@ -14,7 +14,7 @@ import base64
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS
 from relay.airflow._reader import Reading, Seen, SubscriptionGone
@@ -27,8 +27,10 @@ from relay.airflow.exceptions import (
     RelayTimeoutError,
     result_error,
 )
-from relay.airflow.hooks import RelayHook
 from relay.protocol import RESULT_FAILED, ErrorInfo, Event, ProtocolError, from_message
+
+if TYPE_CHECKING:
+    from relay.airflow.hooks import RelayHook
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"

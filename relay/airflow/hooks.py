@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 
 from relay.airflow._identity import ImpersonationChain, client_key
+from relay.airflow._lifetimes import DEFAULT_SUBSCRIPTION_RETENTION, DEFAULT_SUBSCRIPTION_TTL
 from relay.airflow._names import (
     WAIT_ACK_DEADLINE_SECONDS,
     check_project_id,
@@ -31,31 +32,12 @@ from relay.airflow._names import (
     topic_path,
 )
 from relay.airflow.exceptions import RelayConfigError, RelayPublishError
-from relay.protocol import LimitError, Message, check_subscription_lifetime, group_filter
+from relay.protocol import Message, group_filter
 
-# An idle task subscription expires after this (Google's minimum); results stay this long.
-DEFAULT_SUBSCRIPTION_TTL = timedelta(days=1)
-DEFAULT_SUBSCRIPTION_RETENTION = timedelta(days=1)
 # How far before its creation a new task subscription is sought (clock skew to Google included).
 SEEK_MARGIN = timedelta(seconds=30)
 _CLEANUP_SECONDS = 120.0
 _T = TypeVar("_T")
-
-
-def check_lifetime(ttl: timedelta | None, retention: timedelta) -> None:
-    """Refuse a task subscription expiration TTL (None: never) or message retention that Google
-    would refuse, as RelayConfigError."""
-    if not isinstance(retention, timedelta) or not isinstance(ttl, timedelta | None):
-        raise RelayConfigError(
-            f"subscription_ttl and subscription_retention must be timedeltas (ttl may be None: "
-            f"never expire), got {ttl!r} and {retention!r}"
-        )
-    try:
-        check_subscription_lifetime(
-            None if ttl is None else ttl.total_seconds(), retention.total_seconds()
-        )
-    except LimitError as exc:
-        raise RelayConfigError(exc.message) from None
 
 
 _LOCK = threading.Lock()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
@@ -24,6 +24,11 @@ from airflow.sdk.configuration import conf
 from relay.airflow._defer_after import DEFER_GRACE, checked_defer_after, finish_or_defer
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
 from relay.airflow._identity import ImpersonationChain
+from relay.airflow._lifetimes import (
+    DEFAULT_SUBSCRIPTION_RETENTION,
+    DEFAULT_SUBSCRIPTION_TTL,
+    check_lifetime,
+)
 from relay.airflow._native import native_start_args, non_retryable_error
 from relay.airflow._publish import (
     Published,
@@ -39,12 +44,9 @@ from relay.airflow._results import finish
 from relay.airflow._settle import resolve_settle
 from relay.airflow._wait import COLLECT_ALL, FAIL_FAST, ResultWait, WaitOutcome, check_policy
 from relay.airflow.exceptions import RelayConfigError
-from relay.airflow.hooks import (
-    DEFAULT_SUBSCRIPTION_RETENTION,
-    DEFAULT_SUBSCRIPTION_TTL,
-    RelayHook,
-    check_lifetime,
-)
+
+if TYPE_CHECKING:
+    from relay.airflow.hooks import RelayHook
 
 __all__ = [
     "RelayCallOperator",
@@ -112,6 +114,8 @@ class _RelayRequestOperator(BaseOperator):
     @cached_property
     def hook(self) -> RelayHook:
         """The hook of this task's identity (clients are shared per process anyway)."""
+        from relay.airflow.hooks import RelayHook  # the Google provider: not at DAG parse
+
         return RelayHook(
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
@@ -19,7 +19,9 @@ from relay.airflow._results import finish
 from relay.airflow._settle import resolve_settle
 from relay.airflow._wait import COLLECT_ALL, DONE, ERROR, ResultWait, WaitOutcome, check_policy
 from relay.airflow.exceptions import RelayConfigError, RelayResultLostError
-from relay.airflow.hooks import RelayHook
+
+if TYPE_CHECKING:
+    from relay.airflow.hooks import RelayHook
 
 __all__ = ["RelayResultSensor"]
 
@@ -94,6 +96,8 @@ class RelayResultSensor(BaseSensorOperator):
     @cached_property
     def hook(self) -> RelayHook:
         """The hook of this task's identity."""
+        from relay.airflow.hooks import RelayHook  # the Google provider: not at DAG parse
+
         return RelayHook(
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
