@@ -9,8 +9,8 @@ triggers, one after the other:
 - relay:    dags/relay_csv_pipeline.py (list_files -> RelayFanOutOperator, deferrable -> summarize);
 - relay_defer_after: the same DAG with conf defer_after (`--defer-after`, 30 s): `profile` waits on
             its worker first and defers only if the results are not all in by then;
-- relay_trigger: tests/e2e/dags/relay_e2e_native.py, the same pipeline with `profile` started in the
-            triggerer (start_in_triggerer=True: no worker process for it);
+- relay_trigger: relay_csv_pipeline_trigger of the same DAG file, the same pipeline with `profile`
+            started in the triggerer (start_in_triggerer=True: no worker process for it);
 - provider: benchmarks/_pipeline_provider_dag.py (list_files -> PubSubCreateSubscriptionOperator ->
             PubSubPublishMessageOperator -> deferrable PubSubPullSensor, repeated until all results
             are in -> summarize);
@@ -58,10 +58,7 @@ _RELAY_DAG = ("relay_csv_pipeline", _ROOT / "dags" / "relay_csv_pipeline.py")
 _DAGS = {  # variant: (DAG id, DAG file), in the table's order
     "relay": _RELAY_DAG,
     "relay_defer_after": _RELAY_DAG,  # run with conf defer_after
-    "relay_trigger": (
-        "relay_e2e_native",
-        _ROOT / "tests" / "e2e" / "dags" / "relay_e2e_native.py",
-    ),
+    "relay_trigger": ("relay_csv_pipeline_trigger", _RELAY_DAG[1]),
     "provider": (
         "relay_csv_pipeline_provider",
         Path(__file__).with_name("_pipeline_provider_dag.py"),
@@ -319,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stack_up(served, data_dir=run_dir / "stack", broker_args=broker_args) as stack:
             dags = run_dir / "dags"
             dags.mkdir()
-            for dag_id, source in set(_DAGS.values()):
-                shutil.copy(source, dags / f"{dag_id}.py")
+            for source in {source for _, source in _DAGS.values()}:
+                shutil.copy(source, dags / source.name)
             env = airflow_pubsub_env(stack.broker.host, topology)
             started = time.monotonic()
             with airflow_deployment(

@@ -11,9 +11,8 @@ from _e2e_relay import REPO, RelayStack
 DAG_FILES = (
     REPO / "dags" / "relay_csv_pipeline.py",
     Path(__file__).resolve().parent / "dags" / "relay_e2e_echo.py",
-    Path(__file__).resolve().parent / "dags" / "relay_e2e_native.py",
 )
-DAG_IDS = ("relay_csv_pipeline", "relay_e2e_echo", "relay_e2e_native")
+DAG_IDS = ("relay_csv_pipeline", "relay_csv_pipeline_trigger", "relay_e2e_echo")
 AUTH_DAG_FILES = (DAG_FILES[0], Path(__file__).resolve().parent / "dags" / "relay_e2e_auth.py")
 AUTH_DAG_IDS = ("relay_csv_pipeline", "relay_e2e_auth")
 AUTH_TOKEN_LIFETIME = 20

@@ -27,7 +27,7 @@ from relay.demo import Expected, generate_csvs
 
 ECHO = "relay_e2e_echo"
 PIPELINE = "relay_csv_pipeline"
-NATIVE = "relay_e2e_native"
+NATIVE = "relay_csv_pipeline_trigger"
 RUN_TIMEOUT = 240.0
 # The first test also pays for the module's start-up (PostgreSQL DB, migrate, four components).
 pytestmark = pytest.mark.timeout(600)
@@ -243,9 +243,10 @@ def test_pipeline_with_defer_after_finishes_on_the_worker(
 def test_pipeline_started_in_the_triggerer_runs_no_worker_process_for_profile(
     e2e: E2E, api: AirflowApi, pipeline_run: PipelineRun
 ) -> None:
-    """dags/relay_e2e_native.py (`profile` with start_in_triggerer=True) on the same 100 files:
-    the same profiles and summary as the pipeline, and `profile` succeeded on its first try
-    without ever being queued to a worker: its only log is a trigger log."""
+    """relay_csv_pipeline_trigger (dags/relay_csv_pipeline.py, `profile` started in the
+    triggerer) on the same 100 files: the same profiles and summary as the pipeline, and
+    `profile` succeeded on its first try without ever being queued to a worker: its only log is
+    a trigger log."""
     conf = {
         "csv_dir": str(e2e.relay.inputs / "pipeline"),
         "request_topic": e2e.relay.topic_of("csv_profile"),
