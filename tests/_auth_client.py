@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,16 @@ def iam_proxy_field(ready_text: str) -> str:
 
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy")
+
+
+def access_token(metadata_host: str) -> str:
+    """A fresh access token of a metadata server's identity, fetched as google-auth does."""
+    request = urllib.request.Request(
+        f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token",
+        headers={"Metadata-Flavor": "Google"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.load(response)["access_token"])
 
 
 def client_environment(

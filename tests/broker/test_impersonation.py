@@ -24,7 +24,13 @@ from typing import Any
 
 import pytest
 import requests
-from _auth_client import Client, auth_broker_fields, client_environment, iam_proxy_field
+from _auth_client import (
+    Client,
+    access_token,
+    auth_broker_fields,
+    client_environment,
+    iam_proxy_field,
+)
 from _hook_client import HookClient
 
 PROJECT = "relay-test"
@@ -144,16 +150,6 @@ def topic(broker: Broker, unique: Callable[[str], str]) -> str:
     admin = broker.client(email=ADMIN)
     admin.ok("publisher", "create_topic", name=name)
     return name
-
-
-def _token(metadata_host: str) -> str:
-    """An access token of a metadata server's identity, fetched as google-auth does."""
-    request = urllib.request.Request(
-        f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token",
-        headers={"Metadata-Flavor": "Google"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.load(response)["access_token"])
 
 
 def _iam(broker: Broker, target: str, method: str, body: Any, token: str | None) -> Any:
@@ -333,7 +329,7 @@ def test_an_impersonated_token_is_refreshed_once_it_expires(
                 "scope": ["x"],
                 "lifetime": "3600s",
             },
-            _token(broker.metadata[CALLER]),
+            access_token(broker.metadata[CALLER]),
         ).json()
         expires = calendar.timegm(time.strptime(answer["expireTime"], "%Y-%m-%dT%H:%M:%SZ"))
         assert expires - time.time() <= 2, answer  # capped by --token-lifetime
@@ -360,7 +356,7 @@ def test_calls_without_a_token_of_the_broker_are_unauthenticated(broker: Broker)
         error = response.json()["error"]
         assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED"), error
         assert "Expected OAuth 2 access token" in error["message"], error
-    response = _iam(broker, HOP, "generateAccessToken", body, _token(broker.metadata[CALLER]))
+    response = _iam(broker, HOP, "generateAccessToken", body, access_token(broker.metadata[CALLER]))
     assert response.status_code == 200, response.text
     assert response.json()["accessToken"].startswith("ya29.")
 
@@ -389,7 +385,9 @@ def test_calls_without_a_token_of_the_broker_are_unauthenticated(broker: Broker)
 def test_malformed_requests_are_invalid_argument(
     broker: Broker, target: str, body: dict[str, Any], why: str
 ) -> None:
-    response = _iam(broker, target, "generateAccessToken", body, _token(broker.metadata[CALLER]))
+    response = _iam(
+        broker, target, "generateAccessToken", body, access_token(broker.metadata[CALLER])
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["status"] == "INVALID_ARGUMENT", error

@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 import pytest
-from _auth_client import Client, auth_broker_fields, client_environment
+from _auth_client import Client, access_token, auth_broker_fields, client_environment
 from google.pubsub_v1 import types
 
 PROJECT = "relay-test"
@@ -172,16 +172,6 @@ def _get_topic(auth: AuthBroker, topic: str, token: str | None, scheme: str = "B
         channel.close()
 
 
-def _token(metadata_host: str) -> str:
-    """An access token from a metadata server, fetched as google-auth does."""
-    request = urllib.request.Request(
-        f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token",
-        headers={"Metadata-Flavor": "Google"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.load(response)["access_token"])
-
-
 @pytest.mark.parametrize(
     ("token", "scheme", "reason"),
     [
@@ -202,7 +192,7 @@ def test_calls_without_a_token_of_the_broker_are_unauthenticated(
     assert "Expected OAuth 2 access token, login cookie or other valid" in details
     assert re.search(reason, details, re.IGNORECASE), details
     # The same call with a token of the broker goes through (the test can fail).
-    assert _get_topic(auth, topic, _token(auth.metadata[ADMIN])).name == topic
+    assert _get_topic(auth, topic, access_token(auth.metadata[ADMIN])).name == topic
 
 
 def test_a_token_of_another_broker_is_unauthenticated(
@@ -213,7 +203,7 @@ def test_a_token_of_another_broker_is_unauthenticated(
 ) -> None:
     other = _start(start_broker, tmp_path / "other", GRANTS)
     with pytest.raises(grpc.RpcError) as refused:
-        _get_topic(auth, topic, _token(other.metadata[ADMIN]))
+        _get_topic(auth, topic, access_token(other.metadata[ADMIN]))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "signature does not match" in (refused.value.details() or "")
 
@@ -226,7 +216,7 @@ def test_an_expired_token_is_unauthenticated(
         admin = broker.client(ADMIN)
         topic = f"projects/{PROJECT}/topics/expiring"
         admin.ok("publisher", "create_topic", name=topic)
-        token = _token(broker.metadata[ADMIN])
+        token = access_token(broker.metadata[ADMIN])
         assert _get_topic(broker, topic, token).name == topic
         broker.process.control({"advance_seconds": 61})
         with pytest.raises(grpc.RpcError) as refused:
@@ -768,7 +758,7 @@ def test_a_subscriber_keeps_receiving_across_token_lifetimes(
         refused_before = auth["refused"].get("UNAUTHENTICATED", 0)
 
         fixed = client_environment(broker.metadata[BOB], broker.ca)
-        fixed["AUTH_CLIENT_FIXED_TOKEN"] = _token(broker.metadata[BOB])
+        fixed["AUTH_CLIENT_FIXED_TOKEN"] = access_token(broker.metadata[BOB])
         holder = Client(broker.process.host, fixed, tmp_path / "fixed-token.log")
         try:
             ended = holder.subscribe(sub, count=1, timeout=30)

@@ -16,16 +16,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from _auth_client import access_token
+
 _TOKEN_PATH = "/token"
 _FLAVOR = "Metadata-Flavor"
-
-
-def access_token(metadata_host: str) -> str:
-    """A fresh access token of the identity whose metadata server is `metadata_host`."""
-    url = f"http://{metadata_host}/computeMetadata/v1/instance/service-accounts/default/token"
-    request = urllib.request.Request(url, headers={_FLAVOR: "Google"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.load(response)["access_token"])
 
 
 class FrozenMetadata:
