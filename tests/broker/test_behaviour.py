@@ -417,7 +417,7 @@ def test_without_push_backoff_pushes_start_together(
     project: str,
     endpoint_factory: Callable[..., _Endpoint],
 ) -> None:
-    endpoint = endpoint_factory([], 0.3)
+    endpoint = endpoint_factory([], 2.0)  # long enough to overlap on a loaded machine
     broker = start_broker(tmp_path / "data")
     publisher, _, topic, _ = _setup(broker, project, push_config={"push_endpoint": endpoint.url})
     publisher.api.publish(topic=topic, messages=[{"data": b"%d" % i} for i in range(7)])
