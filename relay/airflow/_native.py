@@ -1,6 +1,7 @@
-"""Parse-time side of a task started in the triggerer (`start_in_triggerer=True`): whether its
-inputs can be resolved there, and the StartTriggerArgs that carry them to RelayRequestTrigger;
-and the worker side of the one event that resumes such a task on a worker.
+"""Parse-time side of a task started in the triggerer (`start_in_triggerer=True`, the operators'
+and the sensor's): whether its inputs can be resolved there, and the StartTriggerArgs that carry
+them to RelayRequestTrigger; and the worker side of a wait's resumption, including the one event
+that resumes such a task on a worker.
 
 What the triggerer can resolve: literal data, Jinja templates (rendered by the trigger), and a
 plain XComArg of a non-mapped task (`items=list_files()`, read with map_index -1). It cannot pull
@@ -17,7 +18,9 @@ from typing import Any
 
 from airflow.triggers.base import StartTriggerArgs
 
+from relay.airflow._defer_after import DEFER_GRACE
 from relay.airflow._request_trigger import CLASSPATH, NON_RETRYABLE_EVENT, XCOM_MARKER
+from relay.airflow._wait import WaitOutcome
 from relay.airflow.exceptions import (
     RelayConfigError,
     RelayNonRetryablePartialFailureError,
@@ -31,38 +34,52 @@ _NON_RETRYABLE = {
 }
 
 
-def native_start_args(
+def native_start(
     task: Any,
     *,
     kind: str,
     inputs: Mapping[str, Any],
     settings: Mapping[str, Any],
-    timeout: timedelta,
-) -> StartTriggerArgs:
-    """The StartTriggerArgs of `task`, or RelayConfigError naming what cannot start there."""
-    where = f"{task.task_id}: start_in_triggerer=True"
+    timeout: float,
+) -> None:
+    """Make `task` start in the triggerer: Airflow's start_from_trigger with StartTriggerArgs for
+    RelayRequestTrigger, set on the instance at parse time (never on the class). `timeout` is the
+    wait's, in seconds; RelayConfigError names what cannot start there."""
     if task.outlets:
-        raise RelayConfigError(
-            f"{where} with outlets: a task started in the triggerer registers no asset events"
+        raise refusal(
+            task, "with outlets: a task started in the triggerer registers no asset events"
         )
+    where = _where(task)
     spec = {
         "kind": kind,
         "inputs": {name: _marked(value, f"{where}: {name}") for name, value in inputs.items()},
         **{name: _plain(name, value) for name, value in settings.items()},
+        "timeout": timeout,
+        "grace": DEFER_GRACE.total_seconds(),
     }
     try:
         json.dumps(spec)
     except (TypeError, ValueError) as exc:
-        raise RelayConfigError(
-            f"{where}: the inputs must be JSON (they travel in the trigger's kwargs): {exc}"
+        raise refusal(
+            task, f"needs JSON inputs (they travel in the trigger's kwargs): {exc}"
         ) from None
-    return StartTriggerArgs(
+    task.start_trigger_args = StartTriggerArgs(
         trigger_cls=CLASSPATH,
         trigger_kwargs={"spec": spec},
         next_method="execute_complete",
         next_kwargs=None,
-        timeout=timeout,
+        timeout=timedelta(seconds=timeout) + DEFER_GRACE,
     )
+    task.start_from_trigger = True
+
+
+def refusal(task: Any, reason: str) -> RelayConfigError:
+    """The error saying why `task` cannot start in the triggerer."""
+    return RelayConfigError(f"{_where(task)} {reason}")
+
+
+def _where(task: Any) -> str:
+    return f"{task.task_id}: start_in_triggerer=True"
 
 
 def _marked(value: Any, where: str) -> Any:
@@ -111,3 +128,14 @@ def non_retryable_error(event: Mapping[str, Any] | None) -> Exception | None:
         raise RelayConfigError(f"not a relay non-retryable error: {sent!r:.300}")
     error: Exception = cls(*sent.get("args", ()), **sent.get("kwargs", {}))
     return error
+
+
+def resume_wait(task: Any, context: Any, event: Mapping[str, Any]) -> Any:
+    """A waiting task's execute_complete: raise the non-retryable error RelayRequestTrigger sent
+    (a task started in the triggerer, failing without retries), else `task.finish_wait` with the
+    outcome in RelayResultTrigger's event."""
+    error = non_retryable_error(event)
+    if error is not None:
+        raise error
+    topic = task.hook.topic_path(task.reply_topic)
+    return task.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))

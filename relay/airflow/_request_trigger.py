@@ -1,15 +1,17 @@
-"""RelayRequestTrigger: a whole relay call or fan-out run in the triggerer, for tasks started there
-(`start_in_triggerer=True`, Airflow's `start_from_trigger`).
+"""RelayRequestTrigger: a whole relay call, fan-out or result wait run in the triggerer, for tasks
+started there (`start_in_triggerer=True`, Airflow's `start_from_trigger`).
 
 Airflow hands the trigger the task's raw arguments (templates unrendered, an XComArg as a marker)
 and a template context; the trigger renders them itself (StrictUndefined, native when the DAG
-says so), resolves XComArg markers, builds the requests with the task instance's deterministic
-ce-ids, creates the task subscription and publishes (off the loop; a re-run after a triggerer
-failover re-sends the same ce-ids into the same subscription), waits with RelayResultTrigger's
-wake-hub wait (no settle delay: no worker exits, so apache/airflow#72716 cannot happen), takes and
-decodes the results, pushes today's XComs and ends the task with TaskSuccessEvent or
-TaskFailedEvent. A non-retryable failure of a task that has retries yields a plain TriggerEvent
-instead: the task resumes on a worker only to raise it (Airflow has no fail-without-retry event).
+says so), resolves XComArg markers, and then, for a call or fan-out, builds the requests with the
+task instance's deterministic ce-ids, creates the task subscription and publishes (off the loop; a
+re-run after a triggerer failover re-sends the same ce-ids into the same subscription); a sensor's
+wait publishes nothing and reads the subscription its ids' publisher created. It waits with
+RelayResultTrigger's wake-hub wait (no settle delay: no worker exits, so apache/airflow#72716
+cannot happen), takes and decodes the results, pushes today's XComs and ends the task with
+TaskSuccessEvent, TaskFailedEvent or (a sensor's soft_fail / never_fail) TaskSkippedEvent. A
+non-retryable failure of a task that has retries yields a plain TriggerEvent instead: the task
+resumes on a worker only to raise it (Airflow has no fail-without-retry event).
 
 Nothing heavy is imported at module import time (the triggerer imports trigger classes on its
 event loop): the Google clients are loaded in a worker thread on first use.
@@ -23,17 +25,25 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import (
+    BaseTrigger,
+    TaskFailedEvent,
+    TaskSkippedEvent,
+    TaskSuccessEvent,
+    TriggerEvent,
+)
 
 from relay.airflow._result_trigger import RelayResultTrigger
 from relay.airflow._trigger_hooks import trigger_hook
-from relay.airflow._wait import ResultWait
+from relay.airflow._wait import TIMEOUT, ResultWait, published_wait
 
 if TYPE_CHECKING:
     from relay.airflow._publish import Published
     from relay.airflow.hooks import RelayHook
 
 CLASSPATH = "relay.airflow.triggers.RelayRequestTrigger"
+# The kinds of task: RelayCallOperator, RelayFanOutOperator, RelayResultSensor.
+CALL, FAN_OUT, WAIT = "call", "fan_out", "wait"
 # The marker an XComArg of the task's inputs travels as in the trigger kwargs.
 XCOM_MARKER = "__relay_xcom__"
 # Key of the plain TriggerEvent that makes execute_complete raise a non-retryable error.
@@ -41,10 +51,11 @@ NON_RETRYABLE_EVENT = "relay_non_retryable"
 
 
 class RelayRequestTrigger(BaseTrigger):
-    """Runs one relay task (call or fan-out) in the triggerer, from publish to the task's end.
+    """Runs one relay task (call, fan-out or sensor) in the triggerer, from its start to its end.
 
-    :param spec: the task as `_RelayWaitingOperator.trigger_spec()` wrote it at parse time: "kind"
-        ("call" or "fan_out"), "inputs" (templated, XComArgs as markers) and the plain settings.
+    :param spec: the task as relay.airflow._native.native_start wrote it at parse time: "kind"
+        ("call", "fan_out" or "wait"), "inputs" (templated, XComArgs as markers) and the plain
+        settings.
     """
 
     def __init__(self, *, spec: Mapping[str, Any]) -> None:
@@ -80,7 +91,25 @@ class RelayRequestTrigger(BaseTrigger):
         except Exception as exc:
             self.log.error("could not render the task's inputs: %s: %s", type(exc).__name__, exc)
             return TaskFailedEvent()
+        hook, wait = await self._start(ti, inputs)
+        delete = bool(self.spec.get("delete_subscriptions", True))
+        try:
+            event = await self._wait_and_conclude(ti, hook, wait, inputs)
+        except Exception:
+            if delete:
+                await asyncio.to_thread(hook.delete_subscriptions, [wait.subscription])
+            raise
+        # Not on cancellation: the trigger's next run (another triggerer) needs the results.
+        if delete:
+            await asyncio.to_thread(hook.delete_subscriptions, [wait.subscription])
+        return event
+
+    async def _start(self, ti: Any, inputs: Mapping[str, Any]) -> tuple[RelayHook, ResultWait]:
+        """The task's hook and wait: a sensor's for the ids it was given; a call's or fan-out's
+        once its requests are published (their ids pushed to XCom)."""
         spec = self.spec
+        if spec["kind"] == WAIT:
+            return await asyncio.to_thread(_awaited, spec, inputs, self._deadline())
         hook, published, wait = await asyncio.to_thread(
             _publish, spec, inputs, ti, self._deadline()
         )
@@ -93,14 +122,7 @@ class RelayRequestTrigger(BaseTrigger):
         )
         await self._xcom(ti, "event_ids", list(published.event_ids))
         await self._xcom(ti, "correlation_ids", list(published.correlation_ids))
-        try:
-            event = await self._wait_and_conclude(ti, hook, wait, inputs)
-        except Exception:
-            await asyncio.to_thread(hook.delete_subscriptions, [wait.subscription])
-            raise
-        # Not on cancellation: the trigger's next run (another triggerer) needs the results.
-        await asyncio.to_thread(hook.delete_subscriptions, [wait.subscription])
-        return event
+        return hook, wait
 
     async def _wait_and_conclude(
         self, ti: Any, hook: RelayHook, wait: ResultWait, inputs: Mapping[str, Any]
@@ -130,11 +152,14 @@ class RelayRequestTrigger(BaseTrigger):
                 from relay.airflow.exceptions import RelayResultLostError
 
                 raise RelayResultLostError(outcome.message or "the wait failed")
+            single = spec["kind"] == CALL or (
+                spec["kind"] == WAIT and isinstance(inputs["correlation_ids"], str)
+            )
             value = _results.conclude(
-                outcomes, policy=wait.policy, timeout=spec["timeout"], single=spec["kind"] == "call"
+                outcomes, policy=wait.policy, timeout=spec["timeout"], single=single
             )
         except Exception as exc:
-            return self._failed(ti, exc)
+            return self._failed(ti, exc, timed_out=outcome.status == TIMEOUT)
         await self._xcom(ti, "return_value", value)
         return TaskSuccessEvent()
 
@@ -147,14 +172,25 @@ class RelayRequestTrigger(BaseTrigger):
             return timeout_after.timestamp() - float(self.spec["grace"])
         return time.time() + float(self.spec["timeout"])
 
-    def _failed(self, ti: Any, exc: Exception) -> TriggerEvent:
-        """The event of a failed task: TaskFailedEvent (Airflow's retries apply), or, for a
-        non-retryable error of a task with retries left, the event that makes a worker raise it."""
+    def _failed(self, ti: Any, exc: Exception, *, timed_out: bool) -> TriggerEvent:
+        """The event of a failed task: TaskFailedEvent (Airflow's retries apply); for a
+        non-retryable error of a task with retries left, the event that makes a worker raise it;
+        TaskSkippedEvent for a sensor that `sensor_skips` the error."""
+        from relay.airflow._results import sensor_skips
         from relay.airflow.exceptions import (
             RelayNonRetryablePartialFailureError,
             RelayNonRetryableResultError,
         )
 
+        spec = self.spec
+        if sensor_skips(
+            exc,
+            timed_out=timed_out,
+            soft_fail=spec.get("soft_fail", False),
+            never_fail=spec.get("never_fail", False),
+        ):
+            self.log.info("skipped (soft_fail / never_fail): %s: %s", type(exc).__name__, exc)
+            return TaskSkippedEvent()
         self.log.error("%s: %s", type(exc).__name__, exc)
         task = getattr(ti, "task", None)
         retries = int(getattr(task, "retries", 0) or 0)
@@ -212,6 +248,33 @@ class RelayRequestTrigger(BaseTrigger):
         )
 
 
+def _hook(spec: Mapping[str, Any], inputs: Mapping[str, Any]) -> RelayHook:
+    """The hook of the task's identity."""
+    from relay.airflow.hooks import RelayHook
+
+    return RelayHook(
+        gcp_conn_id=spec["gcp_conn_id"],
+        impersonation_chain=inputs["impersonation_chain"],
+        project_id=inputs["project_id"],
+        wait_project=inputs["wait_project"],
+    )
+
+
+def _awaited(
+    spec: Mapping[str, Any], inputs: Mapping[str, Any], deadline: float
+) -> tuple[RelayHook, ResultWait]:
+    """The hook and the wait of a sensor (blocking: runs in a thread)."""
+    hook = _hook(spec, inputs)
+    wait = published_wait(
+        hook,
+        inputs["reply_topic"],
+        inputs["correlation_ids"],
+        deadline=deadline,
+        policy=spec["policy"],
+    )
+    return hook, wait
+
+
 def _publish(
     spec: Mapping[str, Any], inputs: Mapping[str, Any], ti: Any, deadline: float
 ) -> tuple[RelayHook, Published, ResultWait]:
@@ -226,16 +289,10 @@ def _publish(
         task_request_ids,
     )
     from relay.airflow.exceptions import RelayConfigError
-    from relay.airflow.hooks import RelayHook
 
-    hook = RelayHook(
-        gcp_conn_id=spec["gcp_conn_id"],
-        impersonation_chain=inputs["impersonation_chain"],
-        project_id=inputs["project_id"],
-        wait_project=inputs["wait_project"],
-    )
+    hook = _hook(spec, inputs)
     context = {"ti": ti}
-    if spec["kind"] == "call":
+    if spec["kind"] == CALL:
         items = [inputs["data"]]
         given = [inputs["correlation_id"]] if inputs["correlation_id"] else None
     else:

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.exceptions import AirflowException
+
 from relay.airflow._names import WAIT_ACK_DEADLINE_SECONDS
 from relay.airflow._reader import Reading, Seen, SubscriptionGone
 from relay.airflow._result_trigger import run_blocking
@@ -194,6 +196,18 @@ def conclude(outcomes: Sequence[Outcome], *, policy: str, timeout: float, single
     final = all(o.status == FAILED and not _retryable(o) for o in bad)
     cls = RelayNonRetryablePartialFailureError if final else RelayPartialFailureError
     raise cls({o.correlation_id: o.reason() for o in bad}, [o.to_dict() for o in outcomes])
+
+
+def sensor_skips(
+    error: BaseException, *, timed_out: bool, soft_fail: bool, never_fail: bool
+) -> bool:
+    """Whether a sensor with `soft_fail` / `never_fail` ends skipped rather than failed by `error`:
+    an AirflowException (a non-retryable result is one), as Airflow's sensors skip after a
+    deferral, and under soft_fail a wait that `timed_out` (results missing at its deadline), as
+    they skip a timeout in poke mode."""
+    if soft_fail and timed_out:
+        return True
+    return (soft_fail or never_fail) and isinstance(error, AirflowException)
 
 
 def _retryable(outcome: Outcome) -> bool:

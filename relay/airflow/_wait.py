@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.airflow._names import (
     check_correlation_id,
@@ -18,8 +18,12 @@ from relay.airflow._names import (
     check_topic_path,
     correlation_group,
     grouped_id,
+    task_subscription,
 )
 from relay.airflow.exceptions import RelayConfigError
+
+if TYPE_CHECKING:
+    from relay.airflow.hooks import RelayHook
 
 FAIL_FAST = "fail_fast"
 COLLECT_ALL = "collect_all"
@@ -142,6 +146,30 @@ class ResultWait:
             if isinstance(exc, RelayConfigError):
                 raise
             raise RelayConfigError(f"not a relay wait: {exc!r} in {dict(data)!r:.300}") from None
+
+
+def published_wait(
+    hook: RelayHook,
+    reply_topic: str,
+    correlation_ids: str | Sequence[Any],
+    *,
+    deadline: float,
+    policy: str,
+) -> ResultWait:
+    """The wait of RelayResultSensor: for ids published earlier (one id or a list, one group), on
+    their group's completion subscription, which the publishing task created."""
+    ids = [correlation_ids] if isinstance(correlation_ids, str) else list(correlation_ids)
+    if not ids:
+        raise RelayConfigError("correlation_ids is empty")
+    cids = tuple(str(cid) for cid in ids)
+    topic = hook.topic_path(reply_topic)
+    return ResultWait(
+        completion_topic=topic,
+        subscription=task_subscription(hook.wait_project_id, topic, correlation_group(cids[0])),
+        correlation_ids=cids,
+        deadline=deadline,
+        policy=policy,
+    )
 
 
 def from_legacy(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.configuration import conf
 
-from relay.airflow._defer_after import DEFER_GRACE, checked_defer_after, finish_or_defer
+from relay.airflow._defer_after import checked_defer_after, finish_or_defer
 from relay.airflow._http_invoke import RelayHttpInvokeOperator
 from relay.airflow._identity import ImpersonationChain
 from relay.airflow._lifetimes import (
@@ -29,7 +29,7 @@ from relay.airflow._lifetimes import (
     DEFAULT_SUBSCRIPTION_TTL,
     check_lifetime,
 )
-from relay.airflow._native import native_start_args, non_retryable_error
+from relay.airflow._native import native_start, resume_wait
 from relay.airflow._publish import (
     Published,
     build_requests,
@@ -39,6 +39,7 @@ from relay.airflow._publish import (
     publish_requests,
     task_request_ids,
 )
+from relay.airflow._request_trigger import CALL, FAN_OUT
 from relay.airflow._result_trigger import RelayResultTrigger, wait_blocking
 from relay.airflow._results import finish
 from relay.airflow._settle import resolve_settle
@@ -272,14 +273,13 @@ class _RelayWaitingOperator(_RelayRequestOperator):
     _single = False
 
     def _start_in_triggerer(self, inputs: dict[str, Any]) -> None:
-        """With `start_in_triggerer`, make this task start in the triggerer (Airflow's
-        start_from_trigger, set on the instance at parse time); RelayConfigError says why it
-        cannot. A mapped task never gets here at parse time and runs on the worker path."""
+        """With `start_in_triggerer`, make this task start in the triggerer (see native_start).
+        A mapped task never gets here at parse time and runs on the worker path."""
         if not self.start_in_triggerer:
             return
-        spec = native_start_args(
+        native_start(
             self,
-            kind="call" if self._single else "fan_out",
+            kind=CALL if self._single else FAN_OUT,
             inputs={
                 **{f: getattr(self, f) for f in _RelayRequestOperator.template_fields},
                 **inputs,
@@ -292,15 +292,11 @@ class _RelayWaitingOperator(_RelayRequestOperator):
                 "subscription_retention": self.subscription_retention,
                 "publish_attempts": self.publish_attempts,
                 "publish_timeout": self.publish_timeout,
-                "timeout": self.timeout,
                 "recheck_interval": self.recheck_interval,
                 "policy": self._wait_policy,
-                "grace": DEFER_GRACE,
             },
-            timeout=timedelta(seconds=self.timeout) + DEFER_GRACE,
+            timeout=self.timeout,
         )
-        self.start_from_trigger = True
-        self.start_trigger_args = spec
 
     def _wait(self, context: Any, items: Sequence[Any], cids: Sequence[str] | None) -> Any:
         deadline = time.time() + self.timeout
@@ -326,11 +322,7 @@ class _RelayWaitingOperator(_RelayRequestOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """Resume on the worker from the trigger's event."""
-        error = non_retryable_error(event)
-        if error is not None:  # a task started in the triggerer: fail without retries
-            raise error
-        topic = self.hook.topic_path(self.reply_topic)
-        return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
+        return resume_wait(self, context, event)
 
     def finish_wait(self, context: Any, outcome: WaitOutcome) -> Any:
         """Take and ack the results, delete the subscription, return the data or raise."""

@@ -10,15 +10,25 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.configuration import conf
+from airflow.sdk.exceptions import AirflowSkipException
 
 from relay.airflow._defer_after import checked_defer_after, finish_or_defer
 from relay.airflow._identity import ImpersonationChain
-from relay.airflow._names import correlation_group, task_subscription
+from relay.airflow._native import native_start, refusal, resume_wait
+from relay.airflow._request_trigger import WAIT
 from relay.airflow._result_trigger import RelayResultTrigger, peek_blocking
-from relay.airflow._results import finish
+from relay.airflow._results import finish, sensor_skips
 from relay.airflow._settle import resolve_settle
-from relay.airflow._wait import COLLECT_ALL, DONE, ERROR, ResultWait, WaitOutcome, check_policy
-from relay.airflow.exceptions import RelayConfigError, RelayResultLostError
+from relay.airflow._wait import (
+    COLLECT_ALL,
+    DONE,
+    ERROR,
+    TIMEOUT,
+    WaitOutcome,
+    check_policy,
+    published_wait,
+)
+from relay.airflow.exceptions import RelayResultLostError
 
 if TYPE_CHECKING:
     from relay.airflow.hooks import RelayHook
@@ -36,7 +46,8 @@ class RelayResultSensor(BaseSensorOperator):
     it did not wait for. Returns the result data (one id) or the list of result data (several, in
     order);
     raises RelayResultError with the function's error type and message on dev.relay.result.failed,
-    RelayTimeoutError after `timeout`, RelayPartialFailureError under policy collect_all.
+    RelayTimeoutError after `timeout` (skipped instead with `soft_fail`), RelayPartialFailureError
+    under policy collect_all.
 
     :param reply_topic: the completion topic (short name or full path).
     :param correlation_ids: one id or a list (templated; e.g. the publish task's XCom).
@@ -47,6 +58,10 @@ class RelayResultSensor(BaseSensorOperator):
         (default `[workers] min_heartbeat_interval` + 3, for apache/airflow#72716; 0 = off).
     :param defer_after: deferrable only: seconds (or timedelta; templated) to wait on the worker
         before deferring; results in by then cost no deferral (default 0: defer at once).
+    :param start_in_triggerer: start, wait and end the task in the triggerer (no worker process;
+        see docs/airflow.md "Starting in the triggerer"); correlation_ids must be literal,
+        templated, or a plain XComArg of a non-mapped task (`publish.output`); not with
+        mode="reschedule" nor outlets. A mapped sensor runs as without it.
     """
 
     template_fields: Sequence[str] = (
@@ -74,6 +89,7 @@ class RelayResultSensor(BaseSensorOperator):
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
         timeout: timedelta | float = timedelta(hours=1),
+        start_in_triggerer: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(timeout=timeout, **kwargs)
@@ -91,7 +107,31 @@ class RelayResultSensor(BaseSensorOperator):
         self.wait_project = wait_project
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
-        self._seen: dict[str, Any] = {}
+        self.start_in_triggerer = start_in_triggerer
+        if start_in_triggerer:
+            self._start_in_triggerer()
+
+    def _start_in_triggerer(self) -> None:
+        """Make this task start in the triggerer (see native_start); RelayConfigError says why
+        it cannot. A mapped sensor never gets here at parse time and runs on the worker path."""
+        if self.reschedule:
+            raise refusal(
+                self, "with mode='reschedule': a task started in the triggerer never pokes"
+            )
+        native_start(
+            self,
+            kind=WAIT,
+            inputs={f: getattr(self, f) for f in self.template_fields if f != "defer_after"},
+            settings={
+                "gcp_conn_id": self.gcp_conn_id,
+                "recheck_interval": self.recheck_interval,
+                "policy": self.policy,
+                "delete_subscriptions": self.delete_subscriptions,
+                "soft_fail": self.soft_fail,
+                "never_fail": self.never_fail,
+            },
+            timeout=float(self.timeout),
+        )
 
     @cached_property
     def hook(self) -> RelayHook:
@@ -105,26 +145,12 @@ class RelayResultSensor(BaseSensorOperator):
             wait_project=self.wait_project,
         )
 
-    def _ids(self) -> list[str]:
-        ids = self.correlation_ids
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        if not ids:
-            raise RelayConfigError("correlation_ids is empty")
-        return [str(i) for i in ids]
-
     def _trigger(self, deadline: float) -> RelayResultTrigger:
-        hook = self.hook
-        topic = hook.topic_path(self.reply_topic)
-        ids = self._ids()
-        subscription = task_subscription(hook.wait_project_id, topic, correlation_group(ids[0]))
+        wait = published_wait(
+            self.hook, self.reply_topic, self.correlation_ids, deadline=deadline, policy=self.policy
+        )
         return RelayResultTrigger(
-            wait=ResultWait(
-                completion_topic=topic,
-                subscription=subscription,
-                correlation_ids=tuple(ids),
-                deadline=deadline,
-                policy=self.policy,
-            ),
+            wait=wait,
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,
             recheck_interval=self.recheck_interval,
@@ -150,17 +176,25 @@ class RelayResultSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """Resume on the worker from the trigger's event."""
-        topic = self.hook.topic_path(self.reply_topic)
-        return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
+        return resume_wait(self, context, event)
 
     def finish_wait(self, context: Any, outcome: WaitOutcome) -> Any:
-        """Take and ack the results, delete the subscription, return the data or raise."""
-        return finish(
-            context,
-            self.hook,
-            outcome,
-            policy=self.policy,
-            timeout=float(self.timeout),
-            single=isinstance(self.correlation_ids, str),
-            delete=self.delete_subscriptions,
-        )
+        """Take and ack the results, delete the subscription, return the data or raise (or skip:
+        see sensor_skips)."""
+        try:
+            return finish(
+                context,
+                self.hook,
+                outcome,
+                policy=self.policy,
+                timeout=float(self.timeout),
+                single=isinstance(self.correlation_ids, str),
+                delete=self.delete_subscriptions,
+            )
+        except Exception as exc:
+            timed_out = outcome.status == TIMEOUT
+            if sensor_skips(
+                exc, timed_out=timed_out, soft_fail=self.soft_fail, never_fail=self.never_fail
+            ):
+                raise AirflowSkipException(f"{type(exc).__name__}: {exc}") from exc
+            raise

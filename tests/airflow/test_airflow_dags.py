@@ -160,14 +160,17 @@ def test_tasks_to_start_in_the_triggerer_run_the_worker_path_under_dag_test(
     airflow_db: Any, topics: dict[str, str], responder: Responder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """dag.test() sets tasks SCHEDULED and calls execute() itself: a start_in_triggerer task
-    (and a mapped one, which never starts there) defers and resumes as without it."""
+    (operator or sensor; and a mapped one, which never starts there) defers and resumes as
+    without it."""
     dag = load_dag("relay_start_in_triggerer", topics, monkeypatch)
     assert dag.get_task("native_fan").start_from_trigger is True
+    assert dag.get_task("native_sense").start_from_trigger is True
     run = dag.test()
     assert set(_states(run).values()) == {"success"}, _states(run)
     assert _xcom(run, "native_fan") == [{"i": i} for i in range(3)]
     assert _xcom(run, "native_mapped", map_index=1) == {"m": 2}
-    assert {"native_fan", "native_mapped"} <= _deferred(run)
+    assert _xcom(run, "native_sense") == [{"s": 1}, {"s": 2}]
+    assert {"native_fan", "native_mapped", "native_sense"} <= _deferred(run)
 
 
 def test_failures_fail_the_task_with_the_function_error(

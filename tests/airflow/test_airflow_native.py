@@ -23,12 +23,15 @@ from _airflow_responder import Responder
 from relay.airflow._names import correlation_group, task_subscription
 from relay.airflow._publish import task_request_ids
 from relay.airflow._request_trigger import NON_RETRYABLE_EVENT, XCOM_MARKER
+from relay.airflow._wait import TIMEOUT, WaitOutcome
 from relay.airflow.exceptions import (
     RelayConfigError,
     RelayNonRetryablePartialFailureError,
     RelayNonRetryableResultError,
+    RelayPartialFailureError,
 )
-from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator
+from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator, RelayPublishOperator
+from relay.airflow.sensors import RelayResultSensor
 from relay.airflow.triggers import RelayRequestTrigger
 from relay.protocol import EXAMPLE_ECHO
 
@@ -418,3 +421,207 @@ def test_a_fan_out_whose_failures_are_all_final_fails_without_retries(
     with pytest.raises(RelayNonRetryablePartialFailureError, match="no such file") as raised:
         op.execute_complete({}, json.loads(json.dumps(event.payload)))
     assert [o["status"] for o in raised.value.outcomes] == ["succeeded", "failed"]
+
+
+# -- RelayResultSensor ----------------------------------------------------------------------------
+
+
+class _WorkerTi:
+    """A task instance on a worker whose XComs go where the trigger runner reads them."""
+
+    def __init__(self, comms: _Comms, dag_id: str, run_id: str, task_id: str) -> None:
+        self.comms, self.dag_id, self.run_id, self.task_id = comms, dag_id, run_id, task_id
+        self.map_index = -1
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.comms.xcoms[(self.run_id, self.task_id, key, -1)] = json.loads(json.dumps(value))
+
+
+def _publish(comms: _Comms, dag: Any, run_id: str, task_id: str = "publish") -> list[str]:
+    """Run the DAG's RelayPublishOperator as a worker does: its return value lands in XCom."""
+    ti = _WorkerTi(comms, dag.dag_id, run_id, task_id)
+    ids: list[str] = dag.get_task(task_id).execute({"ti": ti})
+    ti.xcom_push("return_value", ids)
+    return ids
+
+
+def _publisher(topics: dict[str, str], **kwargs: Any) -> RelayPublishOperator:
+    return RelayPublishOperator(
+        task_id="publish",
+        topic=topics["requests"],
+        reply_topic=topics["results"],
+        event_type=EXAMPLE_ECHO,
+        **kwargs,
+    )
+
+
+def _subscriptions(broker: Any, topic: str) -> list[str]:
+    return list(broker.publisher().list_topic_subscriptions(topic=topic, timeout=10))
+
+
+def test_sensor_inputs_the_triggerer_cannot_honour_are_refused_at_parse_time() -> None:
+    from airflow.sdk import Asset, task
+
+    @task
+    def one(n: int) -> list[str]:
+        return [f"g.{n}"]
+
+    @task
+    def ids() -> list[str]:
+        return ["g.1"]
+
+    common = {"reply_topic": "r", "start_in_triggerer": True}
+    with _dag("native_sensor_refused"):
+        with pytest.raises(RelayConfigError, match=r"^a: start_in_triggerer=True with mode='re"):
+            RelayResultSensor(task_id="a", correlation_ids=["g.1"], mode="reschedule", **common)
+        with pytest.raises(RelayConfigError, match=r"^b: start_in_triggerer=True with outlets"):
+            RelayResultSensor(
+                task_id="b", correlation_ids=["g.1"], outlets=[Asset("s3://x/y")], **common
+            )
+        with pytest.raises(RelayConfigError, match=r"^c: .*ids is an XComArg of the mapped"):
+            RelayResultSensor(task_id="c", correlation_ids=one.expand(n=[1, 2]), **common)
+        with pytest.raises(RelayConfigError, match=r"^d: .*ids is a MapXComArg"):
+            RelayResultSensor(task_id="d", correlation_ids=ids().map(str), **common)
+        # soft_fail ends a timeout with TaskSkippedEvent there: accepted
+        soft = RelayResultSensor(task_id="e", correlation_ids=ids(), soft_fail=True, **common)
+        mapped = RelayResultSensor.partial(task_id="f", **common).expand(
+            correlation_ids=[["g.1"], ["h.1"]]
+        )
+    assert soft.start_from_trigger is True
+    assert soft.start_trigger_args.trigger_kwargs["spec"]["soft_fail"] is True
+    assert not mapped.start_from_trigger  # apache/airflow#48009: the worker path
+    assert RelayResultSensor.start_from_trigger is False
+
+
+def test_a_sensor_waits_in_the_trigger_for_the_ids_an_upstream_publish_returned(
+    comms: _Comms, topics: dict[str, str], responder: Responder, broker: Any
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    items = [{"n": 1}, {"n": 2}]
+    with _dag("native_sensor") as dag:
+        publish = _publisher(topics, items=items)
+        RelayResultSensor(
+            task_id="wait",
+            reply_topic=topics["results"],
+            correlation_ids=publish.output,
+            timeout=30,
+            start_in_triggerer=True,
+        )
+    run_id = _run_id()
+    ids = _publish(comms, dag, run_id)
+    trigger = _inflate(dag, "wait", run_id)
+    assert trigger.spec["kind"] == "wait"
+    assert trigger.spec["inputs"]["correlation_ids"] == {
+        XCOM_MARKER: {"task_id": "publish", "key": "return_value"}
+    }
+    subscription = task_subscription("relay-test", topics["results"], correlation_group(ids[0]))
+    assert subscription in _subscriptions(broker, topics["results"])
+    event = asyncio.run(_event(trigger))
+    assert isinstance(event, TaskSuccessEvent)
+    assert comms.of(run_id, "wait") == items  # several ids: the list, in order
+    outcomes = comms.of(run_id, "wait", "outcomes")
+    assert [(o["correlation_id"], o["status"]) for o in outcomes] == [
+        (cid, "succeeded") for cid in ids
+    ]
+    assert comms.of(run_id, "wait", "event_ids") is None  # the sensor published nothing
+    assert len(responder.requests) == 2
+    assert subscription not in _subscriptions(broker, topics["results"])
+
+
+def test_a_single_id_sensor_returns_the_data_and_can_keep_its_subscription(
+    comms: _Comms, topics: dict[str, str], responder: Responder, broker: Any
+) -> None:
+    """One id (a str, here a template) returns the result's data, not a list; with
+    delete_subscriptions=False the group's subscription outlives the task."""
+    from airflow.triggers.base import TaskSuccessEvent
+
+    group = f"g{uuid.uuid4().hex[:8]}"
+    with _dag("native_sensor_one", params={"group": group}) as dag:
+        _publisher(topics, data={"n": 1}, correlation_ids=[f"{group}.one"])
+        RelayResultSensor(
+            task_id="wait",
+            reply_topic=topics["results"],
+            correlation_ids="{{ params.group }}.one",
+            delete_subscriptions=False,
+            timeout=30,
+            start_in_triggerer=True,
+        )
+    run_id = _run_id()
+    _publish(comms, dag, run_id)
+    event = asyncio.run(_event(_inflate(dag, "wait", run_id)))
+    assert isinstance(event, TaskSuccessEvent)
+    assert comms.of(run_id, "wait") == {"n": 1}
+    kept = task_subscription("relay-test", topics["results"], group)
+    assert kept in _subscriptions(broker, topics["results"])
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_failed_result_fails_the_sensor_under_fail_fast_without_retries(
+    comms: _Comms, topics: dict[str, str], responder: Responder, retries: int
+) -> None:
+    """fail_fast: the failure ends the wait though the other request never answers; non-retryable,
+    so with retries left a worker resumes only to raise it from the sensor's execute_complete."""
+    from airflow.triggers.base import TaskFailedEvent, TriggerEvent
+
+    with _dag(f"native_sensor_fail_{retries}") as dag:
+        publish = _publisher(topics, items=[{"silent": True}, {"fail": "bad input"}])
+        sensor = RelayResultSensor(
+            task_id="wait",
+            reply_topic=topics["results"],
+            correlation_ids=publish.output,
+            policy="fail_fast",
+            retries=retries,
+            timeout=30,
+            start_in_triggerer=True,
+        )
+    run_id = _run_id()
+    _publish(comms, dag, run_id)
+    event = asyncio.run(_event(_inflate(dag, "wait", run_id)))
+    outcomes = comms.of(run_id, "wait", "outcomes")
+    assert [o["status"] for o in outcomes] == ["cancelled", "failed"]
+    assert outcomes[1]["error"]["message"] == "bad input"
+    assert comms.of(run_id, "wait") is None
+    if retries == 0:
+        assert isinstance(event, TaskFailedEvent)
+        return
+    assert type(event) is TriggerEvent
+    assert NON_RETRYABLE_EVENT in event.payload
+    with pytest.raises(RelayNonRetryableResultError, match="bad input"):
+        sensor.execute_complete({}, json.loads(json.dumps(event.payload)))
+
+
+def test_soft_fail_skips_a_sensor_that_timed_out_in_the_trigger_as_on_a_worker(
+    comms: _Comms, topics: dict[str, str], responder: Responder
+) -> None:
+    """The trigger ends the task with TaskSkippedEvent after `timeout`; a worker resuming from a
+    timed-out wait (dag.test(), a mapped sensor) skips too, instead of raising the timeout (here
+    collect_all's RelayPartialFailureError)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.triggers.base import TaskSkippedEvent
+
+    group = f"g{uuid.uuid4().hex[:8]}"
+    with _dag("native_sensor_soft") as dag:
+        _publisher(topics, data={"silent": True}, correlation_ids=[f"{group}.0"])
+        sensors = {
+            soft: RelayResultSensor(
+                task_id=f"wait_{soft}",
+                reply_topic=topics["results"],
+                correlation_ids=[f"{group}.0"],
+                soft_fail=soft,
+                timeout=1,
+                start_in_triggerer=True,
+            )
+            for soft in (True, False)
+        }
+    run_id = _run_id()
+    _publish(comms, dag, run_id)
+    event = asyncio.run(_event(_inflate(dag, "wait_True", run_id)))
+    assert isinstance(event, TaskSkippedEvent)
+    assert [o["status"] for o in comms.of(run_id, "wait_True", "outcomes")] == ["timeout"]
+    for soft, sensor in sensors.items():
+        wait = sensor._trigger(time.time()).wait
+        timed_out = WaitOutcome(wait, TIMEOUT, (None,)).to_event()
+        expected = AirflowSkipException if soft else RelayPartialFailureError
+        with pytest.raises(expected, match="no result before the timeout"):
+            sensor.execute_complete({}, timed_out)

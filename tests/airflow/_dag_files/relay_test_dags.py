@@ -300,4 +300,15 @@ with DAG(
     native_mapped = RelayCallOperator.partial(
         task_id="native_mapped", timeout=TIMEOUT, deferrable=True, start_in_triggerer=True, **COMMON
     ).expand(data=[{"m": 1}, {"m": 2}])
-    native_fan >> native_mapped
+    publish_native = RelayPublishOperator(
+        task_id="publish_native", items=[{"s": 1}, {"s": 2}], **COMMON
+    )
+    native_sense = RelayResultSensor(
+        task_id="native_sense",
+        reply_topic=COMMON["reply_topic"],
+        correlation_ids=publish_native.output,
+        timeout=TIMEOUT,
+        deferrable=True,
+        start_in_triggerer=True,
+    )
+    native_fan >> native_mapped >> publish_native >> native_sense
