@@ -9,10 +9,15 @@ What is measured (targets in brackets):
    `--concurrency` at a time; RelayResultTrigger [p50 <= 100 ms, p99 <= 500 ms] side by side with
    the provider's PubsubPullTrigger (deferrable PubSubPullSensor) at its default poke_interval
    (10 s) and at 1 s, each on its own filtered subscription;
-2. 2,000 concurrent RelayResultTrigger waits in one process: idle CPU of this process over
-   `--idle-seconds` (30 s: a stream heartbeat included) [< 5 % of one core], RSS [< 400 MB], and
-   the time from the first result's publish to the last wait's event [all within 10 s of their
-   results being published].
+2. 10,000 concurrent RelayResultTrigger waits in one process (`--waits`; the waits a triggerer
+   holds for tasks started there are the same, RelayRequestTrigger waits with RelayResultTrigger's
+   wake hub): idle CPU of this process over `--idle-seconds` (30 s: a stream heartbeat included)
+   [< 5 % of one core], RSS [< 1 GB], and the time from the last result's publish to the last
+   wait's event [all within 15 s of their results being published].
+
+The broker's administrator quota is raised (`--admin-ops-per-minute`): 10,000 task subscriptions
+created at Google's 6,000 a minute take the benchmark's set-up minutes and are not what it measures
+(benchmarks/waits.py measures the administrator operations).
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ def _start_broker(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
             "0",
             "--data-dir",
             str(data_dir),
+            "--admin-ops-per-minute",
+            "1000000",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -333,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--provider-samples", type=int, default=40)
-    parser.add_argument("--waits", type=int, default=2000)
+    parser.add_argument("--waits", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--quick", action="store_true", help="smoke run: small numbers")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -373,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"| idle CPU of the process | {big['idle_cpu_pct']:.2f} % of a core | < 5 % |")
     print(
         f"| RSS with all waits registered | {big['rss_mib']:.0f} MiB "
-        f"(before the waits: {big['rss_before_waits_mib']:.0f}) | < 400 MB |"
+        f"(before the waits: {big['rss_before_waits_mib']:.0f}) | < 1 GB |"
     )
     print(f"| shared hubs / StreamingPull streams | {big['hubs']} / {big['streams']} | 1 / 1 |")
     print(f"| publishing all results took | {big['publish_span_s']:.2f} s | |")
@@ -383,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"| last event after the last result's publish | "
-        f"{big['all_done_after_last_publish_s']:.2f} s | <= 10 s |"
+        f"{big['all_done_after_last_publish_s']:.2f} s | <= 15 s |"
     )
     print(
         f"| per-wait latency p50 / p99 / max | {big['latency_p50_ms']:.0f} / "

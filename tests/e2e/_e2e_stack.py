@@ -12,7 +12,12 @@ DAG_FILES = (
     REPO / "dags" / "relay_csv_pipeline.py",
     Path(__file__).resolve().parent / "dags" / "relay_e2e_echo.py",
 )
-DAG_IDS = ("relay_csv_pipeline", "relay_csv_pipeline_trigger", "relay_e2e_echo")
+DAG_IDS = (
+    "relay_csv_pipeline",
+    "relay_csv_pipeline_trigger",
+    "relay_e2e_echo",
+    "relay_e2e_echo_native",
+)
 AUTH_DAG_FILES = (DAG_FILES[0], Path(__file__).resolve().parent / "dags" / "relay_e2e_auth.py")
 AUTH_DAG_IDS = ("relay_csv_pipeline", "relay_e2e_auth")
 AUTH_TOKEN_LIFETIME = 20

@@ -28,6 +28,7 @@ from relay.demo import Expected, generate_csvs
 ECHO = "relay_e2e_echo"
 PIPELINE = "relay_csv_pipeline"
 NATIVE = "relay_csv_pipeline_trigger"
+NATIVE_ECHO = "relay_e2e_echo_native"
 RUN_TIMEOUT = 240.0
 # The first test also pays for the module's start-up (PostgreSQL DB, migrate, four components).
 pytestmark = pytest.mark.timeout(600)
@@ -382,3 +383,71 @@ def test_non_retryable_failure_fails_only_its_task(e2e: E2E, api: AirflowApi) ->
     log = api.task_log(ECHO, run_id, "call", int(failed["try_number"]), 1)
     assert message in log, log[-3000:]
     assert "EchoFailure" in log, log[-3000:]
+
+
+# -- a task started in the triggerer (relay_e2e_echo_native: fan_out, start_in_triggerer=True) -----
+
+
+def _fan_out(e2e: E2E, run_id: str) -> dict[str, Any]:
+    (ti,) = [
+        t for t in e2e.airflow.api.task_instances(NATIVE_ECHO, run_id) if t["task_id"] == "fan_out"
+    ]
+    return ti
+
+
+def _fan_out_logs(e2e: E2E, run_id: str) -> dict[str, str]:
+    """fan_out's log files of try 1 by name (trigger logs and, if a worker ran, its log)."""
+    folder = e2e.airflow.home / "logs" / f"dag_id={NATIVE_ECHO}" / f"run_id={run_id}"
+    return {p.name: p.read_text() for p in (folder / "task_id=fan_out").iterdir()}
+
+
+def test_triggerer_killed_mid_wait_of_a_task_started_in_the_triggerer(
+    e2e: E2E, api: AirflowApi
+) -> None:
+    """kill -9 of the triggerer after fan_out's trigger published and while it waits: the new
+    triggerer runs the trigger again, which re-sends the same ce-ids into the same subscription
+    and finds the results kept there: success on the first try, never on a worker, each result
+    in XCom exactly once and in item order."""
+    items = _items("native-kill", 6, sleep=3)
+    run_id = api.trigger(NATIVE_ECHO, {"items": items})
+
+    def published() -> bool:
+        return bool(api.xcom_entries(NATIVE_ECHO, run_id, "fan_out", "event_ids"))
+
+    wait_until("fan_out's requests published", published, 180, interval=0.2)
+    sent = api.xcom(NATIVE_ECHO, run_id, "fan_out", "event_ids")
+    triggerer = e2e.airflow.procs["triggerer"]
+    triggerer.kill()
+    assert _fan_out(e2e, run_id)["state"] == "deferred"
+    time.sleep(6)  # echo answers while no triggerer runs
+    e2e.airflow.restart("triggerer")
+    assert _finish(e2e, NATIVE_ECHO, run_id) == "success", _context(e2e, NATIVE_ECHO, run_id)
+    assert api.xcom(NATIVE_ECHO, run_id, "fan_out", "return_value") == items
+    assert api.xcom(NATIVE_ECHO, run_id, "fan_out", "event_ids") == sent  # the same requests
+    ti = _fan_out(e2e, run_id)
+    assert (ti["try_number"], ti["queued_when"], ti["pid"]) == (1, None, None), ti
+    logs = _fan_out_logs(e2e, run_id)
+    assert all(".log.trigger." in name for name in logs), sorted(logs)  # no worker log
+    jobs = api.json("GET", "/jobs", params={"job_type": "TriggererJob", "limit": 100})["jobs"]
+    newest = max(int(job["id"]) for job in jobs)
+    rerun = logs.get(f"attempt=1.log.trigger.{newest}.log", "")
+    assert f"published {len(items)} dev.relay.example.echo request(s)" in rerun, sorted(logs)
+    assert f"results: {{'succeeded': {len(items)}}}" in rerun, rerun[-3000:]
+
+
+def test_a_task_started_in_the_triggerer_fails_as_on_a_worker(e2e: E2E, api: AirflowApi) -> None:
+    """Every request of fan_out fails non-retryably: the task fails on its first try despite its
+    task retry, as a worker-run fan-out does (Airflow has no fail-without-retry trigger event, so
+    a worker resumes the task only to raise the error), naming the function's error."""
+    message = f"e2e refuses {uuid.uuid4().hex[:6]}"
+    items = _items("native-fail", 2, fail=message)
+    run_id = api.trigger(NATIVE_ECHO, {"items": items})
+    assert _finish(e2e, NATIVE_ECHO, run_id) == "failed", _context(e2e, NATIVE_ECHO, run_id)
+    ti = _fan_out(e2e, run_id)
+    assert (ti["state"], ti["try_number"]) == ("failed", 1), ti
+    outcomes = api.xcom(NATIVE_ECHO, run_id, "fan_out", "outcomes")
+    assert [o["status"] for o in outcomes] == ["failed", "failed"], outcomes
+    assert all(o["error"]["type"] == "EchoFailure" for o in outcomes), outcomes
+    log = "\n".join(_fan_out_logs(e2e, run_id).values())
+    assert "RelayNonRetryablePartialFailureError" in log, log[-3000:]
+    assert message in log, log[-3000:]

@@ -1,6 +1,8 @@
-"""relay_e2e_echo: the end-to-end tests' small DAG, one deferred RelayCallOperator per item.
+"""relay_e2e_echo: the end-to-end tests' small DAG, one deferred RelayCallOperator per item;
+relay_e2e_echo_native: the same items as one RelayFanOutOperator started in the triggerer.
 
-    requests ──▶ call[0..n-1] (RelayCallOperator.expand, echo function)
+    relay_e2e_echo:         requests ──▶ call[0..n-1] (RelayCallOperator.expand, echo function)
+    relay_e2e_echo_native:  requests ──▶ fan_out (RelayFanOutOperator, start_in_triggerer=True)
 
 Run conf `items` chooses the requests: echo returns each item's data; {"crash": n} makes echo fail
 retryably on delivery attempts 1..n, {"fail": "msg"} fails non-retryably (the task fails with that
@@ -18,10 +20,10 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from relay.airflow.operators import RelayCallOperator
+from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator
 
 
-def _echo_dag(dag_id: str, retries: int) -> DAG:
+def _echo_dag(dag_id: str, retries: int, native: bool = False) -> DAG:
     with DAG(
         dag_id,
         schedule=None,
@@ -41,15 +43,25 @@ def _echo_dag(dag_id: str, retries: int) -> DAG:
             """The items of the run conf, one request each."""
             return list((params or {})["items"])
 
-        RelayCallOperator.partial(
-            task_id="call",
-            topic="{{ params.request_topic }}",
-            reply_topic="{{ params.completion_topic }}",
-            event_type="dev.relay.example.echo",
-            timeout=timedelta(minutes=3),
-            deferrable=True,
-        ).expand(data=requests())
+        common: dict[str, Any] = {
+            "topic": "{{ params.request_topic }}",
+            "reply_topic": "{{ params.completion_topic }}",
+            "event_type": "dev.relay.example.echo",
+            "timeout": timedelta(minutes=3),
+            "deferrable": True,
+        }
+        if native:
+            RelayFanOutOperator(
+                task_id="fan_out",
+                items=requests(),
+                policy="collect_all",
+                start_in_triggerer=True,
+                **common,
+            )
+        else:
+            RelayCallOperator.partial(task_id="call", **common).expand(data=requests())
     return dag
 
 
 relay_e2e_echo = _echo_dag("relay_e2e_echo", retries=1)
+relay_e2e_echo_native = _echo_dag("relay_e2e_echo_native", retries=1, native=True)
