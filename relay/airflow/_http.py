@@ -10,9 +10,10 @@ import json
 import random
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from relay.airflow.exceptions import RelayHttpError, RelayResultError
 from relay.protocol import Event, to_binary
 
 if TYPE_CHECKING:  # the triggerer imports this module on its event loop: keep it light
@@ -45,6 +46,15 @@ class HttpPolicy:
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter after failed attempt `attempt` (1-based)."""
         return float(random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1))))
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as plain data (a trigger's kwargs)."""
+        return {**asdict(self), "fail_fast_statuses": list(self.fail_fast_statuses)}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> HttpPolicy:
+        """Inverse of to_json."""
+        return cls(**{**value, "fail_fast_statuses": tuple(value["fail_fast_statuses"])})
 
 
 def _auth_headers(hook: RelayHook, audience: str) -> dict[str, str]:
@@ -193,3 +203,25 @@ def response_json(payload: Mapping[str, Any]) -> Any:
         return json.loads(body)
     except ValueError:
         return body
+
+
+def http_failure(url: str, payload: Mapping[str, Any]) -> RelayHttpError | None:
+    """The error of a POST that got no 2xx (a post_sync / post_async payload), None after a 2xx."""
+    if payload.get("status") == "ok":
+        return None
+    return RelayHttpError(
+        url, int(payload.get("attempts") or 0), payload.get("code"), str(payload.get("detail"))
+    )
+
+
+def http_answer(payload: Mapping[str, Any]) -> Any:
+    """The function's answer to a 2xx POST, the task's return value without `wait_for_result`;
+    RelayResultError when it answered with a failed or expired result."""
+    answer = response_json(payload)
+    if isinstance(answer, dict) and answer.get("outcome") in ("failed", "expired"):
+        raise RelayResultError(
+            str(answer.get("correlationid", "")),
+            str(answer.get("outcome")),
+            "the function answered with a failed result (wait_for_result=True has details)",
+        )
+    return answer

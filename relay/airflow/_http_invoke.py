@@ -9,8 +9,10 @@ subscription is created before the POST); otherwise it returns the function's HT
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -21,13 +23,15 @@ from relay.airflow._http import (
     DEFAULT_FAIL_FAST_STATUSES,
     HttpPolicy,
     encode_body,
+    http_answer,
+    http_failure,
     http_parts,
     post_sync,
-    response_json,
 )
 from relay.airflow._http_trigger import RelayHttpInvokeTrigger
 from relay.airflow._identity import ImpersonationChain
 from relay.airflow._names import correlation_group
+from relay.airflow._native import native_start, resume_wait
 from relay.airflow._publish import (
     build_requests,
     context_group,
@@ -35,15 +39,80 @@ from relay.airflow._publish import (
     default_source,
     task_request_ids,
 )
+from relay.airflow._request_trigger import INVOKE
 from relay.airflow._result_trigger import RelayResultTrigger, wait_blocking
 from relay.airflow._results import finish
 from relay.airflow._settle import not_before, resolve_settle
 from relay.airflow._wait import COLLECT_ALL, ResultWait, WaitOutcome, from_legacy
-from relay.airflow.exceptions import RelayConfigError, RelayHttpError, RelayResultError
-from relay.protocol import default_audience
+from relay.airflow.exceptions import RelayConfigError
+from relay.protocol import Event, default_audience
 
 if TYPE_CHECKING:
     from relay.airflow.hooks import RelayHook
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One direct-path request ready to POST: the function's URL, the CloudEvent, the ID token's
+    audience and, when waiting for the result, the wait (its subscription created already)."""
+
+    url: str
+    event: Event
+    audience: str
+    wait: ResultWait | None
+
+
+def invocation(
+    hook: RelayHook,
+    context: Mapping[str, Any],
+    *,
+    url: str | None,
+    function: str | None,
+    region: str | None,
+    event_type: str,
+    data: Any,
+    source: str | None,
+    reply_topic: str,
+    correlation_id: str | None,
+    audience: str | None,
+    validate: bool,
+    wait_for_result: bool,
+    deadline: float,
+) -> Invocation:
+    """Resolve the URL (a function's through GetFunction), build the task instance's request (its
+    deterministic ce-id: a retry, resume or trigger re-run re-sends it) and, with
+    `wait_for_result`, create the completion subscription, before the POST. Blocking (worker, or
+    a thread of the triggerer)."""
+    if url is None:
+        if function is None:
+            raise RelayConfigError("give exactly one of url and function")
+        url = hook.function_url(function, region)
+        hook.log.info("function %s is served at %s", function, url)
+    ti = context["ti"]
+    (event,) = build_requests(
+        event_type,
+        [data],
+        source=source or default_source(ti.dag_id, ti.task_id),
+        reply_to=hook.topic_path(reply_topic),
+        correlation_ids=correlation_ids_for(
+            context_group(context), 1, [correlation_id] if correlation_id else None
+        ),
+        ids=task_request_ids(context, 1),
+        validate=validate,
+    )
+    wait = None
+    if wait_for_result:
+        cid = str(event.correlationid)
+        wait = ResultWait(
+            completion_topic=hook.topic_path(reply_topic),
+            subscription=hook.create_task_subscription(
+                reply_topic, correlation_group(cid), deadline=deadline
+            ),
+            correlation_ids=(cid,),
+            deadline=deadline,
+            policy=COLLECT_ALL,
+        )
+    return Invocation(url, event, audience or default_audience(url), wait)
 
 
 class RelayHttpInvokeOperator(BaseOperator):
@@ -68,6 +137,10 @@ class RelayHttpInvokeOperator(BaseOperator):
         (relay.protocol.default_audience).
     :param settle: deferrable only: seconds after each deferral before its trigger may fire
         (default `[workers] min_heartbeat_interval` + 3; works around apache/airflow#72716).
+    :param start_in_triggerer: start, POST, (wait) and end the task in the triggerer (no worker
+        process; see docs/airflow.md "Starting in the triggerer"); inputs must be literal,
+        templated, or a plain XComArg of a non-mapped task; no outlets. A mapped task runs as
+        without it.
     """
 
     template_fields: Sequence[str] = (
@@ -110,6 +183,7 @@ class RelayHttpInvokeOperator(BaseOperator):
         project_id: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
         impersonation_chain: ImpersonationChain = None,
+        start_in_triggerer: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -138,8 +212,31 @@ class RelayHttpInvokeOperator(BaseOperator):
         self.project_id = project_id
         self.gcp_conn_id = gcp_conn_id
         self.impersonation_chain = impersonation_chain
+        self.start_in_triggerer = start_in_triggerer
+        if start_in_triggerer:
+            self._start_in_triggerer()
 
-    def _hook(self) -> RelayHook:
+    def _start_in_triggerer(self) -> None:
+        """Make this task start in the triggerer (see native_start); RelayConfigError says why it
+        cannot. A mapped task never gets here at parse time and runs on the worker path."""
+        native_start(
+            self,
+            kind=INVOKE,
+            inputs={f: getattr(self, f) for f in self.template_fields},
+            settings={
+                "gcp_conn_id": self.gcp_conn_id,
+                "source": self.source,
+                "validate": self.validate,
+                "wait_for_result": self.wait_for_result,
+                "recheck_interval": self.recheck_interval,
+                "http": self.policy.to_json(),
+            },
+            timeout=self.timeout,
+        )
+
+    @cached_property
+    def hook(self) -> RelayHook:
+        """The hook of this task's identity (clients are shared per process anyway)."""
         from relay.airflow.hooks import RelayHook  # the Google provider: not at DAG parse
 
         return RelayHook(
@@ -150,47 +247,38 @@ class RelayHttpInvokeOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         """Build, (subscribe), POST; then wait for the result or return the answer."""
-        hook = self._hook()
+        hook = self.hook
         deadline = time.time() + self.timeout
-        if self.url is None:
-            assert self.function is not None
-            self.url = hook.function_url(self.function, self.region)
-            self.log.info("function %s is served at %s", self.function, self.url)
-        (event,) = build_requests(
-            self.event_type,
-            [self.data],
-            source=self.source or default_source(self.dag_id, self.task_id),
-            reply_to=hook.topic_path(self.reply_topic),
-            correlation_ids=correlation_ids_for(
-                context_group(context), 1, [self.correlation_id] if self.correlation_id else None
-            ),
-            ids=task_request_ids(context, 1),
+        call = invocation(
+            hook,
+            context,
+            url=self.url,
+            function=self.function,
+            region=self.region,
+            event_type=self.event_type,
+            data=self.data,
+            source=self.source,
+            reply_topic=self.reply_topic,
+            correlation_id=self.correlation_id,
+            audience=self.audience,
             validate=self.validate,
+            wait_for_result=self.wait_for_result,
+            deadline=deadline,
         )
-        cid = str(event.correlationid)
         ti = context["ti"]
-        ti.xcom_push(key="event_ids", value=[event.id])
-        ti.xcom_push(key="correlation_ids", value=[cid])
-        carry: dict[str, Any] = {"deadline": deadline, "url": self.url}
-        if self.wait_for_result:
-            carry["wait"] = ResultWait(
-                completion_topic=hook.topic_path(self.reply_topic),
-                subscription=hook.create_task_subscription(
-                    self.reply_topic, correlation_group(cid), deadline=deadline
-                ),
-                correlation_ids=(cid,),
-                deadline=deadline,
-                policy=COLLECT_ALL,
-            ).to_json()
-        headers, body = http_parts(event)
-        audience = self.audience or default_audience(self.url)
+        ti.xcom_push(key="event_ids", value=[call.event.id])
+        ti.xcom_push(key="correlation_ids", value=[str(call.event.correlationid)])
+        carry: dict[str, Any] = {"deadline": deadline, "url": call.url}
+        if call.wait is not None:
+            carry["wait"] = call.wait.to_json()
+        headers, body = http_parts(call.event)
         if self.deferrable:
             self.defer(
                 trigger=RelayHttpInvokeTrigger(
-                    url=self.url,
+                    url=call.url,
                     headers=headers,
                     body=encode_body(body),
-                    audience=audience,
+                    audience=call.audience,
                     deadline=deadline,
                     max_attempts=self.policy.max_attempts,
                     backoff=self.policy.backoff,
@@ -206,33 +294,28 @@ class RelayHttpInvokeOperator(BaseOperator):
                 timeout=timedelta(seconds=self.timeout) + DEFER_GRACE,
             )
         payload = post_sync(
-            hook, self.url, headers, body, audience=audience, policy=self.policy, deadline=deadline
+            hook,
+            call.url,
+            headers,
+            body,
+            audience=call.audience,
+            policy=self.policy,
+            deadline=deadline,
         )
         return self.execute_posted(context, {**payload, "carry": carry})
 
     def execute_posted(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
         """After the POST: fail with the HTTP error, or wait for / return the result."""
-        hook = self._hook()
+        hook = self.hook
         carry = event["carry"]
         wait = _carried_wait(carry, hook.topic_path(self.reply_topic))
-        if event.get("status") != "ok":
+        error = http_failure(str(carry.get("url") or self.url), event)
+        if error is not None:
             if wait is not None:
                 hook.delete_subscriptions(list(wait.subscriptions()))
-            raise RelayHttpError(
-                str(carry.get("url") or self.url),
-                int(event.get("attempts") or 0),
-                event.get("code"),
-                str(event.get("detail")),
-            )
-        answer = response_json(event)
+            raise error
         if wait is None:
-            if isinstance(answer, dict) and answer.get("outcome") in ("failed", "expired"):
-                raise RelayResultError(
-                    str(answer.get("correlationid", "")),
-                    str(answer.get("outcome")),
-                    "the function answered with a failed result (wait_for_result=True has details)",
-                )
-            return answer
+            return http_answer(event)
         trigger = RelayResultTrigger(
             wait=wait,
             gcp_conn_id=self.gcp_conn_id,
@@ -244,14 +327,14 @@ class RelayHttpInvokeOperator(BaseOperator):
         return self.finish_wait(context, wait_blocking(trigger))
 
     def execute_complete(self, context: Any, event: dict[str, Any], **_: Any) -> Any:
-        """Resume after the result wait."""
-        topic = self._hook().topic_path(self.reply_topic)
-        return self.finish_wait(context, WaitOutcome.from_event(event, completion_topic=topic))
+        """Resume after the result wait (or raise the non-retryable error RelayRequestTrigger
+        sent)."""
+        return resume_wait(self, context, event)
 
     def finish_wait(self, context: Any, outcome: WaitOutcome) -> Any:
         """Take and ack the result, delete the subscription, return the data or raise."""
         return finish(
-            context, self._hook(), outcome, policy=COLLECT_ALL, timeout=self.timeout, single=True
+            context, self.hook, outcome, policy=COLLECT_ALL, timeout=self.timeout, single=True
         )
 
 

@@ -1,12 +1,15 @@
-"""RelayRequestTrigger: a whole relay call, fan-out or result wait run in the triggerer, for tasks
-started there (`start_in_triggerer=True`, Airflow's `start_from_trigger`).
+"""RelayRequestTrigger: a whole relay call, fan-out, direct-path invoke or result wait run in the
+triggerer, for tasks started there (`start_in_triggerer=True`, Airflow's `start_from_trigger`).
 
 Airflow hands the trigger the task's raw arguments (templates unrendered, an XComArg as a marker)
 and a template context; the trigger renders them itself (StrictUndefined, native when the DAG
 says so), resolves XComArg markers, and then, for a call or fan-out, builds the requests with the
 task instance's deterministic ce-ids, creates the task subscription and publishes (off the loop; a
-re-run after a triggerer failover re-sends the same ce-ids into the same subscription); a sensor's
-wait publishes nothing and reads the subscription its ids' publisher created. It waits with
+re-run after a triggerer failover re-sends the same ce-ids into the same subscription); an invoke
+builds its request the same way, creates the subscription when it waits for the result, and POSTs
+it to the function's URL with an ID token minted here (it ends with the function's HTTP answer when
+it does not wait); a sensor's wait publishes nothing and reads the subscription its ids' publisher
+created. It waits with
 RelayResultTrigger's wake-hub wait (no settle delay: no worker exits, so apache/airflow#72716
 cannot happen), takes and decodes the results, pushes today's XComs and ends the task with
 TaskSuccessEvent, TaskFailedEvent or (a sensor's soft_fail / never_fail) TaskSkippedEvent. A
@@ -33,17 +36,20 @@ from airflow.triggers.base import (
     TriggerEvent,
 )
 
+from relay.airflow._http import HttpPolicy, http_answer, http_failure, http_parts, post_async
 from relay.airflow._result_trigger import RelayResultTrigger
 from relay.airflow._trigger_hooks import trigger_hook
 from relay.airflow._wait import TIMEOUT, ResultWait, published_wait
 
 if TYPE_CHECKING:
+    from relay.airflow._http_invoke import Invocation
     from relay.airflow._publish import Published
     from relay.airflow.hooks import RelayHook
 
 CLASSPATH = "relay.airflow.triggers.RelayRequestTrigger"
-# The kinds of task: RelayCallOperator, RelayFanOutOperator, RelayResultSensor.
-CALL, FAN_OUT, WAIT = "call", "fan_out", "wait"
+# The kinds of task: RelayCallOperator, RelayFanOutOperator, RelayHttpInvokeOperator,
+# RelayResultSensor.
+CALL, FAN_OUT, INVOKE, WAIT = "call", "fan_out", "invoke", "wait"
 # The marker an XComArg of the task's inputs travels as in the trigger kwargs.
 XCOM_MARKER = "__relay_xcom__"
 # Key of the plain TriggerEvent that makes execute_complete raise a non-retryable error.
@@ -51,11 +57,12 @@ NON_RETRYABLE_EVENT = "relay_non_retryable"
 
 
 class RelayRequestTrigger(BaseTrigger):
-    """Runs one relay task (call, fan-out or sensor) in the triggerer, from its start to its end.
+    """Runs one relay task (call, fan-out, invoke or sensor) in the triggerer, from its start to
+    its end.
 
     :param spec: the task as relay.airflow._native.native_start wrote it at parse time: "kind"
-        ("call", "fan_out" or "wait"), "inputs" (templated, XComArgs as markers) and the plain
-        settings.
+        ("call", "fan_out", "invoke" or "wait"), "inputs" (templated, XComArgs as markers) and the
+        plain settings.
     """
 
     def __init__(self, *, spec: Mapping[str, Any]) -> None:
@@ -92,6 +99,8 @@ class RelayRequestTrigger(BaseTrigger):
             self.log.error("could not render the task's inputs: %s: %s", type(exc).__name__, exc)
             return TaskFailedEvent()
         hook, wait = await self._start(ti, inputs)
+        if isinstance(wait, TriggerEvent):  # an invoke that ended at its POST
+            return wait
         delete = bool(self.spec.get("delete_subscriptions", True))
         try:
             event = await self._wait_and_conclude(ti, hook, wait, inputs)
@@ -104,12 +113,17 @@ class RelayRequestTrigger(BaseTrigger):
             await asyncio.to_thread(hook.delete_subscriptions, [wait.subscription])
         return event
 
-    async def _start(self, ti: Any, inputs: Mapping[str, Any]) -> tuple[RelayHook, ResultWait]:
+    async def _start(
+        self, ti: Any, inputs: Mapping[str, Any]
+    ) -> tuple[RelayHook, ResultWait | TriggerEvent]:
         """The task's hook and wait: a sensor's for the ids it was given; a call's or fan-out's
-        once its requests are published (their ids pushed to XCom)."""
+        once its requests are published (their ids pushed to XCom); an invoke's once POSTed, or
+        the event that ends it there."""
         spec = self.spec
         if spec["kind"] == WAIT:
             return await asyncio.to_thread(_awaited, spec, inputs, self._deadline())
+        if spec["kind"] == INVOKE:
+            return await self._invoke(ti, inputs)
         hook, published, wait = await asyncio.to_thread(
             _publish, spec, inputs, ti, self._deadline()
         )
@@ -123,6 +137,49 @@ class RelayRequestTrigger(BaseTrigger):
         await self._xcom(ti, "event_ids", list(published.event_ids))
         await self._xcom(ti, "correlation_ids", list(published.correlation_ids))
         return hook, wait
+
+    async def _invoke(
+        self, ti: Any, inputs: Mapping[str, Any]
+    ) -> tuple[RelayHook, ResultWait | TriggerEvent]:
+        """Build the request (and with wait_for_result its subscription), POST it with the
+        worker path's retry policy, the ID token minted here per attempt; then the wait for its
+        result, or the event that ends the task: failed (no 2xx, a failed answer) or succeeded
+        with the function's answer as return value."""
+        spec = self.spec
+        deadline = self._deadline()
+        hook, call = await asyncio.to_thread(_invocation, spec, inputs, ti, deadline)
+        await self._xcom(ti, "event_ids", [call.event.id])
+        await self._xcom(ti, "correlation_ids", [str(call.event.correlationid)])
+        headers, body = http_parts(call.event)
+        payload = await post_async(
+            hook,
+            call.url,
+            headers,
+            body,
+            audience=call.audience,
+            policy=HttpPolicy.from_json(spec["http"]),
+            deadline=deadline,
+        )
+        self.log.info(
+            "POST %s %s: %s after %s attempt(s)",
+            inputs["event_type"],
+            call.url,
+            payload.get("code"),
+            payload.get("attempts"),
+        )
+        error = http_failure(call.url, payload)
+        if error is not None:
+            if call.wait is not None:
+                await asyncio.to_thread(hook.delete_subscriptions, [call.wait.subscription])
+            return hook, self._failed(ti, error, timed_out=False)
+        if call.wait is not None:
+            return hook, call.wait
+        try:
+            answer = http_answer(payload)
+        except Exception as exc:
+            return hook, self._failed(ti, exc, timed_out=False)
+        await self._xcom(ti, "return_value", answer)
+        return hook, TaskSuccessEvent()
 
     async def _wait_and_conclude(
         self, ti: Any, hook: RelayHook, wait: ResultWait, inputs: Mapping[str, Any]
@@ -152,7 +209,7 @@ class RelayRequestTrigger(BaseTrigger):
                 from relay.airflow.exceptions import RelayResultLostError
 
                 raise RelayResultLostError(outcome.message or "the wait failed")
-            single = spec["kind"] == CALL or (
+            single = spec["kind"] in (CALL, INVOKE) or (
                 spec["kind"] == WAIT and isinstance(inputs["correlation_ids"], str)
             )
             value = _results.conclude(
@@ -249,15 +306,42 @@ class RelayRequestTrigger(BaseTrigger):
 
 
 def _hook(spec: Mapping[str, Any], inputs: Mapping[str, Any]) -> RelayHook:
-    """The hook of the task's identity."""
+    """The hook of the task's identity (an invoke has no wait_project)."""
     from relay.airflow.hooks import RelayHook
 
     return RelayHook(
         gcp_conn_id=spec["gcp_conn_id"],
         impersonation_chain=inputs["impersonation_chain"],
         project_id=inputs["project_id"],
-        wait_project=inputs["wait_project"],
+        wait_project=inputs.get("wait_project"),
     )
+
+
+def _invocation(
+    spec: Mapping[str, Any], inputs: Mapping[str, Any], ti: Any, deadline: float
+) -> tuple[RelayHook, Invocation]:
+    """The hook and the invoke's request, built as the worker builds it (blocking: runs in a
+    thread, which also imports the operator's module off the loop)."""
+    from relay.airflow._http_invoke import invocation
+
+    hook = _hook(spec, inputs)
+    call = invocation(
+        hook,
+        {"ti": ti},
+        url=inputs["url"],
+        function=inputs["function"],
+        region=inputs["region"],
+        event_type=inputs["event_type"],
+        data=inputs["data"],
+        source=spec["source"],
+        reply_topic=inputs["reply_topic"],
+        correlation_id=inputs["correlation_id"],
+        audience=inputs["audience"],
+        validate=spec["validate"],
+        wait_for_result=spec["wait_for_result"],
+        deadline=deadline,
+    )
+    return hook, call
 
 
 def _awaited(

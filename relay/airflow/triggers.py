@@ -3,7 +3,8 @@
 - RelayResultTrigger: wait for results by correlation id, woken by one shared subscriber per
   process.
 - RelayHttpInvokeTrigger: POST a CloudEvent with retries; ID token minted in the triggerer.
-- RelayRequestTrigger: a whole call or fan-out of a task started in the triggerer.
+- RelayRequestTrigger: a whole call, fan-out, invoke or result wait of a task started in the
+  triggerer.
 """
 
 from relay.airflow._http_trigger import RelayHttpInvokeTrigger

@@ -41,6 +41,7 @@ os.environ.update(
 
 from _airflow_fakes import FakeGoogle, use_as_metadata_server  # noqa: E402
 from _airflow_responder import Responder  # noqa: E402
+from _trigger_runner import Comms  # noqa: E402
 
 from relay.functions import REPLY_TOPICS_ENV  # noqa: E402
 
@@ -80,6 +81,16 @@ def responder(broker: Any, topics: dict[str, str]) -> Iterator[Responder]:
     """A stand-in function answering requests on the request subscription (_airflow_responder)."""
     with Responder(broker, topics["request_sub"]) as running:
         yield running
+
+
+@pytest.fixture
+def comms(monkeypatch: pytest.MonkeyPatch) -> Comms:
+    """The trigger runner's comms to its supervisor, for RelayRequestTrigger (_trigger_runner)."""
+    from airflow.sdk.execution_time import task_runner
+
+    stand_in = Comms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", stand_in, raising=False)
+    return stand_in
 
 
 @pytest.fixture

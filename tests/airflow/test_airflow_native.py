@@ -1,11 +1,7 @@
 """Tasks started in the triggerer (`start_in_triggerer=True`): the parse-time decision as Airflow
-serializes it, and RelayRequestTrigger run the way Airflow 3.3's trigger runner runs it (kwargs
-from the serialized DAG, TriggerRunner.create_runtime_ti, its template context,
-render_template_fields, run) against the real broker and a stand-in function.
-
-The trigger runner's comms to its supervisor are the one stand-in: XComs kept in a dict, and
-every message checked against the real TriggerRunnerSupervisor's decoder (a message type it does
-not accept would hang a real triggerer). The full deployment test is in tests/e2e.
+serializes it, and RelayRequestTrigger run the way Airflow 3.3's trigger runner runs it
+(_trigger_runner) against the real broker and a stand-in function. The direct path's invoke is in
+test_airflow_native_http.py, the full deployment test in tests/e2e.
 """
 
 from __future__ import annotations
@@ -14,11 +10,19 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from _airflow_responder import Responder
+from _trigger_runner import (
+    Comms,
+    WorkerTi,
+    first_event,
+    inflate,
+    make_dag,
+    new_run_id,
+    serialized_task,
+)
 
 from relay.airflow._names import correlation_group, task_subscription
 from relay.airflow._publish import task_request_ids
@@ -32,122 +36,12 @@ from relay.airflow.exceptions import (
 )
 from relay.airflow.operators import RelayCallOperator, RelayFanOutOperator, RelayPublishOperator
 from relay.airflow.sensors import RelayResultSensor
-from relay.airflow.triggers import RelayRequestTrigger
 from relay.protocol import EXAMPLE_ECHO
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.filterwarnings("ignore:The return_immediately flag is deprecated"),
 ]
-
-
-class _Comms:
-    """The trigger runner's comms: XComs in a dict; only messages the real supervisor decodes."""
-
-    def __init__(self) -> None:
-        self.xcoms: dict[tuple[str, str, str, int], Any] = {}
-
-    async def asend(self, msg: Any) -> Any:
-        from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
-        from airflow.sdk.execution_time.comms import XComResult
-
-        TriggerRunnerSupervisor.decoder.validate_python(msg.model_dump())
-        key = (msg.run_id, msg.task_id, msg.key, msg.map_index)
-        name = type(msg).__name__
-        if name == "SetXCom":
-            self.xcoms[key] = json.loads(json.dumps(msg.value))  # as the DB stores it
-            return None
-        if name == "GetXCom":
-            return XComResult(key=msg.key, value=self.xcoms.get(key))
-        raise AssertionError(f"unexpected message {name}")
-
-    def send(self, msg: Any) -> Any:
-        return asyncio.run(self.asend(msg))
-
-    def of(self, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        return self.xcoms.get((run_id, task_id, key, -1))
-
-
-@pytest.fixture
-def comms(monkeypatch: pytest.MonkeyPatch) -> _Comms:
-    from airflow.sdk.execution_time import task_runner
-
-    stand_in = _Comms()
-    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", stand_in, raising=False)
-    return stand_in
-
-
-def _dag(dag_id: str, **kwargs: Any) -> Any:
-    from airflow.sdk import DAG
-
-    return DAG(dag_id, schedule=None, start_date=datetime(2024, 1, 1), **kwargs)
-
-
-def _serialized_task(dag: Any, task_id: str) -> Any:
-    from airflow.serialization.serialized_objects import DagSerialization
-
-    data = json.loads(json.dumps(DagSerialization.to_dict(dag)))
-    return data, DagSerialization.from_dict(data).get_task(task_id)
-
-
-def _inflate(
-    dag: Any, task_id: str, run_id: str, try_number: int = 1, deferred_ago: float = 0.0
-) -> RelayRequestTrigger:
-    """What the scheduler and the trigger runner do for a start_from_trigger task (deferred by
-    the scheduler `deferred_ago` seconds ago)."""
-    from airflow.executors.workloads.task import TaskInstanceDTO
-    from airflow.jobs.triggerer_job_runner import TriggerRunner
-    from airflow.models.trigger import Trigger
-    from airflow.serialization.decoders import smart_decode_trigger_kwargs
-
-    data, task = _serialized_task(dag, task_id)
-    assert task.start_from_trigger is True
-    # TaskInstance.defer_task's Trigger row, as TriggerRunner.create_triggers reads it
-    row = Trigger.encrypt_kwargs(task.start_trigger_args.trigger_kwargs)
-    kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in Trigger._decrypt_kwargs(row).items()}
-    assert task.start_trigger_args.trigger_cls == "relay.airflow.triggers.RelayRequestTrigger"
-    now = datetime.now(UTC)
-    ti = TaskInstanceDTO(
-        id=uuid.uuid4(),
-        task_id=task_id,
-        dag_id=dag.dag_id,
-        run_id=run_id,
-        try_number=try_number,
-        dag_version_id=uuid.uuid4(),
-        pool_slots=1,
-        priority_weight=1,
-    )
-    dag_run = {
-        "dag_id": dag.dag_id,
-        "run_id": run_id,
-        "logical_date": now,
-        "data_interval_start": now,
-        "data_interval_end": now,
-        "run_after": now,
-        "start_date": now,
-        "end_date": None,
-        "run_type": "manual",
-        "state": "running",
-        "consumed_asset_events": [],
-        "partition_key": None,
-        "conf": {},
-    }
-    runtime_ti = TriggerRunner.create_runtime_ti(ti, data, dag_run)
-    context = runtime_ti.get_template_context()
-    trigger = RelayRequestTrigger(**kwargs)
-    trigger.task_instance = runtime_ti
-    # TaskInstance.defer_task's trigger_timeout, handed to the trigger by create_triggers
-    trigger.timeout_after = now - timedelta(seconds=deferred_ago) + task.start_trigger_args.timeout
-    trigger.render_template_fields(context=context)
-    return trigger
-
-
-async def _event(trigger: RelayRequestTrigger, limit: float = 60.0) -> Any:
-    return await asyncio.wait_for(anext(trigger.run()), limit)
-
-
-def _run_id() -> str:
-    return f"manual__{uuid.uuid4().hex[:10]}"
 
 
 def _common(topics: dict[str, str]) -> dict[str, Any]:
@@ -170,7 +64,7 @@ def test_the_decision_is_made_per_instance_at_parse_time() -> None:
     def list_files() -> list[str]:
         return ["a"]
 
-    with _dag("native_parse") as dag:
+    with make_dag("native_parse") as dag:
         literal = RelayCallOperator(
             task_id="literal",
             topic="t",
@@ -195,14 +89,14 @@ def test_the_decision_is_made_per_instance_at_parse_time() -> None:
     assert BaseOperator.start_from_trigger is False
     assert RelayCallOperator.start_from_trigger is False
     assert plain.start_from_trigger is False
-    spec = _inflate(dag, "from_xcom", _run_id()).spec
+    spec = inflate(dag, "from_xcom", new_run_id()).spec
     assert spec["inputs"]["items"] == {
         XCOM_MARKER: {"task_id": "list_files", "key": "return_value"}
     }
     assert spec["kind"] == "fan_out"
     assert spec["timeout"] == 3600
     # A mapped task cannot start in the triggerer (apache/airflow#48009): today's path.
-    _, serialized_mapped = _serialized_task(dag, "mapped")
+    _, serialized_mapped = serialized_task(dag, "mapped")
     assert not serialized_mapped.start_from_trigger
     assert not mapped.start_from_trigger
 
@@ -219,7 +113,7 @@ def test_inputs_the_triggerer_cannot_resolve_are_refused_at_parse_time() -> None
         return [1]
 
     common = {"topic": "t", "reply_topic": "r", "event_type": "x", "start_in_triggerer": True}
-    with _dag("native_refused"):
+    with make_dag("native_refused"):
         mapped_up = one.expand(n=[1, 2])
         with pytest.raises(RelayConfigError, match="mapped task one"):
             RelayFanOutOperator(task_id="a", items=mapped_up, **common)
@@ -235,14 +129,14 @@ def test_inputs_the_triggerer_cannot_resolve_are_refused_at_parse_time() -> None
 
 
 def test_a_call_runs_from_publish_to_success_in_the_trigger(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     from airflow.triggers.base import TaskSuccessEvent
 
-    with _dag("native_call", params={"who": "world"}) as dag:
+    with make_dag("native_call", params={"who": "world"}) as dag:
         RelayCallOperator(task_id="call", data={"hello": "{{ params.who }}"}, **_common(topics))
-    run_id = _run_id()
-    event = asyncio.run(_event(_inflate(dag, "call", run_id)))
+    run_id = new_run_id()
+    event = asyncio.run(first_event(inflate(dag, "call", run_id)))
     assert isinstance(event, TaskSuccessEvent)
     assert comms.of(run_id, "call") == {"hello": "world"}
     ti = {
@@ -258,7 +152,7 @@ def test_a_call_runs_from_publish_to_success_in_the_trigger(
 
 
 def test_a_fan_out_reads_its_items_from_an_upstream_xcom(
-    comms: _Comms, topics: dict[str, str], responder: Responder, broker: Any
+    comms: Comms, topics: dict[str, str], responder: Responder, broker: Any
 ) -> None:
     from airflow.sdk import task
     from airflow.triggers.base import TaskSuccessEvent
@@ -267,12 +161,12 @@ def test_a_fan_out_reads_its_items_from_an_upstream_xcom(
     def list_files() -> list[str]:
         return []
 
-    with _dag("native_fan_out") as dag:
+    with make_dag("native_fan_out") as dag:
         RelayFanOutOperator(task_id="fan", items=list_files(), **_common(topics))
-    run_id = _run_id()
+    run_id = new_run_id()
     items = [{"file": f"f{i}"} for i in range(5)]
     comms.xcoms[(run_id, "list_files", "return_value", -1)] = items
-    event = asyncio.run(_event(_inflate(dag, "fan", run_id)))
+    event = asyncio.run(first_event(inflate(dag, "fan", run_id)))
     assert isinstance(event, TaskSuccessEvent)
     assert comms.of(run_id, "fan") == items
     assert [o["status"] for o in comms.of(run_id, "fan", "outcomes")] == ["succeeded"] * 5
@@ -283,30 +177,30 @@ def test_a_fan_out_reads_its_items_from_an_upstream_xcom(
 
 
 def test_templates_render_natively_when_the_dag_says_so(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     from airflow.triggers.base import TaskSuccessEvent
 
     items = [{"n": 1}, {"n": 2}]
-    with _dag("native_obj", render_template_as_native_obj=True, params={"n": items}) as dag:
+    with make_dag("native_obj", render_template_as_native_obj=True, params={"n": items}) as dag:
         RelayFanOutOperator(task_id="fan", items="{{ params.n }}", **_common(topics))
-    run_id = _run_id()
-    event = asyncio.run(_event(_inflate(dag, "fan", run_id)))
+    run_id = new_run_id()
+    event = asyncio.run(first_event(inflate(dag, "fan", run_id)))
     assert isinstance(event, TaskSuccessEvent)
     assert comms.of(run_id, "fan") == items
 
 
 def test_a_render_error_fails_the_task_and_says_why_in_the_trigger_log(
-    comms: _Comms,
+    comms: Comms,
     topics: dict[str, str],
     responder: Responder,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from airflow.triggers.base import TaskFailedEvent
 
-    with _dag("native_render") as dag:
+    with make_dag("native_render") as dag:
         RelayCallOperator(task_id="call", data="{{ params.missing }}", **_common(topics))
-    event = asyncio.run(_event(_inflate(dag, "call", _run_id())))
+    event = asyncio.run(first_event(inflate(dag, "call", new_run_id())))
     assert isinstance(event, TaskFailedEvent)
     logged = capsys.readouterr().out  # Airflow's structlog: the trigger log in a triggerer
     assert "could not render the task's inputs: UndefinedError" in logged
@@ -316,16 +210,16 @@ def test_a_render_error_fails_the_task_and_says_why_in_the_trigger_log(
 
 @pytest.mark.parametrize("retries", [0, 2])
 def test_a_non_retryable_failure_fails_without_retries(
-    comms: _Comms, topics: dict[str, str], responder: Responder, retries: int
+    comms: Comms, topics: dict[str, str], responder: Responder, retries: int
 ) -> None:
     from airflow.triggers.base import TaskFailedEvent, TriggerEvent
 
-    with _dag(f"native_fail_{retries}") as dag:
+    with make_dag(f"native_fail_{retries}") as dag:
         op = RelayCallOperator(
             task_id="call", data={"fail": "bad input"}, retries=retries, **_common(topics)
         )
-    run_id = _run_id()
-    event = asyncio.run(_event(_inflate(dag, "call", run_id)))
+    run_id = new_run_id()
+    event = asyncio.run(first_event(inflate(dag, "call", run_id)))
     (outcome,) = comms.of(run_id, "call", "outcomes")
     assert outcome["status"] == "failed"
     assert outcome["error"]["message"] == "bad input"
@@ -342,37 +236,37 @@ def test_a_non_retryable_failure_fails_without_retries(
 
 
 def test_a_retryable_failure_ends_with_a_failed_event_airflow_retries(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     from airflow.triggers.base import TaskFailedEvent
 
-    with _dag("native_retryable") as dag:
+    with make_dag("native_retryable") as dag:
         RelayCallOperator(
             task_id="call", data={"fail": "busy", "retryable": True}, retries=2, **_common(topics)
         )
-    event = asyncio.run(_event(_inflate(dag, "call", _run_id())))
+    event = asyncio.run(first_event(inflate(dag, "call", new_run_id())))
     assert isinstance(event, TaskFailedEvent)
 
 
 def test_a_trigger_run_again_after_a_failover_resends_the_same_requests(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     from airflow.triggers.base import TaskSuccessEvent
 
     items = [{"delay": 2, "n": i} for i in range(3)]
-    with _dag("native_failover", params={"items": items}) as dag:
+    with make_dag("native_failover", params={"items": items}) as dag:
         RelayFanOutOperator(task_id="fan", items=items, **_common(topics))
-    run_id = _run_id()
+    run_id = new_run_id()
 
     async def first_run_dies() -> None:
-        task = asyncio.ensure_future(_event(_inflate(dag, "fan", run_id)))
+        task = asyncio.ensure_future(first_event(inflate(dag, "fan", run_id)))
         await asyncio.to_thread(responder.wait_for_requests, 3)
         task.cancel()  # the triggerer went away mid-wait
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(first_run_dies())
-    event = asyncio.run(_event(_inflate(dag, "fan", run_id)))
+    event = asyncio.run(first_event(inflate(dag, "fan", run_id)))
     assert isinstance(event, TaskSuccessEvent)
     assert comms.of(run_id, "fan") == items  # exactly one result per item, in item order
     requests = responder.wait_for_requests(6)
@@ -384,17 +278,17 @@ def test_a_trigger_run_again_after_a_failover_resends_the_same_requests(
 
 
 def test_a_re_run_keeps_the_deadline_airflow_set_when_it_deferred_the_task(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     """Deferred 28 s ago with timeout 30: the wait ends about 2 s (plus its final quiet read)
     after this run starts, not 30 s after."""
     from airflow.triggers.base import TaskFailedEvent
 
-    with _dag("native_deadline") as dag:
+    with make_dag("native_deadline") as dag:
         RelayCallOperator(task_id="call", data={"silent": True}, **_common(topics))
-    run_id = _run_id()
+    run_id = new_run_id()
     started = time.monotonic()
-    event = asyncio.run(_event(_inflate(dag, "call", run_id, deferred_ago=28), limit=28))
+    event = asyncio.run(first_event(inflate(dag, "call", run_id, deferred_ago=28), limit=28))
     assert isinstance(event, TaskFailedEvent)
     assert time.monotonic() - started < 28
     (outcome,) = comms.of(run_id, "call", "outcomes")
@@ -402,11 +296,11 @@ def test_a_re_run_keeps_the_deadline_airflow_set_when_it_deferred_the_task(
 
 
 def test_a_fan_out_whose_failures_are_all_final_fails_without_retries(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     """collect_all: every outcome in XCom, and the partial failure (all non-retryable) is raised
     on the worker as RelayNonRetryablePartialFailureError, outcomes included."""
-    with _dag("native_partial") as dag:
+    with make_dag("native_partial") as dag:
         op = RelayFanOutOperator(
             task_id="fan",
             items=[{"n": 1}, {"fail": "no such file"}],
@@ -414,8 +308,8 @@ def test_a_fan_out_whose_failures_are_all_final_fails_without_retries(
             retries=1,
             **_common(topics),
         )
-    run_id = _run_id()
-    event = asyncio.run(_event(_inflate(dag, "fan", run_id)))
+    run_id = new_run_id()
+    event = asyncio.run(first_event(inflate(dag, "fan", run_id)))
     assert [o["status"] for o in comms.of(run_id, "fan", "outcomes")] == ["succeeded", "failed"]
     assert NON_RETRYABLE_EVENT in event.payload
     with pytest.raises(RelayNonRetryablePartialFailureError, match="no such file") as raised:
@@ -426,20 +320,9 @@ def test_a_fan_out_whose_failures_are_all_final_fails_without_retries(
 # -- RelayResultSensor ----------------------------------------------------------------------------
 
 
-class _WorkerTi:
-    """A task instance on a worker whose XComs go where the trigger runner reads them."""
-
-    def __init__(self, comms: _Comms, dag_id: str, run_id: str, task_id: str) -> None:
-        self.comms, self.dag_id, self.run_id, self.task_id = comms, dag_id, run_id, task_id
-        self.map_index = -1
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.comms.xcoms[(self.run_id, self.task_id, key, -1)] = json.loads(json.dumps(value))
-
-
-def _publish(comms: _Comms, dag: Any, run_id: str, task_id: str = "publish") -> list[str]:
+def _publish(comms: Comms, dag: Any, run_id: str, task_id: str = "publish") -> list[str]:
     """Run the DAG's RelayPublishOperator as a worker does: its return value lands in XCom."""
-    ti = _WorkerTi(comms, dag.dag_id, run_id, task_id)
+    ti = WorkerTi(comms, dag.dag_id, run_id, task_id)
     ids: list[str] = dag.get_task(task_id).execute({"ti": ti})
     ti.xcom_push("return_value", ids)
     return ids
@@ -471,7 +354,7 @@ def test_sensor_inputs_the_triggerer_cannot_honour_are_refused_at_parse_time() -
         return ["g.1"]
 
     common = {"reply_topic": "r", "start_in_triggerer": True}
-    with _dag("native_sensor_refused"):
+    with make_dag("native_sensor_refused"):
         with pytest.raises(RelayConfigError, match=r"^a: start_in_triggerer=True with mode='re"):
             RelayResultSensor(task_id="a", correlation_ids=["g.1"], mode="reschedule", **common)
         with pytest.raises(RelayConfigError, match=r"^b: start_in_triggerer=True with outlets"):
@@ -494,12 +377,12 @@ def test_sensor_inputs_the_triggerer_cannot_honour_are_refused_at_parse_time() -
 
 
 def test_a_sensor_waits_in_the_trigger_for_the_ids_an_upstream_publish_returned(
-    comms: _Comms, topics: dict[str, str], responder: Responder, broker: Any
+    comms: Comms, topics: dict[str, str], responder: Responder, broker: Any
 ) -> None:
     from airflow.triggers.base import TaskSuccessEvent
 
     items = [{"n": 1}, {"n": 2}]
-    with _dag("native_sensor") as dag:
+    with make_dag("native_sensor") as dag:
         publish = _publisher(topics, items=items)
         RelayResultSensor(
             task_id="wait",
@@ -508,16 +391,16 @@ def test_a_sensor_waits_in_the_trigger_for_the_ids_an_upstream_publish_returned(
             timeout=30,
             start_in_triggerer=True,
         )
-    run_id = _run_id()
+    run_id = new_run_id()
     ids = _publish(comms, dag, run_id)
-    trigger = _inflate(dag, "wait", run_id)
+    trigger = inflate(dag, "wait", run_id)
     assert trigger.spec["kind"] == "wait"
     assert trigger.spec["inputs"]["correlation_ids"] == {
         XCOM_MARKER: {"task_id": "publish", "key": "return_value"}
     }
     subscription = task_subscription("relay-test", topics["results"], correlation_group(ids[0]))
     assert subscription in _subscriptions(broker, topics["results"])
-    event = asyncio.run(_event(trigger))
+    event = asyncio.run(first_event(trigger))
     assert isinstance(event, TaskSuccessEvent)
     assert comms.of(run_id, "wait") == items  # several ids: the list, in order
     outcomes = comms.of(run_id, "wait", "outcomes")
@@ -530,14 +413,14 @@ def test_a_sensor_waits_in_the_trigger_for_the_ids_an_upstream_publish_returned(
 
 
 def test_a_single_id_sensor_returns_the_data_and_can_keep_its_subscription(
-    comms: _Comms, topics: dict[str, str], responder: Responder, broker: Any
+    comms: Comms, topics: dict[str, str], responder: Responder, broker: Any
 ) -> None:
     """One id (a str, here a template) returns the result's data, not a list; with
     delete_subscriptions=False the group's subscription outlives the task."""
     from airflow.triggers.base import TaskSuccessEvent
 
     group = f"g{uuid.uuid4().hex[:8]}"
-    with _dag("native_sensor_one", params={"group": group}) as dag:
+    with make_dag("native_sensor_one", params={"group": group}) as dag:
         _publisher(topics, data={"n": 1}, correlation_ids=[f"{group}.one"])
         RelayResultSensor(
             task_id="wait",
@@ -547,9 +430,9 @@ def test_a_single_id_sensor_returns_the_data_and_can_keep_its_subscription(
             timeout=30,
             start_in_triggerer=True,
         )
-    run_id = _run_id()
+    run_id = new_run_id()
     _publish(comms, dag, run_id)
-    event = asyncio.run(_event(_inflate(dag, "wait", run_id)))
+    event = asyncio.run(first_event(inflate(dag, "wait", run_id)))
     assert isinstance(event, TaskSuccessEvent)
     assert comms.of(run_id, "wait") == {"n": 1}
     kept = task_subscription("relay-test", topics["results"], group)
@@ -558,13 +441,13 @@ def test_a_single_id_sensor_returns_the_data_and_can_keep_its_subscription(
 
 @pytest.mark.parametrize("retries", [0, 2])
 def test_a_failed_result_fails_the_sensor_under_fail_fast_without_retries(
-    comms: _Comms, topics: dict[str, str], responder: Responder, retries: int
+    comms: Comms, topics: dict[str, str], responder: Responder, retries: int
 ) -> None:
     """fail_fast: the failure ends the wait though the other request never answers; non-retryable,
     so with retries left a worker resumes only to raise it from the sensor's execute_complete."""
     from airflow.triggers.base import TaskFailedEvent, TriggerEvent
 
-    with _dag(f"native_sensor_fail_{retries}") as dag:
+    with make_dag(f"native_sensor_fail_{retries}") as dag:
         publish = _publisher(topics, items=[{"silent": True}, {"fail": "bad input"}])
         sensor = RelayResultSensor(
             task_id="wait",
@@ -575,9 +458,9 @@ def test_a_failed_result_fails_the_sensor_under_fail_fast_without_retries(
             timeout=30,
             start_in_triggerer=True,
         )
-    run_id = _run_id()
+    run_id = new_run_id()
     _publish(comms, dag, run_id)
-    event = asyncio.run(_event(_inflate(dag, "wait", run_id)))
+    event = asyncio.run(first_event(inflate(dag, "wait", run_id)))
     outcomes = comms.of(run_id, "wait", "outcomes")
     assert [o["status"] for o in outcomes] == ["cancelled", "failed"]
     assert outcomes[1]["error"]["message"] == "bad input"
@@ -592,7 +475,7 @@ def test_a_failed_result_fails_the_sensor_under_fail_fast_without_retries(
 
 
 def test_soft_fail_skips_a_sensor_that_timed_out_in_the_trigger_as_on_a_worker(
-    comms: _Comms, topics: dict[str, str], responder: Responder
+    comms: Comms, topics: dict[str, str], responder: Responder
 ) -> None:
     """The trigger ends the task with TaskSkippedEvent after `timeout`; a worker resuming from a
     timed-out wait (dag.test(), a mapped sensor) skips too, instead of raising the timeout (here
@@ -601,7 +484,7 @@ def test_soft_fail_skips_a_sensor_that_timed_out_in_the_trigger_as_on_a_worker(
     from airflow.triggers.base import TaskSkippedEvent
 
     group = f"g{uuid.uuid4().hex[:8]}"
-    with _dag("native_sensor_soft") as dag:
+    with make_dag("native_sensor_soft") as dag:
         _publisher(topics, data={"silent": True}, correlation_ids=[f"{group}.0"])
         sensors = {
             soft: RelayResultSensor(
@@ -614,9 +497,9 @@ def test_soft_fail_skips_a_sensor_that_timed_out_in_the_trigger_as_on_a_worker(
             )
             for soft in (True, False)
         }
-    run_id = _run_id()
+    run_id = new_run_id()
     _publish(comms, dag, run_id)
-    event = asyncio.run(_event(_inflate(dag, "wait_True", run_id)))
+    event = asyncio.run(first_event(inflate(dag, "wait_True", run_id)))
     assert isinstance(event, TaskSkippedEvent)
     assert [o["status"] for o in comms.of(run_id, "wait_True", "outcomes")] == ["timeout"]
     for soft, sensor in sensors.items():
