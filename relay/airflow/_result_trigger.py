@@ -56,9 +56,17 @@ _T = TypeVar("_T")
 _READ_CONCURRENCY = 64
 # How long a wait waits for the shared hub before it falls back to reading every this many seconds.
 _HUB_PATIENCE = 30.0
-_READ_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+_READ_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadSlots] = (
     weakref.WeakKeyDictionary()
 )
+
+
+class _ReadSlots:
+    """An event loop's read slots, and how many reads hold or queue for one."""
+
+    def __init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(_READ_CONCURRENCY)
+        self.pending = 0
 
 
 class _Found:
@@ -174,7 +182,7 @@ class RelayResultTrigger(BaseTrigger):
             project_id=project_of(next(iter(wait.subscriptions()))),
             linger=self.linger,
         )
-        waiter = _wakehub.Waiter(wait.correlation_ids)
+        waiter = _wakehub.Waiter(wait.correlation_ids, found.record)
         hub.add(waiter)
         try:
             recheck_interval = self.recheck_interval
@@ -194,12 +202,10 @@ class RelayResultTrigger(BaseTrigger):
             lease = WAIT_ACK_DEADLINE_SECONDS + 2
             next_read = time.time() + lease * random.uniform(1.0, 2.0)
             while True:
-                heard, reread = waiter.take()
-                for seen in heard:
-                    found.record(seen)
+                reread = waiter.take()
                 if read_now or reread:
                     read_now = False
-                    await self._read(client, found, quiet=QUIET_SECONDS)
+                    await self._read(client, found, quiet=QUIET_SECONDS, waiter=waiter)
                 if found.done():
                     return found.outcome(DONE)
                 now = time.time()
@@ -265,12 +271,19 @@ class RelayResultTrigger(BaseTrigger):
 
     # -- reading ----------------------------------------------------------------------------------
 
-    async def _read(self, client: Any, found: _Found, *, quiet: float) -> None:
-        """Read each subscription of the wait until it is quiet, then release what was read."""
+    async def _read(
+        self, client: Any, found: _Found, *, quiet: float, waiter: _wakehub.Waiter | None = None
+    ) -> None:
+        """Read each subscription of the wait until it is quiet, then release what was read; a
+        wait the hub completes while it queues for a read slot reads nothing."""
 
         async def one(subscription: str, ids: Collection[str]) -> None:
             reading = Reading(client, subscription, ids)
-            async with _read_slot():
+            slots = _read_slots()
+            slots.pending += 1
+            try:
+                if not await _acquire_read_slot(slots.semaphore, found, waiter):
+                    return
                 try:
                     await reading.read(
                         found.record,
@@ -280,7 +293,10 @@ class RelayResultTrigger(BaseTrigger):
                         pull_seconds=min(quiet, LONG_PULL_SECONDS),
                     )
                 finally:
+                    slots.semaphore.release()
                     await reading.release()
+            finally:
+                slots.pending -= 1
 
         await asyncio.gather(*(one(sub, ids) for sub, ids in self.wait.subscriptions().items()))
 
@@ -301,12 +317,53 @@ class RelayResultTrigger(BaseTrigger):
         )
 
 
-def _read_slot() -> asyncio.Semaphore:
+def _read_slots() -> _ReadSlots:
     loop = asyncio.get_running_loop()
-    slot = _READ_SLOTS.get(loop)
-    if slot is None:
-        slot = _READ_SLOTS[loop] = asyncio.Semaphore(_READ_CONCURRENCY)
-    return slot
+    slots = _READ_SLOTS.get(loop)
+    if slots is None:
+        slots = _READ_SLOTS[loop] = _ReadSlots()
+    return slots
+
+
+def reads_pending() -> int:
+    """Subscription reads under way or queued on the running loop (for tests and benchmarks)."""
+    slots = _READ_SLOTS.get(asyncio.get_running_loop())
+    return 0 if slots is None else slots.pending
+
+
+async def _acquire_read_slot(
+    slot: asyncio.Semaphore, found: _Found, waiter: _wakehub.Waiter | None
+) -> bool:
+    """Take a read slot (True), or give up queueing for one once `found` is done (False): with
+    thousands of waits reading at a triggerer's start, a wait woken by the hub must not queue
+    behind the others' reads."""
+    if waiter is None:
+        await slot.acquire()
+        return True
+    acquiring = asyncio.ensure_future(slot.acquire())
+    try:
+        while not found.done():
+            woken = asyncio.ensure_future(waiter.event.wait())
+            try:
+                await asyncio.wait((acquiring, woken), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+            if acquiring.done():
+                return True
+            waiter.event.clear()
+    except BaseException:
+        _give_back(slot, acquiring)
+        raise
+    _give_back(slot, acquiring)
+    return False
+
+
+def _give_back(slot: asyncio.Semaphore, acquiring: asyncio.Future[Any]) -> None:
+    """Cancel a pending acquire, or release the slot it already took."""
+    if acquiring.done() and not acquiring.cancelled():
+        slot.release()
+    else:
+        acquiring.cancel()
 
 
 def _gone(subscription: str) -> str:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -39,18 +39,19 @@ _HUBS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...]
 
 
 class Waiter:
-    """One wait's view of the hub: the results heard of since it last looked, and whether it
-    should read its subscription again (wake-ups may have been missed)."""
+    """One wait's view of the hub: results heard of go straight to its `record` (so a wait queued
+    for a read of its subscription is done as soon as they are all heard), and whether it should
+    read its subscription again (wake-ups may have been missed)."""
 
-    def __init__(self, correlation_ids: Iterable[str]) -> None:
+    def __init__(self, correlation_ids: Iterable[str], record: Callable[[Seen], None]) -> None:
         self.ids: frozenset[str] = frozenset(correlation_ids)
-        self.heard: list[Seen] = []
+        self.record = record
         self.reread = False
         self.event = asyncio.Event()
 
     def hear(self, seen: Seen) -> None:
         """A result for one of our correlation ids was published."""
-        self.heard.append(seen)
+        self.record(seen)
         self.event.set()
 
     def wake_all(self) -> None:
@@ -58,12 +59,11 @@ class Waiter:
         self.reread = True
         self.event.set()
 
-    def take(self) -> tuple[list[Seen], bool]:
-        """What was heard since the last call and whether to read again, clearing both."""
-        heard, reread = self.heard, self.reread
-        self.heard, self.reread = [], False
+    def take(self) -> bool:
+        """Whether to read again, clearing it and the wake-up event."""
+        reread, self.reread = self.reread, False
         self.event.clear()
-        return heard, reread
+        return reread
 
 
 class WakeHub:

@@ -162,6 +162,29 @@ async def test_a_result_wakes_the_wait_at_once(
     assert await asyncio.to_thread(take, hook, outcome) == {"late": True}
 
 
+async def test_a_wait_queued_for_a_read_is_done_as_soon_as_the_hub_hears_its_result(
+    broker: Any, hook: RelayHook, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A triggerer starting thousands of waits queues their start reads (64 at a time): a wait
+    whose result the hub hears while it queues ends then, without waiting for a read slot."""
+    monkeypatch.setattr(_result_trigger, "_READ_CONCURRENCY", 1)
+    slots = _result_trigger._read_slots()
+    await slots.semaphore.acquire()  # the other waits' reads: the one slot is never free
+    events, published = send(hook, topics, {"n": 1})
+    task = asyncio.create_task(first_event(make_trigger(topics, published, recheck_interval=3600)))
+    await wait_for_hub(topics["results"])
+    await asyncio.sleep(0.5)
+    assert _result_trigger.reads_pending() == 1  # its start read, queued
+    started = time.monotonic()
+    message_id = await asyncio.to_thread(answer, broker.publisher(), events[0], {"queued": True})
+    outcome = await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 3.0
+    assert outcome.found() == {events[0].correlationid: message_id}
+    assert _result_trigger.reads_pending() == 0
+    slots.semaphore.release()
+    assert await asyncio.to_thread(take, hook, outcome) == {"queued": True}
+
+
 async def test_a_fan_out_waits_on_one_subscription(
     broker: Any, hook: RelayHook, topics: dict[str, str]
 ) -> None:
