@@ -54,6 +54,10 @@ _T = TypeVar("_T")
 # Reads of subscriptions under way at once per event loop: each is one outstanding pull (an
 # HTTP/2 stream on the shared channel, of which Google's front ends allow 100 per connection).
 _READ_CONCURRENCY = 64
+# The safety-net re-reads of all waits of a hub together come at most this often a second: with
+# 10,000 waits and the 300 s default each re-read comes every 1,000 s instead (each read holds a
+# slot for a quiet 1.5 s, so unbounded re-reads would fill the slots of a large triggerer).
+_RECHECKS_PER_SECOND = 10.0
 # How long a wait waits for the shared hub before it falls back to reading every this many seconds.
 _HUB_PATIENCE = 30.0
 _READ_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadSlots] = (
@@ -105,7 +109,8 @@ class RelayResultTrigger(BaseTrigger):
 
     :param wait: the ResultWait (or its JSON form, as serialize() stores it).
     :param recheck_interval: seconds between re-reads of the subscription when no wake-up came (a
-        safety net; wake-ups normally arrive within milliseconds).
+        safety net; wake-ups normally arrive within milliseconds); longer in a process holding
+        more than 10 waits per second of it, so that all re-reads together come 10 a second.
     :param linger: seconds the shared hub stays up after its last wait left.
     :param not_before: epoch seconds before which the event is not yielded (the deferring task's
         settle delay, see relay.airflow._settle); 0 = no delay.
@@ -215,7 +220,8 @@ class RelayResultTrigger(BaseTrigger):
                     read_now = True
                     if recheck_interval < self.recheck_interval and hub.is_ready:
                         recheck_interval = self.recheck_interval
-                    next_read = now + recheck_interval * random.uniform(0.8, 1.2)
+                    period = max(recheck_interval, hub.waiting / _RECHECKS_PER_SECOND)
+                    next_read = now + period * random.uniform(0.8, 1.2)
                     continue
                 try:
                     await asyncio.wait_for(waiter.event.wait(), min(wait.deadline, next_read) - now)

@@ -38,6 +38,7 @@ from relay.broker._errors import (
 )
 from relay.broker._iam import IamPolicies
 from relay.broker._limits import CheckedMessages, check_publish
+from relay.broker._matching import TopicSubscriptions
 from relay.broker._names import (
     DELETED_TOPIC,
     check_project,
@@ -104,7 +105,7 @@ class TopicState:
     name: str
     pb: Any
     retention_s: float | None
-    subs: dict[str, SubState]
+    subs: TopicSubscriptions
     schema: Any = None  # pb.schema_settings when messages are validated against a schema
 
 
@@ -187,7 +188,7 @@ class Broker:
             pb = Topic.FromString(body)
             schema = pb.schema_settings if pb.HasField("schema_settings") else None
             self.topics[name] = TopicState(
-                topic_id, name, pb, topic_config(pb, stored=True), {}, schema
+                topic_id, name, pb, topic_config(pb, stored=True), TopicSubscriptions(), schema
             )
             self._next_topic_id = max(self._next_topic_id, topic_id + 1)
         by_id: dict[int, SubState] = {}
@@ -204,7 +205,7 @@ class Broker:
             self._next_sub_id = max(self._next_sub_id, sub_id + 1)
             owner = self.topics.get(topic)
             if owner is not None and not pb.detached:
-                owner.subs[name] = sub
+                owner.subs.attach(sub)
         pending = self.store.pending_rows()
         self._load_messages(sorted({seq for _, seq, _, _ in pending}))
         messages = self.messages
@@ -364,7 +365,9 @@ class Broker:
                 ],
                 what=f"the new topic {name}",
             )
-            self.topics[name] = TopicState(topic_id, name, pb, retention, {}, schema)
+            self.topics[name] = TopicState(
+                topic_id, name, pb, retention, TopicSubscriptions(), schema
+            )
         return pb
 
     async def update_topic(self, pb: Any, paths: list[str]) -> Any:
@@ -494,7 +497,7 @@ class Broker:
         )
         sub = SubState(self, sub_id, name, topic.name, start_seq, pb, config)
         self.subs[name] = sub
-        topic.subs[name] = sub
+        topic.subs.attach(sub)
         self._arm_expiry(sub)
         self._arm_retention(sub)
         if config.push_endpoint:
@@ -576,7 +579,7 @@ class Broker:
         del self.subs[sub.name]
         topic = self.topics.get(sub.topic)
         if topic is not None:
-            topic.subs.pop(sub.name, None)
+            topic.subs.detach(sub.name)
         sub.close()
         self.dice.forget(sub.name)
         self.iam.forget(sub.name)
@@ -622,7 +625,7 @@ class Broker:
             )
             topic = self.topics.get(sub.topic)
             if topic is not None:
-                topic.subs.pop(sub.name, None)
+                topic.subs.detach(sub.name)
             sub.pb.detached = True
             cleanup: list[Statement] = []
             self._drop_messages(sub, cleanup)
@@ -652,9 +655,9 @@ class Broker:
         publish_ns = time.time_ns() + offset_ns
         first = self.last_seq + 1
         self.last_seq += len(messages)
-        subs = list(topic.subs.values())
+        subs = topic.subs
         ids = [str(seq) for seq in range(first, self.last_seq + 1)]
-        keep = bool(subs) or bool(topic.retention_s) or topic.name in self.snapshots.by_topic
+        keep = bool(len(subs)) or bool(topic.retention_s) or topic.name in self.snapshots.by_topic
         statements: list[Statement] = [(_SQL_LAST_SEQ, [(self.last_seq,)])]
         stored: list[StoredMessage] = []
         if keep:
@@ -685,17 +688,13 @@ class Broker:
             matched: list[tuple[SubState, list[StoredMessage]]] = []
             ranges: list[tuple[int, int, int]] = []  # subscriptions that take every message
             pending_rows: list[tuple[int, int]] = []
-            attributes: list[dict[str, str]] | None = None
-            for sub in subs:
-                predicate = sub.config.predicate
-                if predicate is None:
-                    matched.append((sub, stored))
-                    ranges.append((sub.sub_id, first, self.last_seq))
-                    continue
-                if attributes is None:
-                    attributes = [dict(m.attributes) for m in messages]
-                chosen = [m for m, a in zip(stored, attributes, strict=True) if predicate(a)]
-                if chosen:  # most filtered subscriptions take none of a publish: skip them
+            for sub in subs.unfiltered.values():
+                matched.append((sub, stored))
+                ranges.append((sub.sub_id, first, self.last_seq))
+            if len(subs) > len(subs.unfiltered):
+                attributes = [dict(m.attributes) for m in messages]
+                # most filtered subscriptions take none of a publish: only the others come back
+                for sub, chosen in subs.filtered_matches(stored, attributes):
                     matched.append((sub, chosen))
                     sub_id = sub.sub_id
                     pending_rows.extend((sub_id, m.seq) for m in chosen)

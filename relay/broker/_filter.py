@@ -21,8 +21,9 @@ also matches messages without the key `k`. The empty filter matches every messag
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-__all__ = ["MAX_FILTER_BYTES", "FilterError", "Predicate", "compile_filter"]
+__all__ = ["MAX_FILTER_BYTES", "Equals", "FilterError", "HasPrefix", "Predicate", "compile_filter"]
 
 MAX_FILTER_BYTES = 256
 
@@ -97,6 +98,30 @@ def compile_filter(text: str) -> Predicate:
 
 def _match_all(attributes: Mapping[str, str]) -> bool:
     return True
+
+
+@dataclass(frozen=True)
+class Equals:
+    """`attributes.KEY = "VALUE"`: a filter a topic can look its subscriptions up by."""
+
+    key: str
+    value: str
+
+    def __call__(self, attributes: Mapping[str, str]) -> bool:
+        return attributes.get(self.key) == self.value
+
+
+@dataclass(frozen=True)
+class HasPrefix:
+    """`hasPrefix(attributes.KEY, "PREFIX")`: a filter a topic can look its subscriptions up by
+    (relay's completion subscriptions have one each)."""
+
+    key: str
+    prefix: str
+
+    def __call__(self, attributes: Mapping[str, str]) -> bool:
+        value = attributes.get(self.key)
+        return value is not None and value.startswith(self.prefix)
 
 
 class _Parser:
@@ -236,7 +261,7 @@ class _Parser:
         value = self.string(f"a quoted string value for attributes.{key}")
         if negate:
             return lambda attributes: attributes.get(key) != value
-        return lambda attributes: attributes.get(key) == value
+        return Equals(key, value)
 
     def has_prefix(self) -> Predicate:
         self.pos += len("hasPrefix")
@@ -250,12 +275,7 @@ class _Parser:
         self.skip_space()
         prefix = self.string("a quoted string prefix as the second argument of hasPrefix")
         self.expect_char(")", "')' to close hasPrefix(")
-
-        def predicate(attributes: Mapping[str, str]) -> bool:
-            value = attributes.get(key)
-            return value is not None and value.startswith(prefix)
-
-        return predicate
+        return HasPrefix(key, prefix)
 
     def key(self) -> str:
         if self.peek() == '"':
