@@ -128,10 +128,10 @@ class Bench:
         from relay.airflow.hooks import RelayHook
 
         self.hook = RelayHook()
-        self.topic = self.new_topic()
         # The function's side: its own publisher; 1 ms batching so the client's batching delay
         # (10 ms by default) does not dominate what is measured. Same for both triggers.
         self.publisher = PublisherClient(batch_settings=BatchSettings(max_latency=0.001))
+        self.topic = self.new_topic()
         self.pool = ThreadPoolExecutor(8)
 
     def new_topic(self) -> str:
@@ -266,7 +266,7 @@ async def scale(bench: Bench, waits: int, idle_seconds: float) -> dict[str, floa
 
     async def one(event: Any, subscription: str) -> None:
         trigger = RelayResultTrigger(
-            wait=_wait(bench, event, subscription, 600),
+            wait=_wait(bench, event, subscription, 1800),  # 10,000 start-up reads: minutes
             not_before=0.0,  # measure the wake-up, not an operator's settle delay (see above)
         )
         event_out = await anext(trigger.run())
@@ -276,14 +276,14 @@ async def scale(bench: Bench, waits: int, idle_seconds: float) -> dict[str, floa
     tasks = [asyncio.create_task(one(e, s)) for e, s in pairs]
     started = time.perf_counter()
     # Let every wait register and read its subscription once, and the one early re-read (12-24 s
-    # after its start) pass (each read 1.5 s, 64 at a time: some minutes for 10,000 waits), then
-    # measure the idle loop.
+    # after its start) pass (each read 1.5 s, 64 at a time: minutes for 10,000 waits), until the
+    # read slots are no longer all taken for 5 s (the safety-net re-reads of 10 waits a second go
+    # on for good: they are part of the idle load), then measure the idle loop.
     await asyncio.sleep(25)
-    while True:
+    calm = 0
+    while calm < 5:
         await asyncio.sleep(1)
-        if not _result_trigger.reads_pending():
-            break
-    await asyncio.sleep(2)
+        calm = calm + 1 if _result_trigger.reads_pending() < 32 else 0
     settle = time.perf_counter() - started
     assert not done, "a result arrived before any was published"
     cpu_start, wall_start = _cpu_seconds(pid), time.perf_counter()

@@ -188,6 +188,7 @@ class RelayResultTrigger(BaseTrigger):
             linger=self.linger,
         )
         waiter = _wakehub.Waiter(wait.correlation_ids, found.record)
+        started = time.time()
         hub.add(waiter)
         try:
             recheck_interval = self.recheck_interval
@@ -203,14 +204,19 @@ class RelayResultTrigger(BaseTrigger):
             read_now = True
             # One early re-read once a lease would have run out (spread over as long again, so a
             # triggerer starting many waits does not read them all at once): covers an earlier
-            # run of this trigger that died holding results it had pulled.
+            # run of this trigger that died holding results it had pulled. Not needed when the
+            # first read began after that (a triggerer starting thousands of waits queues them).
             lease = WAIT_ACK_DEADLINE_SECONDS + 2
             next_read = time.time() + lease * random.uniform(1.0, 2.0)
+            first_read = True
             while True:
                 reread = waiter.take()
                 if read_now or reread:
                     read_now = False
-                    await self._read(client, found, quiet=QUIET_SECONDS, waiter=waiter)
+                    began = await self._read(client, found, quiet=QUIET_SECONDS, waiter=waiter)
+                    if first_read and began is not None and began >= started + lease:
+                        next_read = time.time() + _period(recheck_interval, hub)
+                    first_read = False
                 if found.done():
                     return found.outcome(DONE)
                 now = time.time()
@@ -220,8 +226,7 @@ class RelayResultTrigger(BaseTrigger):
                     read_now = True
                     if recheck_interval < self.recheck_interval and hub.is_ready:
                         recheck_interval = self.recheck_interval
-                    period = max(recheck_interval, hub.waiting / _RECHECKS_PER_SECOND)
-                    next_read = now + period * random.uniform(0.8, 1.2)
+                    next_read = now + _period(recheck_interval, hub)
                     continue
                 try:
                     await asyncio.wait_for(waiter.event.wait(), min(wait.deadline, next_read) - now)
@@ -279,17 +284,19 @@ class RelayResultTrigger(BaseTrigger):
 
     async def _read(
         self, client: Any, found: _Found, *, quiet: float, waiter: _wakehub.Waiter | None = None
-    ) -> None:
+    ) -> float | None:
         """Read each subscription of the wait until it is quiet, then release what was read; a
-        wait the hub completes while it queues for a read slot reads nothing."""
+        wait the hub completes while it queues for a read slot reads nothing. Returns when the
+        first of the reads began (None if one was not needed)."""
 
-        async def one(subscription: str, ids: Collection[str]) -> None:
+        async def one(subscription: str, ids: Collection[str]) -> float | None:
             reading = Reading(client, subscription, ids)
             slots = _read_slots()
             slots.pending += 1
             try:
                 if not await _acquire_read_slot(slots.semaphore, found, waiter):
-                    return
+                    return None
+                began = time.time()
                 try:
                     await reading.read(
                         found.record,
@@ -301,10 +308,14 @@ class RelayResultTrigger(BaseTrigger):
                 finally:
                     slots.semaphore.release()
                     await reading.release()
+                return began
             finally:
                 slots.pending -= 1
 
-        await asyncio.gather(*(one(sub, ids) for sub, ids in self.wait.subscriptions().items()))
+        starts = await asyncio.gather(
+            *(one(sub, ids) for sub, ids in self.wait.subscriptions().items())
+        )
+        return None if None in starts else min(s for s in starts if s is not None)
 
     async def _last_look(self, client: Any, found: _Found) -> WaitOutcome:
         """At the deadline: only a read that stays quiet for longer than a lease makes a timeout
@@ -321,6 +332,12 @@ class RelayResultTrigger(BaseTrigger):
             done=found.done,
             pull_seconds=FINAL_QUIET_SECONDS,
         )
+
+
+def _period(recheck_interval: float, hub: _wakehub.WakeHub) -> float:
+    """Seconds to the next safety-net re-read: `recheck_interval` with jitter, longer when the
+    hub holds so many waits that their re-reads would come more than 10 a second."""
+    return max(recheck_interval, hub.waiting / _RECHECKS_PER_SECOND) * random.uniform(0.8, 1.2)
 
 
 def _read_slots() -> _ReadSlots:

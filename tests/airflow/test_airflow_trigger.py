@@ -185,6 +185,35 @@ async def test_a_wait_queued_for_a_read_is_done_as_soon_as_the_hub_hears_its_res
     assert await asyncio.to_thread(take, hook, outcome) == {"queued": True}
 
 
+async def test_a_first_read_queued_past_a_lease_needs_no_early_re_read(
+    broker: Any, hook: RelayHook, topics: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early re-read covers results an earlier run of the trigger held when it died; a first
+    read that began after such a lease ran out saw them, so it is the only read (a triggerer
+    starting 10,000 waits reads each subscription once, not twice)."""
+    monkeypatch.setattr(_result_trigger, "_READ_CONCURRENCY", 1)
+    reads: list[float] = []
+    read = RelayResultTrigger._read
+
+    async def counted(self: RelayResultTrigger, *args: Any, **kwargs: Any) -> Any:
+        reads.append(time.time())
+        return await read(self, *args, **kwargs)
+
+    monkeypatch.setattr(RelayResultTrigger, "_read", counted)
+    slots = _result_trigger._read_slots()
+    await slots.semaphore.acquire()  # the other waits' reads, for longer than a lease
+    events, published = send(hook, topics, {"n": 1})
+    trigger = make_trigger(topics, published, timeout=90, recheck_interval=3600)
+    task = asyncio.create_task(first_event(trigger, limit=90))
+    await asyncio.sleep(_result_trigger.WAIT_ACK_DEADLINE_SECONDS + 3)
+    slots.semaphore.release()
+    await asyncio.sleep(_result_trigger.WAIT_ACK_DEADLINE_SECONDS * 2 + 6)  # past any early re-read
+    assert len(reads) == 1, reads
+    message_id = await asyncio.to_thread(answer, broker.publisher(), events[0], {"once": True})
+    outcome = await asyncio.wait_for(task, 10)
+    assert outcome.found() == {events[0].correlationid: message_id}
+
+
 async def test_a_fan_out_waits_on_one_subscription(
     broker: Any, hook: RelayHook, topics: dict[str, str]
 ) -> None:
