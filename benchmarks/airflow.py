@@ -1,6 +1,6 @@
 """Benchmarks of relay's Airflow waits against `relay broker`, next to the Google provider's sensor.
 
-Run: `uv run --frozen python -m benchmarks.airflow` (about 2-3 minutes; `--quick` for a smoke run).
+Run: `uv run --frozen python -m benchmarks.airflow` (about 10 minutes; `--quick` for a smoke run).
 Prints a Markdown table. A triggerer is stood in for by this process's asyncio loop running the
 triggers' run() generators (what the triggerer does); the broker is its own process.
 
