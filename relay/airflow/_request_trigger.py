@@ -124,15 +124,17 @@ class RelayRequestTrigger(BaseTrigger):
             return await asyncio.to_thread(_awaited, spec, inputs, self._deadline())
         if spec["kind"] == INVOKE:
             return await self._invoke(ti, inputs)
+        started = time.monotonic()
         hook, published, wait = await asyncio.to_thread(
             _publish, spec, inputs, ti, self._deadline()
         )
         self.log.info(
-            "published %d %s request(s) to %s (results in %s)",
+            "published %d %s request(s) to %s (results in %s) in %.2f s",
             len(published.event_ids),
             inputs["event_type"],
             inputs["topic"],
             published.subscription,
+            time.monotonic() - started,
         )
         await self._xcom(ti, "event_ids", list(published.event_ids))
         await self._xcom(ti, "correlation_ids", list(published.correlation_ids))
@@ -194,7 +196,9 @@ class RelayRequestTrigger(BaseTrigger):
             impersonation_chain=chain,
             recheck_interval=spec["recheck_interval"],
         )
+        started = time.monotonic()
         outcome = await waiting.wait_woken()
+        waited = time.monotonic() - started
         found = outcome.found()
         reader = await trigger_hook(spec["gcp_conn_id"], chain)
         messages = await _results.take_results_async(reader, wait, found) if found else {}
@@ -203,7 +207,13 @@ class RelayRequestTrigger(BaseTrigger):
         counts: dict[str, int] = {}
         for o in outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
-        self.log.info("results: %s (wait %s)", counts, outcome.status)
+        self.log.info(
+            "results: %s (wait %s after %.2f s; taken and decoded in %.2f s)",
+            counts,
+            outcome.status,
+            waited,
+            time.monotonic() - started - waited,
+        )
         try:
             if outcome.status == "error":
                 from relay.airflow.exceptions import RelayResultLostError
