@@ -364,6 +364,7 @@ async def _acquire_read_slot(
         await slot.acquire()
         return True
     acquiring = asyncio.ensure_future(slot.acquire())
+    took = False
     try:
         while not found.done():
             woken = asyncio.ensure_future(waiter.event.wait())
@@ -372,21 +373,16 @@ async def _acquire_read_slot(
             finally:
                 woken.cancel()
             if acquiring.done():
+                took = True
                 return True
             waiter.event.clear()
-    except BaseException:
-        _give_back(slot, acquiring)
-        raise
-    _give_back(slot, acquiring)
-    return False
-
-
-def _give_back(slot: asyncio.Semaphore, acquiring: asyncio.Future[Any]) -> None:
-    """Cancel a pending acquire, or release the slot it already took."""
-    if acquiring.done() and not acquiring.cancelled():
-        slot.release()
-    else:
-        acquiring.cancel()
+        return False
+    finally:
+        if not took:  # done through the hub, or cancelled: hand back what the acquire took
+            if acquiring.done() and not acquiring.cancelled():
+                slot.release()
+            else:
+                acquiring.cancel()
 
 
 def _gone(subscription: str) -> str:
